@@ -1,0 +1,243 @@
+"""ZeroMQ subscriber for UIs and tools: typed messages, gap and staleness tracking.
+
+Data flow::
+
+    Publisher(s) / Proxy backend ──► SUB socket (prefix filters b"score/...", b"status/...";
+        MAXMSGSIZE; CONFLATE=1 if latest_only) ──► decode_frame (bounded, strict)
+        ──► per (stream, publisher): seq gap check ──► per stream: last-seen time (staleness)
+        ──► recv() / iteration returns Score | Status
+
+Gaps: each publisher numbers its messages 0, 1, 2, ... per stream (scores and statuses share the
+counter). A jump from n to m > n+1 records a Gap of m-n-1 missing messages. A message from a new
+publisher id on a stream (publisher restarted) starts a fresh sequence: no gap is recorded. The
+first message seen from a publisher starts its sequence too (joining late is not a gap).
+With latest_only=True ZeroMQ keeps only the newest message across ALL subscribed topics, so gaps
+are expected and statuses of other streams may be overwritten: use one latest_only Subscriber
+per stream and kind when that matters.
+
+Staleness: ``is_stale(stream)`` is True when no message of that stream was *received through
+recv()/iteration* for more than 3 * heartbeat_s (publishers send a status at least every
+heartbeat_s); a stream never seen counts from the subscriber's creation.
+
+Malformed messages (bad topic, bad payload, oversized, unknown type or schema): with
+strict=True (default) recv() and iteration raise MessageError; with strict=False they are
+counted in ``rejected``, logged, and skipped. Frames larger than max_message_bytes are also
+refused by ZeroMQ itself (MAXMSGSIZE), which drops that connection; it reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import zmq
+
+from streamcad.errors import MessageError, TransportError
+from streamcad.messages import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MESSAGE_TYPES,
+    Message,
+    Status,
+    decode_frame,
+    topic,
+)
+from streamcad.security import ClientCurve, apply_client
+
+__all__ = ["Subscriber", "Gap"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """`missing` messages between seq `expected` and `got` (exclusive) were not received."""
+
+    stream: str
+    publisher: str
+    expected: int
+    got: int
+
+    @property
+    def missing(self) -> int:
+        return self.got - self.expected
+
+
+class Subscriber:
+    """Subscribe to score/status messages of some or all streams. One thread owns it.
+
+    >>> with Subscriber("tcp://127.0.0.1:5555", streams=["probe0"]) as sub:   # doctest: +SKIP
+    ...     msg = sub.recv(timeout=2.0)   # Score | Status | None
+    """
+
+    def __init__(
+        self,
+        endpoint: str | Sequence[str] = "tcp://127.0.0.1:5555",
+        *,
+        streams: Sequence[str] | None = None,
+        kinds: Sequence[str] = ("score", "status"),
+        latest_only: bool = False,
+        curve: ClientCurve | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        heartbeat_s: float = 1.0,
+        strict: bool = True,
+        rcvhwm: int = 1000,
+    ) -> None:
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not endpoints:
+            raise TransportError("no endpoint to connect to")
+        kinds = tuple(kinds)
+        bad = [k for k in kinds if k not in MESSAGE_TYPES]
+        if bad or not kinds:
+            raise TransportError(f"unknown message kinds {bad or kinds}: expected some of {MESSAGE_TYPES}")
+        if heartbeat_s <= 0 or max_message_bytes <= 0:
+            raise TransportError("heartbeat_s and max_message_bytes must be > 0")
+        if isinstance(streams, str):
+            streams = [streams]
+        try:
+            prefixes = [topic(k, s) for k in kinds for s in (streams or [None])]
+        except MessageError as exc:
+            raise TransportError(str(exc)) from exc
+        self.endpoints = endpoints
+        self.streams = None if streams is None else list(streams)
+        self.kinds = kinds
+        self.latest_only = latest_only
+        self.max_message_bytes = int(max_message_bytes)
+        self.heartbeat_s = float(heartbeat_s)
+        self.strict = strict
+        self.received = 0
+        self.rejected = 0
+        self.gaps: dict[tuple[str, str], int] = {}  # (stream, publisher) -> missing messages
+        self.gap_events: list[Gap] = []
+        self.publisher_changes = 0
+        self._next: dict[tuple[str, str], int] = {}
+        self._publisher: dict[str, str] = {}
+        self._last_seen: dict[str, float] = {}
+        self._status: dict[str, Status] = {}
+        self._t_open = time.monotonic()
+        self._closed = False
+
+        self._ctx = zmq.Context()
+        try:
+            sock = self._sock = self._ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, int(rcvhwm))
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)  # a restarted publisher is found quickly
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            hb_ms = max(100, int(self.heartbeat_s * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_IVL, hb_ms)  # ZMTP pings detect a dead peer
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * hb_ms)
+            if latest_only:
+                sock.setsockopt(zmq.CONFLATE, 1)  # must precede connect
+            if curve is not None:
+                apply_client(sock, curve)
+            for p in prefixes:
+                sock.setsockopt(zmq.SUBSCRIBE, p)
+            for ep in endpoints:
+                try:
+                    sock.connect(ep)
+                except zmq.ZMQError as exc:
+                    raise TransportError(f"cannot connect to {ep}: {exc}") from exc
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            raise
+        log.info("subscriber connected to %s, topics %s", ", ".join(endpoints), prefixes)
+
+    # --- receiving ----------------------------------------------------------------------------
+    def recv(self, timeout: float = 1.0) -> Message | None:
+        """The next message, or None if none arrives within `timeout` seconds."""
+        if self._closed:
+            raise TransportError("subscriber is closed")
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if not self._sock.poll(max(0, int(left * 1000)), zmq.POLLIN):
+                return None
+            try:
+                frame = self._sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as exc:
+                raise TransportError(f"receive failed: {exc}") from exc
+            try:
+                msg = decode_frame(frame, self.max_message_bytes)
+            except MessageError as exc:
+                self.rejected += 1
+                if self.strict:
+                    raise
+                log.warning("skipping malformed message (%d rejected so far): %s", self.rejected, exc)
+                if time.monotonic() >= deadline:
+                    return None
+                continue
+            self._track(msg)
+            return msg
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until close(); waits indefinitely between messages."""
+        while not self._closed:
+            msg = self.recv(self.heartbeat_s)
+            if msg is not None:
+                yield msg
+
+    def _track(self, msg: Message) -> None:
+        self.received += 1
+        stream, pub = msg.stream, msg.publisher
+        self._last_seen[stream] = time.monotonic()
+        if isinstance(msg, Status):
+            self._status[stream] = msg
+        old = self._publisher.get(stream)
+        if old != pub:
+            if old is not None:
+                self.publisher_changes += 1
+                log.info("stream %s: new publisher %s (was %s): sequence restarts", stream, pub, old)
+                self._next.pop((stream, old), None)
+            self._publisher[stream] = pub
+        key = (stream, pub)
+        expected = self._next.get(key)
+        if expected is not None and msg.seq != expected:
+            if msg.seq > expected:
+                gap = Gap(stream, pub, expected, msg.seq)
+                self.gap_events.append(gap)
+                self.gaps[key] = self.gaps.get(key, 0) + gap.missing
+                log.debug("stream %s: %d messages missing before seq %d", stream, gap.missing, msg.seq)
+            else:
+                log.warning("stream %s: seq went back from %d to %d (same publisher %s)",
+                            stream, expected - 1, msg.seq, pub)
+        self._next[key] = msg.seq + 1
+
+    # --- state --------------------------------------------------------------------------------
+    @property
+    def gap_count(self) -> int:
+        """Total messages known missing, all streams."""
+        return sum(self.gaps.values())
+
+    def is_stale(self, stream: str) -> bool:
+        """No message from `stream` for more than 3 heartbeat intervals."""
+        last = self._last_seen.get(stream, self._t_open)
+        return time.monotonic() - last > 3 * self.heartbeat_s
+
+    def last_status(self, stream: str) -> Status | None:
+        return self._status.get(stream)
+
+    def publisher_of(self, stream: str) -> str | None:
+        return self._publisher.get(stream)
+
+    @property
+    def streams_seen(self) -> list[str]:
+        return sorted(self._last_seen)
+
+    # --- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

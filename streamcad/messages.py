@@ -1,0 +1,296 @@
+"""Wire messages: typed, strict, versioned. Pure msgspec + stdlib (no ZeroMQ here).
+
+Data flow::
+
+    pipeline fields ──► Score / Status (msgspec Struct) ──► encode_frame(msg, 'json'|'msgpack')
+        ──► ONE ZeroMQ frame:  b"<type>/<stream> " + payload
+        ──► decode_frame(frame, max_bytes) ──► Score | Status   (or MessageError naming the problem)
+
+The frame starts with a topic, ``score/<stream>`` or ``status/<stream>``, then ONE space (0x20),
+then the payload. Subscribers filter by prefix (``b"score/"`` = all score streams,
+``b"score/probe0 "`` = exactly stream probe0, the trailing space stops ``probe0`` matching
+``probe01``). The payload is a JSON object (first byte ``{``) or a msgpack map (first byte
+0x80-0x8f, 0xde or 0xdf); decoders tell the two apart by that first byte. Both carry the same
+fields, including ``"type"``. Decoding never unpickles and never evaluates anything.
+
+The committed JSON Schema files under ``streamcad/schemas/`` are generated from these Structs
+(``python -m streamcad.messages --write-schemas``); a test keeps them equal. See docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+from streamcad.errors import MessageError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MESSAGE_TYPES",
+    "ENCODINGS",
+    "STAGES",
+    "FLAGS",
+    "SCORE_STATES",
+    "SOURCE_STATES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "Probs",
+    "Score",
+    "SourceStatus",
+    "Counters",
+    "Status",
+    "Message",
+    "topic",
+    "check_stream_name",
+    "encode",
+    "encode_frame",
+    "decode_payload",
+    "decode_frame",
+    "json_schemas",
+    "write_schemas",
+    "SCHEMA_DIR",
+]
+
+SCHEMA_VERSION = 1
+MESSAGE_TYPES = ("score", "status")
+ENCODINGS = ("json", "msgpack")
+# Latency stages in Score.latency_ms; 'total' is capture -> publish.
+STAGES = ("grab", "preprocess", "infer", "smooth", "publish", "total")
+FLAGS = ("blank", "frozen", "no_signal", "not_ultrasound")
+SCORE_STATES = ("suspicious", "clear", "no_lesion", "flagged")
+SOURCE_STATES = ("connecting", "live", "stale", "reconnecting", "error", "ended")
+# 1 MiB: a score is ~0.5 KB; anything near this is a bug or an attack.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+_STREAM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_SEP = b" "
+
+Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+NonNegFloat = Annotated[float, Meta(ge=0.0)]
+StreamName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+Flag = Literal["blank", "frozen", "no_signal", "not_ultrasound"]
+
+
+class Probs(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Class probabilities of one frame (softmax of the temperature-scaled logits), each in [0, 1]."""
+
+    normal: Unit
+    benign: Unit
+    malignant: Unit
+
+
+class Score(Struct, tag="score", tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    """One analysed frame. Times are CLOCK_MONOTONIC nanoseconds of the publishing host."""
+
+    schema: Literal[1]
+    stream: StreamName
+    publisher: str  # random hex id, new at every publisher start
+    seq: NonNegInt  # +1 per message (score or status) on this stream from this publisher, from 0
+    frame_index: NonNegInt  # source frame index
+    t_capture_ns: NonNegInt  # monotonic ns at grab
+    t_publish_ns: NonNegInt  # monotonic ns at send
+    latency_ms: dict[str, float]  # per stage (STAGES); 'total' = capture -> publish
+    probs: Probs | None  # None when the frame is flagged (not scored)
+    malignancy: Unit | None  # smoothed malignant probability; None when not available
+    state: Literal["suspicious", "clear", "no_lesion", "flagged"]
+    flags: list[Flag]  # quality flags; empty = good frame
+    roi: tuple[NonNegInt, NonNegInt, NonNegInt, NonNegInt] | None  # sector box x, y, w, h (px)
+    model_sha256: str
+    # optional extras
+    model: str | None = None  # model name
+    saliency_peak: tuple[int, int] | None = None  # (x, y) of the saliency maximum, frame pixels
+    label: str | None = None  # ground truth class (sweep/demo sources only)
+
+
+class SourceStatus(Struct, forbid_unknown_fields=True, kw_only=True):
+    """What the frame source reports. Geometry is None until the first frame."""
+
+    uri: str
+    state: Literal["connecting", "live", "stale", "reconnecting", "error", "ended"]
+    width: NonNegInt | None = None
+    height: NonNegInt | None = None
+    fps: NonNegFloat | None = None  # nominal fps of the source
+    fourcc: str | None = None
+    backend: str | None = None  # capture backend (e.g. FFMPEG, V4L2, sweep)
+
+
+class Counters(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Running totals since publisher start."""
+
+    frames_in: NonNegInt = 0  # frames grabbed from the source
+    frames_out: NonNegInt = 0  # scores produced
+    overwritten: NonNegInt = 0  # frames replaced by a newer one before processing
+    rejected: NonNegInt = 0  # frames the source rejected (corrupt, wrong size)
+    flagged: NonNegInt = 0  # frames with quality flags
+    dropped_publish: NonNegInt = 0  # messages the publisher dropped (subscriber HWM full)
+    reconnects: NonNegInt = 0
+
+
+class Status(Struct, tag="status", tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    """Heartbeat: at least once per second per stream, and at once when a subscriber joins."""
+
+    schema: Literal[1]
+    stream: StreamName
+    publisher: str
+    seq: NonNegInt  # shares the counter with Score
+    t_publish_ns: NonNegInt
+    source: SourceStatus | None = None
+    counters: Counters = msgspec.field(default_factory=Counters)
+    last_seq: int = -1  # seq of the last score sent on this stream (-1: none yet)
+    fps_in: NonNegFloat = 0.0
+    fps_out: NonNegFloat = 0.0
+    backend: str | None = None  # inference backend name
+    model: str | None = None
+    model_sha256: str | None = None
+    uptime_s: NonNegFloat = 0.0  # seconds since the publisher started
+
+
+Message = Union[Score, Status]
+
+_json_enc = msgspec.json.Encoder()
+_msgpack_enc = msgspec.msgpack.Encoder()
+_json_dec = msgspec.json.Decoder(Message)
+_msgpack_dec = msgspec.msgpack.Decoder(Message)
+
+
+class _Head(Struct):
+    """Just enough to explain a rejected payload (unknown fields ignored)."""
+
+    type: object = None
+    schema: object = None
+
+
+_json_head = msgspec.json.Decoder(_Head)
+_msgpack_head = msgspec.msgpack.Decoder(_Head)
+
+
+def check_stream_name(stream: str) -> str:
+    """Stream ids go into topics: 1-64 chars of [A-Za-z0-9_.:-], starting alphanumeric."""
+    if not isinstance(stream, str) or not _STREAM_RE.fullmatch(stream):
+        raise MessageError(
+            f"invalid stream name {stream!r}: expected 1-64 characters of [A-Za-z0-9_.:-] "
+            "starting with a letter or digit"
+        )
+    return stream
+
+
+def topic(kind: str, stream: str | None = None) -> bytes:
+    """Subscription prefix: topic('score') -> b'score/', topic('score', 'probe0') -> b'score/probe0 '."""
+    if kind not in MESSAGE_TYPES:
+        raise MessageError(f"unknown message type {kind!r}: expected one of {MESSAGE_TYPES}")
+    if stream is None:
+        return f"{kind}/".encode()
+    return f"{kind}/{check_stream_name(stream)}".encode() + _SEP
+
+
+def encode(msg: Message, encoding: str = "json") -> bytes:
+    """Payload only (no topic)."""
+    if encoding == "json":
+        return _json_enc.encode(msg)
+    if encoding == "msgpack":
+        return _msgpack_enc.encode(msg)
+    raise MessageError(f"unknown encoding {encoding!r}: expected one of {ENCODINGS}")
+
+
+def encode_frame(msg: Message, encoding: str = "json") -> bytes:
+    """The whole ZeroMQ frame: b'<type>/<stream> ' + payload."""
+    if not isinstance(msg, (Score, Status)):
+        raise MessageError(f"cannot encode {type(msg).__name__}: expected Score or Status")
+    kind = "score" if isinstance(msg, Score) else "status"
+    return topic(kind, msg.stream) + encode(msg, encoding)
+
+
+def _explain(payload: bytes, is_json: bool, exc: Exception) -> str:
+    """Turn a msgspec error into our words; prefer 'unknown type/schema' when that is the cause."""
+    try:
+        head = (_json_head if is_json else _msgpack_head).decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        head = None
+    if head is not None:
+        if head.type not in MESSAGE_TYPES:
+            return f"unknown message type {head.type!r} at $.type (expected one of {MESSAGE_TYPES})"
+        if head.schema != SCHEMA_VERSION:
+            return f"unsupported schema version {head.schema!r} at $.schema (this decoder reads {SCHEMA_VERSION})"
+    return str(exc)
+
+
+def decode_payload(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """Payload (JSON object or msgpack map) -> Score | Status. Raises MessageError."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise MessageError(f"payload must be bytes, got {type(payload).__name__}")
+    n = len(payload)
+    if n > max_bytes:
+        raise MessageError(f"message of {n} bytes exceeds the limit of {max_bytes} bytes")
+    if n == 0:
+        raise MessageError("empty payload: expected a JSON object or a msgpack map")
+    first = payload[0]
+    is_json = first == 0x7B  # '{'
+    if not is_json and not (0x80 <= first <= 0x8F or first in (0xDE, 0xDF)):
+        raise MessageError(
+            f"payload starts with byte 0x{first:02x}: expected a JSON object ('{{') or a msgpack map"
+        )
+    try:
+        return (_json_dec if is_json else _msgpack_dec).decode(payload)
+    except msgspec.ValidationError as exc:
+        raise MessageError(f"invalid {'JSON' if is_json else 'msgpack'} message: {_explain(payload, is_json, exc)}") from exc
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"malformed {'JSON' if is_json else 'msgpack'} payload: {exc}") from exc
+
+
+def decode_frame(frame: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """One ZeroMQ frame -> Score | Status, checking that the topic agrees with the payload."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise MessageError(f"frame must be bytes, got {type(frame).__name__}")
+    frame = bytes(frame)
+    if len(frame) > max_bytes:
+        raise MessageError(f"message of {len(frame)} bytes exceeds the limit of {max_bytes} bytes")
+    sep = frame.find(_SEP, 0, 80)
+    if sep < 0:
+        raise MessageError("no topic: expected b'<type>/<stream> ' before the payload")
+    try:
+        kind, _, stream = frame[:sep].decode("ascii").partition("/")
+    except UnicodeDecodeError as exc:
+        raise MessageError("topic is not ASCII: expected b'<type>/<stream> '") from exc
+    if kind not in MESSAGE_TYPES:
+        raise MessageError(f"unknown message type {kind!r} in topic (expected one of {MESSAGE_TYPES})")
+    msg = decode_payload(frame[sep + 1 :], max_bytes)
+    want = "score" if isinstance(msg, Score) else "status"
+    if want != kind or msg.stream != stream:
+        raise MessageError(
+            f"topic {kind}/{stream} disagrees with the payload ($.type={want!r}, $.stream={msg.stream!r})"
+        )
+    return msg
+
+
+def json_schemas() -> dict[str, dict]:
+    """File name -> JSON Schema (Draft 2020-12) generated from the Structs."""
+    return {
+        "score.schema.json": msgspec.json.schema(Score),
+        "status.schema.json": msgspec.json.schema(Status),
+        "message.schema.json": msgspec.json.schema(Message),
+    }
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, schema in json_schemas().items():
+        path = directory / name
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        out.append(path)
+    return out
+
+
+if __name__ == "__main__":  # python -m streamcad.messages --write-schemas
+    if sys.argv[1:] != ["--write-schemas"]:
+        sys.exit("usage: python -m streamcad.messages --write-schemas")
+    for p in write_schemas():
+        print(p)

@@ -1,0 +1,409 @@
+"""ZeroMQ publisher: one stream of Score/Status messages, never blocking the pipeline.
+
+Data flow::
+
+    pipeline publish thread ──► Publisher.publish_score(**fields)
+        ──► fills schema/stream/publisher/seq/t_publish_ns, validates (msgspec, strict)
+        ──► encode_frame ──► XPUB.send(NOBLOCK)   (XPUB_NODROP: a full HWM raises EAGAIN)
+              sent ──► self.sent += 1             full ──► self.dropped += 1 (seq still consumed,
+                                                           so every subscriber sees the gap)
+        ◄── subscription messages (XPUB_VERBOSE) ──► log + send a Status at once
+        ──► a Status heartbeat whenever heartbeat_s passed since the last one
+
+One XPUB socket, bound (default ``tcp://127.0.0.1:5555``) or connected to a proxy's XSUB frontend
+(``connect=True``). The high-water mark is ``hwm_seconds * fps`` messages: a subscriber more than
+that far behind makes sends fail with EAGAIN, counted in ``dropped``; with XPUB_NODROP the message
+then goes to no subscriber (ZeroMQ checks every matching pipe), so fast subscribers see the same gap.
+
+Not thread-safe, by design (ZeroMQ sockets are not): one thread, the pipeline's publish thread,
+creates, uses and closes a Publisher. If nothing is published for a while, call ``service()``
+from that thread so new subscribers get their status and heartbeats keep going.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import secrets
+import socket as pysocket
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from streamcad.errors import MessageError, TransportError
+from streamcad.messages import (
+    ENCODINGS,
+    SCHEMA_VERSION,
+    Message,
+    Score,
+    Status,
+    check_stream_name,
+    encode_frame,
+)
+from streamcad.security import ServerCurve, apply_server, start_authenticator
+
+__all__ = ["DEFAULT_ENDPOINT", "Publisher", "check_bind_endpoint", "bind_socket"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+_OWNED = frozenset({"schema", "stream", "publisher", "seq", "t_publish_ns", "type"})
+_MONITOR_EVENTS = (
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> tuple[str, str]:
+    """Split and vet an endpoint to bind. Returns (scheme, rest).
+
+    tcp binds only to 127.0.0.1 / localhost / ::1 unless allow_remote=True (the scores are
+    patient data); ipc:// and inproc:// are local by nature.
+    """
+    if not isinstance(endpoint, str) or "://" not in endpoint:
+        raise TransportError(f"bad endpoint {endpoint!r}: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    scheme, rest = endpoint.split("://", 1)
+    if scheme in ("ipc", "inproc"):
+        if not rest:
+            raise TransportError(f"bad endpoint {endpoint!r}: empty {scheme} path")
+        return scheme, rest
+    if scheme != "tcp":
+        if not allow_remote:
+            raise TransportError(f"refusing to bind {endpoint}: only tcp/ipc/inproc are allowed without allow_remote=True")
+        return scheme, rest
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port:
+        raise TransportError(f"bad endpoint {endpoint!r}: expected tcp://HOST:PORT")
+    if port != "*" and not (port.isdigit() and 0 < int(port) < 65536):
+        raise TransportError(f"bad endpoint {endpoint!r}: port must be 1-65535 or '*'")
+    if host not in _LOCAL_HOSTS and not allow_remote:
+        raise TransportError(
+            f"refusing to bind {endpoint}: binding beyond 127.0.0.1/localhost/ipc exposes the stream "
+            "to the network; pass allow_remote=True (CLI: --allow-remote) and consider CURVE"
+        )
+    return scheme, rest
+
+
+def _prepare_ipc(endpoint: str, path: str) -> Path | None:
+    """Refuse a path a live process listens on; remove a stale socket file of a dead one."""
+    if path.startswith("@"):  # Linux abstract namespace: no file
+        return None
+    p = Path(path)
+    if not (p.exists() or p.is_symlink()):
+        return p
+    if not stat.S_ISSOCK(p.lstat().st_mode):
+        raise TransportError(f"cannot bind {endpoint}: {p} exists and is not a socket")
+    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(p))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.warning("removing stale ipc socket file %s (no process listens on it)", p)
+        p.unlink(missing_ok=True)
+        return p
+    except OSError as exc:
+        raise TransportError(f"cannot bind {endpoint}: cannot probe {p}: {exc}") from exc
+    finally:
+        probe.close()
+    raise TransportError(f"cannot bind {endpoint}: another live process is already bound to {p}")
+
+
+def bind_socket(sock: zmq.Socket, endpoint: str, allow_remote: bool = False) -> str:
+    """Bind with the checks above; returns the resolved endpoint (LAST_ENDPOINT)."""
+    scheme, rest = check_bind_endpoint(endpoint, allow_remote)
+    ipc_path = _prepare_ipc(endpoint, rest) if scheme == "ipc" else None
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise TransportError(f"cannot bind {endpoint}: address already in use (another process holds it)") from exc
+        raise TransportError(f"cannot bind {endpoint}: {exc}") from exc
+    if ipc_path is not None:
+        # owner-only: other local users must not read the stream. (A umask change would be
+        # process-wide and racy with other threads, so chmod right after bind.)
+        os.chmod(ipc_path, 0o600)
+    last = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return last.decode() if isinstance(last, bytes) and last else endpoint
+
+
+def _numpy_to_builtin(obj: Any) -> Any:
+    if hasattr(obj, "dtype") and hasattr(obj, "tolist"):  # numpy scalar or array
+        return obj.tolist()
+    raise TypeError(f"unsupported type {type(obj).__name__}")
+
+
+class Publisher:
+    """Publish Score/Status messages of one stream. See the module docstring.
+
+    >>> with Publisher("tcp://127.0.0.1:5555", stream="probe0") as pub:   # doctest: +SKIP
+    ...     pub.publish_score(frame_index=0, t_capture_ns=t0, latency_ms={...}, probs=..., ...)
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        stream: str = "probe0",
+        encoding: str = "json",
+        hwm_seconds: float = 4.0,
+        fps: float = 30.0,
+        linger_ms: int = 200,
+        curve: ServerCurve | None = None,
+        connect: bool = False,
+        allow_remote: bool = False,
+        heartbeat_s: float = 1.0,
+    ) -> None:
+        if encoding not in ENCODINGS:
+            raise TransportError(f"unknown encoding {encoding!r}: expected one of {ENCODINGS}")
+        try:
+            check_stream_name(stream)
+        except MessageError as exc:
+            raise TransportError(str(exc)) from exc
+        if not (hwm_seconds > 0 and fps > 0):
+            raise TransportError(f"hwm_seconds and fps must be > 0, got {hwm_seconds} and {fps}")
+        if heartbeat_s <= 0:
+            raise TransportError(f"heartbeat_s must be > 0, got {heartbeat_s}")
+        if curve is not None and connect:
+            raise TransportError("curve with connect=True is not supported: secure the proxy's backend instead")
+        self.stream = stream
+        self.encoding = encoding
+        self.hwm = max(1, int(round(hwm_seconds * fps)))
+        self.linger_ms = int(linger_ms)
+        self.heartbeat_s = float(heartbeat_s)
+        self.publisher_id = secrets.token_hex(8)
+        self.sent = 0
+        self.dropped = 0
+        self.subscriptions = 0  # subscribe messages seen (XPUB_VERBOSE: every one, duplicates too)
+        self._seq = 0
+        self._last_score_seq = -1
+        self._t_start = time.monotonic()
+        self._t_last_status: float | None = None
+        self._status_fields: dict[str, Any] = {}
+        self._closed = False
+        self._auth = None
+        self._monitor = None
+
+        self._ctx = zmq.Context()
+        try:
+            sock = self._sock = self._ctx.socket(zmq.XPUB)
+            sock.setsockopt(zmq.SNDHWM, self.hwm)
+            sock.setsockopt(zmq.XPUB_NODROP, 1)  # full HWM -> EAGAIN (counted), not a silent drop
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscribe, so each new UI gets a status
+            sock.setsockopt(zmq.LINGER, self.linger_ms)
+            if curve is not None:
+                self._auth = start_authenticator(self._ctx, curve)
+                apply_server(sock, curve)
+            self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            self._monitor.setsockopt(zmq.LINGER, 0)
+            if connect:
+                try:
+                    sock.connect(endpoint)
+                except zmq.ZMQError as exc:
+                    raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
+                self.endpoint = endpoint
+            else:
+                self.endpoint = bind_socket(sock, endpoint, allow_remote)
+        except BaseException:
+            self._teardown(linger_ms=0)
+            raise
+        log.info(
+            "publisher %s stream=%s %s %s (hwm=%d msgs, %s)",
+            self.publisher_id, stream, "connected to" if connect else "bound", self.endpoint, self.hwm, encoding,
+        )
+
+    # --- publishing ---------------------------------------------------------------------------
+    @property
+    def seq(self) -> int:
+        """The seq the next message will carry."""
+        return self._seq
+
+    def publish_score(self, *, t_ready_ns: int | None = None, **fields: Any) -> bool:
+        """Publish one Score. `fields` are the Score fields except schema/stream/publisher/seq/
+        t_publish_ns (filled here). latency_ms['total'] is set from the timestamps when absent;
+        latency_ms['publish'] from t_ready_ns (monotonic ns when the result was ready) if given.
+        Returns True if sent, False if dropped (subscriber HWM full). Raises MessageError on bad fields.
+        """
+        self._check_open()
+        self._check_owned(fields)
+        now = time.monotonic_ns()
+        latency = dict(fields.pop("latency_ms", None) or {})
+        t_cap = fields.get("t_capture_ns")
+        if "total" not in latency and isinstance(t_cap, int):
+            latency["total"] = (now - t_cap) / 1e6
+        if t_ready_ns is not None and "publish" not in latency:
+            latency["publish"] = (now - int(t_ready_ns)) / 1e6
+        fields["latency_ms"] = latency
+        msg = self._build(Score, fields, now)
+        bad = [k for k, v in msg.latency_ms.items() if not math.isfinite(v)]
+        if bad:
+            raise MessageError(f"non-finite latency at $.latency_ms.{bad[0]}: expected a finite number of ms")
+        ok = self._send(msg)
+        self._last_score_seq = msg.seq
+        self._service(time.monotonic())
+        return ok
+
+    def publish(self, msg: Message) -> bool:
+        """Publish a prebuilt Score/Status; the publisher re-stamps its own fields."""
+        self._check_open()
+        if not isinstance(msg, (Score, Status)):
+            raise MessageError(f"cannot publish {type(msg).__name__}: expected Score or Status")
+        if isinstance(msg, Status):
+            fields = msgspec.structs.asdict(msg)
+            return self.publish_status(**{k: v for k, v in fields.items() if k not in _OWNED})
+        fields = {k: v for k, v in msgspec.structs.asdict(msg).items() if k not in _OWNED}
+        return self.publish_score(**fields)
+
+    def set_status(self, **fields: Any) -> None:
+        """Remember Status fields (source, counters, fps_in, fps_out, backend, model, model_sha256)
+        for the next heartbeat / new-subscriber status, without sending now."""
+        self._check_owned(fields)
+        fields.pop("last_seq", None)
+        fields.pop("uptime_s", None)
+        self._status_fields.update(fields)
+
+    def publish_status(self, **fields: Any) -> bool:
+        """Send a Status now (merging `fields` into the remembered ones). Returns sent/dropped."""
+        self._check_open()
+        self.set_status(**fields)
+        return self._send_status(time.monotonic())
+
+    def service(self, timeout: float = 0.0) -> int:
+        """Wait up to `timeout` s for subscription events, answer them with a status, send a
+        heartbeat if due. Returns the number of new subscriptions seen."""
+        self._check_open()
+        if timeout > 0:
+            self._sock.poll(int(timeout * 1000), zmq.POLLIN)
+        return self._service(time.monotonic())
+
+    # --- internals ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"publisher on {self.endpoint} is closed")
+
+    @staticmethod
+    def _check_owned(fields: dict) -> None:
+        owned = _OWNED.intersection(fields)
+        if owned:
+            raise MessageError(f"fields {sorted(owned)} are set by the publisher, not the caller")
+
+    def _build(self, cls: type, fields: dict, now_ns: int) -> Any:
+        full = dict(fields, schema=SCHEMA_VERSION, stream=self.stream, publisher=self.publisher_id,
+                    seq=self._seq, t_publish_ns=now_ns)
+        try:
+            builtins = msgspec.to_builtins(full, enc_hook=_numpy_to_builtin)
+            msg = msgspec.convert(builtins, cls)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise MessageError(f"invalid {cls.__name__.lower()} fields: {exc}") from exc
+        return msg
+
+    def _send(self, msg: Message) -> bool:
+        frame = encode_frame(msg, self.encoding)
+        self._seq += 1  # consumed even when dropped: subscribers see the gap
+        try:
+            self._sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("stream %s: subscriber queue full (hwm %d), %d messages dropped so far",
+                            self.stream, self.hwm, self.dropped)
+            return False
+        except zmq.ZMQError as exc:
+            raise TransportError(f"send on {self.endpoint} failed: {exc}") from exc
+        self.sent += 1
+        return True
+
+    def _send_status(self, now: float) -> bool:
+        fields = dict(self._status_fields)
+        try:
+            counters = msgspec.to_builtins(fields.get("counters") or {}, enc_hook=_numpy_to_builtin)
+        except TypeError as exc:
+            raise MessageError(f"invalid status counters: {exc}") from exc
+        if not isinstance(counters, dict):
+            raise MessageError(f"invalid status counters: expected Counters or a dict, got {type(counters).__name__}")
+        counters["dropped_publish"] = self.dropped  # the publisher is the authority on its drops
+        fields["counters"] = counters
+        fields["last_seq"] = self._last_score_seq
+        fields["uptime_s"] = now - self._t_start
+        msg = self._build(Status, fields, time.monotonic_ns())
+        self._t_last_status = now
+        return self._send(msg)
+
+    def _service(self, now: float) -> int:
+        new = 0
+        while True:  # subscription messages: b'\x01' + topic (subscribe) / b'\x00' + topic
+            try:
+                ev = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if ev[:1] == b"\x01":
+                new += 1
+                self.subscriptions += 1
+                log.info("stream %s: new subscription to %r", self.stream, ev[1:])
+            elif ev[:1] == b"\x00":
+                log.info("stream %s: subscription to %r ended", self.stream, ev[1:])
+        self._drain_monitor()
+        if new or self._t_last_status is None or now - self._t_last_status >= self.heartbeat_s:
+            self._send_status(now)
+        return new
+
+    def _drain_monitor(self) -> None:
+        if self._monitor is None:
+            return
+        while True:
+            try:
+                evt = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = evt["event"]
+            ep = evt.get("endpoint", b"")
+            ep = ep.decode(errors="replace") if isinstance(ep, bytes) else ep
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                log.warning("stream %s: client on %s DENIED: authentication failed (key not allowed)", self.stream, ep)
+            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                log.warning("stream %s: client on %s DENIED: handshake failed (code %s; e.g. a plain "
+                            "client on a CURVE socket)", self.stream, ep, evt.get("value"))
+            elif kind == zmq.EVENT_ACCEPTED:
+                log.debug("stream %s: connection accepted on %s", self.stream, ep)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                log.info("stream %s: a subscriber disconnected from %s", self.stream, ep)
+
+    # --- lifetime -----------------------------------------------------------------------------
+    def _teardown(self, linger_ms: int) -> None:
+        if self._monitor is not None:
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(linger=0)
+            self._monitor = None
+        if getattr(self, "_sock", None) is not None:
+            self._sock.close(linger=linger_ms)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        self._ctx.term()
+
+    def close(self) -> None:
+        """Close within linger_ms: pending messages to a vanished subscriber are discarded."""
+        if self._closed:
+            return
+        self._closed = True
+        self._teardown(self.linger_ms)
+        log.info("publisher %s closed (sent %d, dropped %d)", self.publisher_id, self.sent, self.dropped)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
