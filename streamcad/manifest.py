@@ -1,0 +1,380 @@
+"""Artifact manifests: the JSON beside every model file, and the checks the runtime makes.
+
+    engines/models/NAME.onnx  +  engines/models/NAME.json  (this module's Manifest)
+        --read_manifest--> Manifest --verify_artifact(size, sha256, format)--> ok
+        --load_backend--> Backend --input contract vs manifest--> LoadedModel(backend, manifest, spec, ...)
+
+The runtime refuses a file it cannot vouch for, and says which check failed: no manifest
+(unknown file), size mismatch (truncated), sha256 mismatch (tampered), unsupported manifest
+schema or format version, or an input contract that differs from the manifest. A bare model
+is loaded only with allow_unverified=True (CLI: --allow-unverified), with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamcad.backends import Backend, load_backend
+from streamcad.errors import ArtifactError
+from streamcad.preprocess import PreprocessSpec
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CLASS_NAMES",
+    "FORMATS",
+    "Manifest",
+    "LoadedModel",
+    "manifest_path",
+    "sha256_file",
+    "library_versions",
+    "write_manifest",
+    "read_manifest",
+    "verify_artifact",
+    "load_model",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1  # bump when a field changes meaning; readers refuse versions they do not know
+CLASS_NAMES = ("normal", "benign", "malignant")
+FORMATS = {".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch", ".pth": "torch"}
+# newest ONNX opset each onnxruntime release runs (onnxruntime's own compatibility table)
+_ORT_MAX_OPSET = [((1, 17), 20), ((1, 18), 21), ((1, 20), 22), ((1, 22), 23)]
+
+
+@dataclass
+class Manifest:
+    """One artifact's record. JSON keys are exactly these field names."""
+
+    file: str  # artifact file name (no directory): the manifest sits beside it
+    sha256: str  # hex digest of the whole file
+    size_bytes: int
+    format: str  # 'onnx' | 'tensorrt' | 'torch'
+    input: dict  # {'name': 'input', 'shape': ['N', 1, S, S], 'dtype': 'float32'}
+    outputs: list = field(default_factory=lambda: ["logits", "saliency"])
+    class_names: list = field(default_factory=lambda: list(CLASS_NAMES))
+    preprocess: dict = field(default_factory=dict)  # PreprocessSpec.to_dict()
+    format_version: int | str | None = None  # ONNX opset | TensorRT version | torch version
+    operating_threshold: float | None = None  # on p(malignant) (3-way softmax), chosen on validation data
+    temperature: float | None = None  # calibration temperature already baked into the logits
+    model: dict = field(default_factory=dict)  # e.g. {'name': 'small', 'config': {...}, 'params': int}
+    training_data: dict = field(default_factory=dict)  # datasets, split file + its sha256, folds
+    metrics: dict = field(default_factory=dict)  # {name: {'value', 'ci_low', 'ci_high', ...}}
+    source: dict = field(default_factory=dict)  # what it was built from: {'file', 'sha256'}
+    versions: dict = field(default_factory=dict)  # library versions at build time
+    git_commit: str | None = None
+    created: str = ""  # ISO 8601 UTC
+    # engines (format 'tensorrt') only:
+    precision: str = "fp32"  # 'fp32' | 'fp16'
+    tensorrt_version: str | None = None
+    gpu_name: str | None = None
+    compute_capability: str | None = None  # e.g. '9.0'
+    gate: dict = field(default_factory=dict)  # accuracy gate result vs the ONNX reference
+    notes: dict = field(default_factory=dict)  # free-form extras
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def input_size(self) -> int:
+        return int(self.input["shape"][-1])
+
+    def spec(self) -> PreprocessSpec:
+        try:
+            return PreprocessSpec.from_dict(self.preprocess)
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"manifest for {self.file}: bad preprocess {self.preprocess}: {exc}") from exc
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "manifest") -> Manifest:
+        if not isinstance(d, dict):
+            raise ArtifactError(f"{where}: expected a JSON object; got {type(d).__name__}")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{where}: unsupported manifest schema version {version!r}; this streamcad reads version {SCHEMA_VERSION}"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ArtifactError(f"{where}: unknown manifest keys {unknown}; expected some of {sorted(names)}")
+        try:
+            m = cls(**d)
+        except TypeError as exc:
+            raise ArtifactError(f"{where}: {exc}") from exc
+        m._validate(where)
+        return m
+
+    def _validate(self, where: str) -> None:
+        def bad(what: str, expected: str) -> ArtifactError:
+            return ArtifactError(f"{where}: {what}; expected {expected}")
+
+        if not isinstance(self.file, str) or not self.file or os.sep in self.file:
+            raise bad(f"file={self.file!r}", "a bare file name")
+        if not (isinstance(self.sha256, str) and len(self.sha256) == 64):
+            raise bad(f"sha256={self.sha256!r}", "64 hex digits")
+        if not isinstance(self.size_bytes, int) or self.size_bytes < 0:
+            raise bad(f"size_bytes={self.size_bytes!r}", "an int >= 0")
+        if self.format not in set(FORMATS.values()):
+            raise bad(f"format={self.format!r}", f"one of {sorted(set(FORMATS.values()))}")
+        shape = self.input.get("shape") if isinstance(self.input, dict) else None
+        if not (isinstance(shape, list) and len(shape) == 4 and shape[1] == 1 and isinstance(shape[3], int) and shape[2] == shape[3]):
+            raise bad(f"input={self.input!r}", "{'name': ..., 'shape': ['N', 1, S, S], 'dtype': 'float32'}")
+        if list(self.class_names) != list(CLASS_NAMES):
+            raise bad(f"class_names={self.class_names!r}", f"{list(CLASS_NAMES)}")
+        if self.precision not in ("fp32", "fp16"):
+            raise bad(f"precision={self.precision!r}", "'fp32' or 'fp16'")
+        if self.operating_threshold is not None and not 0.0 <= float(self.operating_threshold) <= 1.0:
+            raise bad(f"operating_threshold={self.operating_threshold!r}", "a probability in [0, 1] or null")
+
+
+@dataclass
+class LoadedModel:
+    """A verified backend plus what the runtime needs to feed it and label its outputs."""
+
+    backend: Backend
+    manifest: Manifest | None  # None only when loaded with allow_unverified=True
+    spec: PreprocessSpec
+    class_names: tuple[str, ...]
+    sha256: str
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.file if self.manifest else "unverified"
+
+    @property
+    def threshold(self) -> float | None:
+        return self.manifest.operating_threshold if self.manifest else None
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    """NAME.onnx -> NAME.json beside it (a .json path is returned unchanged)."""
+    p = Path(artifact)
+    return p if p.suffix == ".json" else p.with_suffix(".json")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Installed versions from package metadata (nothing is imported)."""
+    out = {"python": platform.python_version()}
+    for dist in ("streamcad", "numpy", "opencv-python-headless", "onnxruntime", "onnx", "torch", "tensorrt", *extra):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _git_commit(where: Path) -> str | None:
+    try:
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("no git commit for the manifest: %s", exc)
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def _format_of(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ArtifactError(f"{path.name}: unknown artifact type {path.suffix!r}; expected one of {sorted(FORMATS)}")
+    return fmt
+
+
+def _onnx_io(path: Path) -> tuple[dict, int | None]:
+    """Input spec and opset of an ONNX file, read through onnxruntime (and onnx for the opset if present)."""
+    from streamcad.backends.onnxruntime import check_contract
+
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ArtifactError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+    name, size, fixed = check_contract(sess.get_inputs(), sess.get_outputs(), path.name)
+    opset = None
+    try:
+        import onnx
+
+        m = onnx.load(str(path), load_external_data=False)
+        opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    except ImportError:
+        log.debug("onnx not installed: the opset of %s is not recorded unless given", path.name)
+    return {"name": name, "shape": [fixed or "N", 1, size, size], "dtype": "float32"}, opset
+
+
+def write_manifest(artifact: str | Path, **fields: Any) -> Manifest:
+    """Write NAME.json beside `artifact` and return it.
+
+    file, sha256, size_bytes, format, created, versions and git_commit are filled in here; for
+    an ONNX file the input spec and opset (format_version) are read from the model when not
+    given. Every other field is a keyword named like the Manifest field (unknown names are an
+    ArtifactError). `preprocess` may be a PreprocessSpec or its dict; it defaults to
+    PreprocessSpec(size=S).
+    """
+    path = Path(artifact)
+    if not path.is_file():
+        raise ArtifactError(f"cannot write a manifest: {path} does not exist")
+    names = {f.name for f in dataclasses.fields(Manifest)}
+    computed = {"file", "sha256", "size_bytes", "schema_version"}
+    unknown = sorted(set(fields) - (names - computed))
+    if unknown:
+        raise ArtifactError(f"write_manifest: unknown or computed fields {unknown}; expected some of {sorted(names - computed)}")
+    fmt = fields.pop("format", None) or _format_of(path)
+    if fmt == "onnx" and ("input" not in fields or fields.get("format_version") is None):
+        inp, opset = _onnx_io(path)
+        fields.setdefault("input", inp)
+        if fields.get("format_version") is None:
+            fields["format_version"] = opset
+    if "input" not in fields:
+        raise ArtifactError(f"write_manifest({path.name}): give input={{'name', 'shape': ['N', 1, S, S], 'dtype'}}")
+    spec = fields.get("preprocess")
+    if isinstance(spec, PreprocessSpec):
+        fields["preprocess"] = spec.to_dict()
+    elif spec is None:
+        fields["preprocess"] = PreprocessSpec(size=int(fields["input"]["shape"][-1])).to_dict()
+    fields.setdefault("versions", library_versions())
+    fields.setdefault("git_commit", _git_commit(Path(__file__).resolve().parent))
+    fields.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    m = Manifest(file=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size, format=fmt, **fields)
+    m._validate(f"write_manifest({path.name})")
+    if m.preprocess.get("size") != m.input_size:
+        raise ArtifactError(f"write_manifest({path.name}): preprocess size {m.preprocess.get('size')} != model input S {m.input_size}")
+    out = manifest_path(path)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(m.to_dict(), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, out)  # atomic: a reader never sees half a manifest
+    log.info("wrote %s (sha256 %s…)", out, m.sha256[:12])
+    return m
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read the manifest of an artifact (NAME.onnx or NAME.json). Missing / malformed -> ArtifactError."""
+    mp = manifest_path(path)
+    if not mp.is_file():
+        raise ArtifactError(
+            f"missing manifest: no {mp.name} beside {Path(path).name}, so this is an unknown file; "
+            "export it with `streamcad export` or pass --allow-unverified"
+        )
+    try:
+        d = json.loads(mp.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"manifest {mp.name} is not readable JSON: {exc}") from exc
+    return Manifest.from_dict(d, where=f"manifest {mp.name}")
+
+
+def _ort_max_opset() -> int | None:
+    try:
+        v = importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    major_minor = tuple(int(x) for x in v.split(".")[:2] if x.isdigit())
+    best = None
+    for ver, opset in _ORT_MAX_OPSET:
+        if major_minor >= ver:
+            best = opset
+    return best
+
+
+def verify_artifact(path: str | Path, manifest: Manifest) -> str:
+    """Check `path` against its manifest -> the verified sha256. ArtifactError names the failed check."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"model file not found: {p}")
+    if manifest.file != p.name:
+        raise ArtifactError(f"manifest names file {manifest.file!r}, not {p.name!r}: renamed or wrong manifest")
+    fmt = FORMATS.get(p.suffix.lower())
+    if fmt != manifest.format:
+        raise ArtifactError(f"{p.name}: manifest format {manifest.format!r} but the file suffix means {fmt!r}")
+    if manifest.format == "onnx":
+        opset = manifest.format_version
+        max_opset = _ort_max_opset()
+        if not isinstance(opset, int) or opset < 7:
+            raise ArtifactError(f"{p.name}: unsupported format version (ONNX opset) {opset!r}; expected an int >= 7")
+        if max_opset is not None and opset > max_opset:
+            raise ArtifactError(
+                f"{p.name}: unsupported format version: ONNX opset {opset} is newer than this onnxruntime runs (<= {max_opset})"
+            )
+    size = p.stat().st_size
+    if size != manifest.size_bytes:
+        raise ArtifactError(
+            f"{p.name}: size mismatch: {size} bytes on disk, {manifest.size_bytes} in the manifest (truncated or replaced file)"
+        )
+    digest = sha256_file(p)
+    if digest != manifest.sha256:
+        raise ArtifactError(
+            f"{p.name}: sha256 mismatch: file {digest[:16]}…, manifest {manifest.sha256[:16]}… (tampered or corrupt file)"
+        )
+    return digest
+
+
+def load_model(
+    path: str | Path, backend: str = "onnxruntime", allow_unverified: bool = False, **options: Any
+) -> LoadedModel:
+    """Verify `path` against its manifest, load it with `backend`, and check the input contract.
+
+    path (NAME.onnx | NAME.engine | NAME.pt) + NAME.json --verify--> backend --S == manifest S-->
+    LoadedModel. Without a manifest the file is refused unless allow_unverified=True; then a
+    warning is logged and the preprocessing is PreprocessSpec(size=S read from the model) (or the
+    spec a torch checkpoint carries).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"model file not found: {p}")
+    manifest: Manifest | None
+    if manifest_path(p).is_file() or not allow_unverified:
+        manifest = read_manifest(p)
+        digest = verify_artifact(p, manifest)
+    else:
+        log.warning("loading %s WITHOUT a manifest (--allow-unverified): its origin and integrity are unchecked", p.name)
+        manifest, digest = None, sha256_file(p)
+    be = load_backend(backend, p, **options)
+    try:
+        if manifest is None:
+            spec = PreprocessSpec.from_dict(be.preprocess) if be.preprocess else PreprocessSpec(size=be.input_size)
+            class_names = CLASS_NAMES
+        else:
+            spec = manifest.spec()
+            class_names = tuple(manifest.class_names)
+            if manifest.input_size != be.input_size:
+                raise ArtifactError(
+                    f"{p.name}: input contract mismatch: the model takes S={be.input_size}, the manifest says {manifest.input['shape']}"
+                )
+        if spec.size != be.input_size:
+            raise ArtifactError(
+                f"{p.name}: input contract mismatch: preprocessing size {spec.size} != model input S {be.input_size}"
+            )
+    except Exception:
+        be.close()
+        raise
+    return LoadedModel(backend=be, manifest=manifest, spec=spec, class_names=class_names, sha256=digest)
