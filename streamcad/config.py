@@ -50,7 +50,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
 
 
 class SourceConfig(_Section):
-    uri: str = "sweep:sample"  # the repo's sample images: runs on a fresh machine
+    uri: str = "sweep:"  # the repo's BUS-BRA sample images: runs on a fresh machine
     loop: bool = False
     pace: Literal["native", "none"] = "native"  # 'none' = as fast as possible (benchmarks)
     fps: PosFloat | None = None  # sweep frame rate / requested device fps; None = source default

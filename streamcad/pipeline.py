@@ -457,10 +457,6 @@ def _open_source(config: RunConfig):
 
     s = config.source
     uri = s.uri
-    if uri == "sweep:sample":
-        from streamcad.sources.sweep import SAMPLE_DIR
-
-        uri = f"sweep:{SAMPLE_DIR}"
     opts = dict(loop=s.loop, pace=s.pace, seed=s.seed)
     for k in ("fps", "width", "height", "fourcc"):
         if getattr(s, k) is not None:
