@@ -42,7 +42,7 @@ class Backend(ABC):
     """One loaded model on one device. Subclasses set the attributes in __init__.
 
     Attributes: name (registry name), input_size (S), precision ('fp32' | 'fp16'),
-    device ('cpu' | 'cuda' | 'cuda:i'), suffixes (artifact file suffixes it accepts),
+    device ('cpu' | 'cuda' | 'cuda:i'), fixed_batch (None = any N), suffixes (artifact file suffixes it accepts),
     preprocess (a PreprocessSpec dict carried by the artifact itself, or None).
     """
 
@@ -53,6 +53,7 @@ class Backend(ABC):
     precision: str = "fp32"
     device: str = "cpu"
     preprocess: dict | None = None  # only backends whose artifact embeds it (torch checkpoints)
+    fixed_batch: int | None = None  # the only batch size the artifact accepts, or None for any N
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -129,7 +129,7 @@ class OnnxRuntimeBackend(Backend):
         if lost:  # ORT drops a provider whose libraries fail to load with only a warning: refuse
             raise BackendError(f"onnxruntime: requested {lost} but the session runs on {active}; refusing to fall back")
         where = Path(artifact).name
-        self._input_name, self.input_size, self._fixed_batch = check_contract(
+        self._input_name, self.input_size, self.fixed_batch = check_contract(
             self._sess.get_inputs(), self._sess.get_outputs(), where
         )
         self.precision = "fp32"
@@ -146,7 +146,7 @@ class OnnxRuntimeBackend(Backend):
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._sess is None:
             raise BackendError("onnxruntime: infer() called after close()")
-        batch = self.check_batch(batch, self._fixed_batch)
+        batch = self.check_batch(batch, self.fixed_batch)
         if self._io_binding and self.device == "cpu" and self._saliency_hw is not None:
             return self._infer_bound(batch)
         try:
