@@ -40,3 +40,33 @@ def test_machine_info_names_the_machine():
     m = machine_info()
     assert m["cores"] >= 1 and m["cpu"]
     assert "numpy" in m["libraries"] and "onnxruntime" in m["libraries"]
+
+
+def test_onnx_flops_counts_conv_and_gemm(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from benchmarks.roofline import onnx_flops
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "w")
+    g = numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "g")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),  # (N, 8, 16, 16)
+            helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("Gemm", ["f", "g"], ["logits"]),  # (N, 3)
+        ],
+        "t",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [w, g],
+    )
+    p = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), p)
+    f = onnx_flops(p)
+    conv = 2 * (8 * 16 * 16) * (1 * 3 * 3)
+    gemm = 2 * 3 * 8
+    assert f["flops"] == conv + gemm
+    assert f["params_bytes"] == (8 * 9 + 24) * 4
