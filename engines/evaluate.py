@@ -1,0 +1,257 @@
+"""`streamcad evaluate MODEL DATA_DIR`: score a shipped model file on a labelled image folder.
+
+    MODEL (.onnx / .engine / .pt) + manifest --streamcad.manifest.load_model--> backend
+    DATA_DIR (BUS-BRA | BUSI | sample layout) --discover--> image paths + labels
+        --cv2 gray--> streamcad.preprocess (the runtime's own path) --backend.infer--> logits
+        --softmax--> probs (N, 3) --train.evaluate.bootstrap_metrics--> metrics + 95% CIs
+
+Metric definitions are train.evaluate's (one definition for training reports and this command):
+AUC is benign vs malignant with score = p(malignant), the 3-way softmax output the runtime
+publishes (NOT renormalised over benign + malignant); normal images are left out of it.
+Sensitivity / specificity / F1 binarise p(malignant) >= threshold, where threshold is
+--threshold, else the manifest's operating_threshold. ECE uses 15 equal-width bins. CIs are a
+stratified percentile bootstrap (--bootstrap resamples). With normals present (BUSI) the
+3-class macro one-vs-rest AUC is added. Needs scikit-learn: `pip install streamcad[train]`.
+
+Layouts recognised:
+- BUS-BRA: DATA_DIR/Images/*.png + DATA_DIR/bus_data.csv (columns ID, Pathology)
+- BUSI:    DATA_DIR/{benign,malignant,normal}/*.png (masks *_mask*.png ignored)
+- sample:  DATA_DIR/images/*.png + DATA_DIR/labels.csv (columns file, label), like streamcad/data/sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamcad.errors import ConfigError, FrameError, StreamcadError
+
+log = logging.getLogger(__name__)
+
+HELP = "score a model on a folder laid out like BUSI or BUS-BRA"
+CLASSES = ("normal", "benign", "malignant")
+DEFAULT_BATCH = 16
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file (.onnx, .engine, or a .pt checkpoint with --backend torch)")
+    p.add_argument("data_dir", help="folder laid out like BUS-BRA (Images/ + bus_data.csv) or BUSI (benign/ malignant/ normal/)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the full result (metrics, per-image probabilities) to this JSON file")
+    p.add_argument("--backend", default="onnxruntime", help="inference backend (see `streamcad info`); default onnxruntime")
+    p.add_argument("--device", default=None, help="'cpu' or 'cuda' (onnxruntime provider / torch device); default: the backend's own")
+    p.add_argument("--allow-unverified", action="store_true", help="load a model file that has no manifest (logged as a warning)")
+    p.add_argument("--threshold", type=float, default=None, help="operating threshold on p(malignant); default: the manifest's")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the 95%% CIs (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def _labelled(rows: list[dict[str, str]], path: Path, id_col: str, label_col: str) -> dict[str, str]:
+    if rows and (id_col not in rows[0] or label_col not in rows[0]):
+        raise ConfigError(f"{path}: columns {list(rows[0])}; expected {id_col!r} and {label_col!r}")
+    out = {}
+    for r in rows:
+        label = r[label_col].strip().lower()
+        if label not in CLASSES:
+            raise ConfigError(f"{path}: {r[id_col]!r} has label {r[label_col]!r}; expected one of {list(CLASSES)}")
+        out[r[id_col].strip()] = label
+    return out
+
+
+def discover(data_dir: str | Path) -> tuple[str, list[Path], np.ndarray, list[str]]:
+    """Find images and labels -> (layout name, image paths, labels (N,) int64 index into CLASSES, ids)."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ConfigError(f"data folder {root} does not exist")
+    items: list[tuple[str, Path, str]] = []  # (id, path, label)
+    if (root / "Images").is_dir() and (root / "bus_data.csv").is_file():
+        layout = "busbra"
+        csv_path = root / "bus_data.csv"
+        labels = _labelled(_read_csv(csv_path), csv_path, "ID", "Pathology")
+        for img in sorted((root / "Images").glob("*.png")):
+            if img.stem in labels:
+                items.append((img.stem, img, labels[img.stem]))
+            else:
+                log.warning("%s: no row in bus_data.csv; skipped", img.name)
+        missing = sorted(set(labels) - {i for i, _, _ in items})
+        if missing:
+            log.info("%d rows of bus_data.csv have no image in Images/ (e.g. %s)", len(missing), missing[0])
+    elif any((root / c).is_dir() for c in CLASSES):
+        layout = "busi"
+        for c in CLASSES:
+            for img in sorted((root / c).glob("*.png")) if (root / c).is_dir() else []:
+                if "_mask" in img.stem:
+                    continue
+                items.append((f"{c}/{img.stem}", img, c))
+    elif (root / "images").is_dir() and (root / "labels.csv").is_file():
+        layout = "sample"
+        csv_path = root / "labels.csv"
+        labels = _labelled(_read_csv(csv_path), csv_path, "file", "label")
+        for name, label in sorted(labels.items()):
+            img = root / "images" / name
+            if not img.is_file():
+                raise ConfigError(f"{csv_path}: lists {name!r} but {img} does not exist")
+            items.append((Path(name).stem, img, label))
+    else:
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:12]
+        raise ConfigError(
+            f"unrecognised folder layout in {root}: found {found or 'nothing'}; expected BUS-BRA "
+            "(Images/ + bus_data.csv), BUSI (benign/ malignant/ normal/ with PNGs) or sample (images/ + labels.csv)"
+        )
+    if not items:
+        raise ConfigError(f"{root} ({layout} layout) holds no labelled PNG images")
+    ids = [i for i, _, _ in items]
+    paths = [p for _, p, _ in items]
+    y = np.array([CLASSES.index(lbl) for _, _, lbl in items], np.int64)
+    return layout, paths, y, ids
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)  # colour BUSI files -> gray, like the runtime
+    if img is None:
+        raise FrameError(f"cannot read image {path}")
+    return img
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)  # (N, 3), temperature already in the logits
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+    """Run a LoadedModel over image files through the runtime's preprocessing -> probs (N, 3)."""
+    from streamcad.preprocess import preprocess_batch
+
+    be = model.backend
+    bs = be.fixed_batch or batch_size
+    out = np.empty((len(paths), 3), np.float64)
+    for start in range(0, len(paths), bs):
+        chunk = [_read_gray(p) for p in paths[start : start + bs]]
+        x = preprocess_batch(chunk, model.spec)  # (n, 1, S, S) float32
+        n = x.shape[0]
+        if be.fixed_batch and n < bs:  # pad the last batch of a fixed-batch engine, drop the padding after
+            x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), np.float32)])
+        out[start : start + n] = _softmax(be.infer(x)["logits"][:n])
+    return out
+
+
+def evaluate(
+    model_path: str | Path,
+    data_dir: str | Path,
+    backend: str = "onnxruntime",
+    allow_unverified: bool = False,
+    threshold: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    **options: Any,
+) -> dict:
+    """Score `model_path` on `data_dir` -> a JSON-ready dict (metrics with CIs, per-image probs)."""
+    try:
+        from train.evaluate import bootstrap_metrics
+    except ImportError as exc:
+        raise StreamcadError(f"`streamcad evaluate` needs scikit-learn: pip install streamcad[train] ({exc})") from exc
+    from streamcad.manifest import load_model
+
+    if n_boot < 1:
+        raise ConfigError(f"--bootstrap {n_boot}; expected >= 1")
+    layout, paths, labels, ids = discover(data_dir)
+    if not {1, 2} <= set(labels.tolist()):
+        raise ConfigError(f"{data_dir}: needs both benign and malignant images; found {sorted({CLASSES[i] for i in labels})}")
+    with load_model(model_path, backend=backend, allow_unverified=allow_unverified, **options) as model:
+        if threshold is not None:
+            thr, thr_source = float(threshold), "--threshold"
+        elif model.threshold is not None:
+            thr, thr_source = float(model.threshold), "manifest operating_threshold"
+        else:
+            thr, thr_source = 0.5, "default 0.5 (no manifest threshold)"
+            log.warning("no operating threshold in the manifest and no --threshold: using 0.5")
+        if not 0.0 <= thr <= 1.0:
+            raise ConfigError(f"threshold {thr}; expected a probability in [0, 1]")
+        log.info("scoring %d images (%s layout) with %r on %s", len(paths), layout, model.backend, Path(model_path).name)
+        probs = predict(model, paths)
+        info = {
+            "model": str(model_path),
+            "sha256": model.sha256,
+            "verified": model.manifest is not None,
+            "backend": model.backend.name,
+            "device": model.backend.device,
+            "precision": model.backend.precision,
+        }
+    metrics = bootstrap_metrics(labels, probs, thr, n_boot=n_boot, seed=seed)
+    return {
+        **info,
+        "data_dir": str(data_dir),
+        "layout": layout,
+        "score": "p(malignant), 3-way softmax; AUC over benign+malignant images only",
+        "threshold": thr,
+        "threshold_source": thr_source,
+        "n_boot": n_boot,
+        "seed": seed,
+        "metrics": metrics,
+        "predictions": [
+            {"id": i, "label": CLASSES[int(y)], **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASSES)}}
+            for i, y, p in zip(ids, labels, probs)
+        ],
+    }
+
+
+def _options(backend: str, device: str | None) -> dict:
+    if device is None:
+        return {"device": "cpu"} if backend == "torch" else {}
+    if backend == "onnxruntime":
+        return {"providers": (device,)}
+    if backend == "torch":
+        return {"device": device}
+    raise ConfigError(f"--device is not an option of backend {backend!r}; leave it out")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate(
+        args.model,
+        args.data_dir,
+        backend=args.backend,
+        allow_unverified=args.allow_unverified,
+        threshold=args.threshold,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        **_options(args.backend, args.device),
+    )
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    m = result["metrics"]
+    con = Console(file=sys.stdout)
+    con.print(
+        escape(
+        f"{Path(result['model']).name} ({result['backend']}, {result['device']}, {result['precision']}"
+        f"{'' if result['verified'] else ', UNVERIFIED'}) on {result['data_dir']} [{result['layout']}]: "
+        f"n={m['n']} (normal {m['n_normal']}, benign {m['n_benign']}, malignant {m['n_malignant']}); "
+        f"threshold {result['threshold']:.3f} from {result['threshold_source']}"
+        )
+    )
+    t = Table("metric", "value", "95% CI", title=f"{result['score']}; {result['n_boot']} bootstrap resamples")
+    for k, v in m.items():
+        if isinstance(v, dict):
+            t.add_row(k, f"{v['value']:.3f}", f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]")
+    con.print(t)
+    return 0
