@@ -211,7 +211,7 @@ def _explain(payload: bytes, is_json: bool, exc: Exception) -> str:
     """Turn a msgspec error into our words; prefer 'unknown type/schema' when that is the cause."""
     try:
         head = (_json_head if is_json else _msgpack_head).decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, UnicodeDecodeError):
         head = None
     if head is not None:
         if head.type not in MESSAGE_TYPES:
@@ -240,7 +240,7 @@ def decode_payload(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
         return (_json_dec if is_json else _msgpack_dec).decode(payload)
     except msgspec.ValidationError as exc:
         raise MessageError(f"invalid {'JSON' if is_json else 'msgpack'} message: {_explain(payload, is_json, exc)}") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets bad UTF-8 through
         raise MessageError(f"malformed {'JSON' if is_json else 'msgpack'} payload: {exc}") from exc
 
 

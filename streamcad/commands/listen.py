@@ -1,0 +1,78 @@
+"""`streamcad listen`: subscribe to a stream and print each message.
+
+    streamcad listen --endpoint tcp://127.0.0.1:5555 --stream probe0 --count 10 --json
+
+--json prints one JSON object per line (the wire payload's fields, "type" included); otherwise
+one compact human line per message. Exit 0 after --count messages (or on Ctrl-C); exit 1 with
+one line when nothing arrives within --timeout seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import msgspec
+
+from streamcad.client import Subscriber
+from streamcad.errors import TransportError
+from streamcad.messages import MESSAGE_TYPES, Score, Status
+from streamcad.security import ClientCurve
+
+HELP = "subscribe to a stream and print messages"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", action="append", help="endpoint to connect to (repeatable; default tcp://127.0.0.1:5555)")
+    p.add_argument("--stream", action="append", help="stream id to receive (repeatable; default: all)")
+    p.add_argument("--kind", action="append", choices=MESSAGE_TYPES, help="message kind (repeatable; default: both)")
+    p.add_argument("--count", type=int, default=0, help="exit after N messages (0: run until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of human lines")
+    p.add_argument("--latest-only", action="store_true", help="CONFLATE: keep only the newest message")
+    p.add_argument("--timeout", type=float, default=5.0, help="fail if no message arrives for S seconds (default 5)")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="expected status interval in s (staleness = 3x)")
+    p.add_argument("--curve-secret", help="CURVE: this client's NAME.key_secret file")
+    p.add_argument("--curve-server-key", help="CURVE: the server's public NAME.key file")
+
+
+def _human(msg: Score | Status) -> str:
+    if isinstance(msg, Score):
+        mal = "  -  " if msg.malignancy is None else f"{msg.malignancy:.3f}"
+        flags = ",".join(msg.flags) or "-"
+        total = msg.latency_ms.get("total")
+        lat = "" if total is None else f" {total:6.1f} ms"
+        return f"score  {msg.stream} #{msg.seq:<6d} frame {msg.frame_index:<6d} malignancy {mal} {msg.state:<10s} flags {flags}{lat}"
+    src = msg.source
+    state = src.state if src else "?"
+    c = msg.counters
+    return (f"status {msg.stream} #{msg.seq:<6d} source {state} fps in/out {msg.fps_in:.1f}/{msg.fps_out:.1f} "
+            f"frames {c.frames_in}/{c.frames_out} dropped {c.dropped_publish} up {msg.uptime_s:.0f}s")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.count < 0 or args.timeout <= 0:
+        raise TransportError("--count must be >= 0 and --timeout > 0")
+    curve = None
+    if args.curve_secret or args.curve_server_key:
+        if not (args.curve_secret and args.curve_server_key):
+            raise TransportError("CURVE needs both --curve-secret and --curve-server-key")
+        curve = ClientCurve(args.curve_secret, args.curve_server_key)
+    endpoints = args.endpoint or ["tcp://127.0.0.1:5555"]
+    n = 0
+    with Subscriber(endpoints, streams=args.stream, kinds=tuple(args.kind or MESSAGE_TYPES),
+                    latest_only=args.latest_only, curve=curve, heartbeat_s=args.heartbeat) as sub:
+        while args.count == 0 or n < args.count:
+            msg = sub.recv(args.timeout)
+            if msg is None:
+                print(f"streamcad listen: no message from {', '.join(endpoints)} within {args.timeout:g} s",
+                      file=sys.stderr)
+                return 1
+            n += 1
+            if args.json:
+                sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
+            else:
+                sys.stdout.write(_human(msg) + "\n")
+            sys.stdout.flush()
+        if sub.gap_count:
+            print(f"streamcad listen: {sub.gap_count} messages missing (seq gaps)", file=sys.stderr)
+    return 0
