@@ -11,9 +11,10 @@ Gaps: each publisher numbers its messages 0, 1, 2, ... per stream (scores and st
 counter). A jump from n to m > n+1 records a Gap of m-n-1 missing messages. A message from a new
 publisher id on a stream (publisher restarted) starts a fresh sequence: no gap is recorded. The
 first message seen from a publisher starts its sequence too (joining late is not a gap).
-With latest_only=True ZeroMQ keeps only the newest message across ALL subscribed topics, so gaps
-are expected and statuses of other streams may be overwritten: use one latest_only Subscriber
-per stream and kind when that matters.
+With latest_only=True (ZMQ_CONFLATE) ZeroMQ keeps only the newest message, so gaps are expected.
+libzmq conflates the outgoing subscriptions too, so latest_only takes ONE topic: one kind and at
+most one stream, or no filter at all (every message of every stream); other combinations raise
+TransportError. Use one latest_only Subscriber per topic when you need several.
 
 Staleness: ``is_stale(stream)`` is True when no message of that stream was *received through
 recv()/iteration* for more than 3 * heartbeat_s (publishers send a status at least every
@@ -99,6 +100,15 @@ class Subscriber:
             prefixes = [topic(k, s) for k in kinds for s in (streams or [None])]
         except MessageError as exc:
             raise TransportError(str(exc)) from exc
+        if latest_only and len(prefixes) > 1:
+            # libzmq conflates the outgoing subscriptions too: only the last one would survive.
+            if streams is None and set(kinds) == set(MESSAGE_TYPES):
+                prefixes = [b""]  # everything: the only two kinds are score and status
+            else:
+                raise TransportError(
+                    f"latest_only supports one topic, got {len(prefixes)} ({prefixes}): pass one kind "
+                    "and at most one stream (or neither), or use one Subscriber per topic"
+                )
         self.endpoints = endpoints
         self.streams = None if streams is None else list(streams)
         self.kinds = kinds
