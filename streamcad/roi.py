@@ -1,0 +1,416 @@
+"""Find the ultrasound image sector (ROI) inside a scanner screen.
+
+A capture card delivers the whole scanner screen: a dark background, UI text, icons, a depth
+ruler, perhaps a colour logo, and the image sector (a rectangle for linear probes, a fan or an
+annulus for curved ones). The classifier must see the sector and nothing else.
+
+    gray uint8 frames (H, W) --downscale (longest side 256)--> small frames
+        spatial cue:  temporal max > background + margin (the sector is bright and textured)
+                      --close (join speckle) -> open (drop text strokes, ruler ticks, thin lines)
+                      -> fill holes (dark anechoic regions inside the sector)
+        temporal cue: per-pixel std over the frames (the live image changes, the UI is static)
+        --> connected components, scored by area x speckle texture x liveness --> best one
+        --> its bounding box, mapped back to full resolution --> Roi(x, y, w, h, shape, confidence)
+
+`detect_roi` works on one frame or many. `RoiTracker` runs per frame in the pipeline: it detects
+on the first frame, refines once after `warmup_frames` frames (temporal cue), re-detects when
+the frame size changes, and otherwise returns the same box (no jitter, near-zero cost).
+Only numpy and OpenCV are used.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from streamcad.errors import ConfigError, FrameError
+
+__all__ = ["Roi", "RoiTracker", "detect_roi", "parse_roi", "iou"]
+
+log = logging.getLogger(__name__)
+
+_WORK_SIDE = 256  # detection runs on a copy whose longest side is this: ~1-3 ms per frame
+_MIN_SIDE = 16  # smaller frames cannot hold a sector plus UI; refuse them with a FrameError
+_DARK_MARGIN = 6.0  # grey levels above the background that count as "signal" (after area-averaging)
+_LIVE_STD = 1.5  # temporal std (grey levels, downscaled) above which a pixel is "live"
+_TEXTURE_RESID = 1.0  # |g - blur3(g)| above this is speckle-like texture
+_MIN_AREA_FRAC = 0.02  # a sector smaller than 2% of the screen is not a usable image
+_CURVED_FILL = 0.85  # sector area / box area below this -> a fan or annulus ('curved')
+
+
+@dataclass(frozen=True)
+class Roi:
+    """The image sector's bounding box in full-resolution pixels."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    shape: str = "linear"  # 'linear' (rectangle) or 'curved' (fan / annulus)
+    confidence: float = 1.0  # 0 = no sector found (the box is then the whole frame)
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.x, self.y, self.w, self.h)
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def parse_roi(text: str) -> tuple[int, int, int, int]:
+    """Parse the `--roi x,y,w,h` flag into a tuple of four ints (x, y >= 0; w, h > 0)."""
+    expected = "expected four integers 'x,y,w,h' with x, y >= 0 and w, h > 0, e.g. '100,80,640,480'"
+    if not isinstance(text, str):
+        raise ConfigError(f"--roi {text!r}: {expected}")
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4:
+        raise ConfigError(f"--roi {text!r} has {len(parts)} fields; {expected}")
+    try:
+        x, y, w, h = (int(p) for p in parts)
+    except ValueError as exc:
+        raise ConfigError(f"--roi {text!r} is not all integers; {expected}") from exc
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise ConfigError(f"--roi {text!r} is out of range; {expected}")
+    return (x, y, w, h)
+
+
+def _check_frame(image: object, what: str = "frame") -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2:
+        got = f"{type(image).__name__} {getattr(image, 'dtype', '?')} shape {getattr(image, 'shape', '?')}"
+        raise FrameError(f"ROI detection expects a grayscale uint8 {what} of shape (H, W); got {got}")
+    if min(image.shape) < _MIN_SIDE:
+        raise FrameError(
+            f"ROI detection needs a {what} of at least {_MIN_SIDE}x{_MIN_SIDE} pixels; got shape {image.shape}"
+        )
+    return image
+
+
+def _downscale(image: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> (h, w) uint8 with max(h, w) <= _WORK_SIDE (area averaging kills pixel noise)."""
+    h, w = image.shape
+    s = min(1.0, _WORK_SIDE / max(h, w))
+    if s >= 1.0:
+        return image
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the background regions not reachable from the image border (dark areas inside the sector)."""
+    h, w = mask.shape
+    padded = np.zeros((h + 2, w + 2), np.uint8)
+    padded[1:-1, 1:-1] = mask
+    flood = padded.copy()
+    ffmask = np.zeros((h + 4, w + 4), np.uint8)
+    cv2.floodFill(flood, ffmask, (0, 0), 1)
+    holes = flood[1:-1, 1:-1] == 0
+    return (mask.astype(bool) | holes).astype(np.uint8)
+
+
+def _edge(lines: np.ndarray, inside: np.ndarray, background: float) -> int | None:
+    """Index of the first line (scanning from index 0, outside the box inwards) that holds sector image.
+
+    lines: (n, L) uint8 rows or columns of the frame across the box span; inside: (n, L) bool,
+    the detected sector region (dilated) at full resolution, so UI outside it never counts. A
+    sector line has >= 3 signal pixels with speckle spread; a UI separator line is uniform.
+    """
+    a = lines.astype(np.float32)
+    sig = (a > background + _DARK_MARGIN) & inside  # (n, L)
+    cnt = sig.sum(axis=1)  # (n,)
+    n = np.maximum(cnt, 1)
+    mean = (a * sig).sum(axis=1) / n
+    spread = np.sqrt(np.maximum((a * a * sig).sum(axis=1) / n - mean * mean, 0.0))  # std of signal pixels
+    # Small blobs touching the edge (a ruler dot, a logo) have few pixels next to the sector's
+    # full lines; a fan corner grows steadily inwards. Relative count + contiguity keep the corner.
+    ok = (cnt >= max(3.0, 0.05 * float(cnt.max()))) & (spread > 2.5)
+    if not ok.any():
+        return None
+    if ok[-1]:
+        bad = np.nonzero(~ok)[0]
+        return int(bad[-1]) + 1 if len(bad) else 0
+    return int(np.argmax(ok))
+
+
+def _refine_edges(
+    full: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int], band: int, background: float
+) -> tuple[int, int, int, int]:
+    """Snap each edge of a coarse (x0, y0, x1, y1) box to the outermost sector line at full resolution.
+
+    region: (H, W) bool, the sector component upsampled and dilated: only signal inside it counts.
+    """
+    H, W = full.shape
+    x0, y0, x1, y1 = box
+    ys, xs = slice(max(0, y0 - band), min(H, y1 + band)), slice(max(0, x0 - band), min(W, x1 + band))
+    edges = []
+    for lo, hi, rows, flip in [(y0 - band, y0 + band, True, False), (y1 - band, y1 + band, True, True),
+                               (x0 - band, x0 + band, False, False), (x1 - band, x1 + band, False, True)]:
+        n = H if rows else W
+        lo, hi = max(0, lo), min(n, hi)
+        if rows:
+            lines, inside = full[lo:hi, xs], region[lo:hi, xs]
+        else:
+            lines, inside = full[ys, lo:hi].T, region[ys, lo:hi].T
+        if flip:
+            lines, inside = lines[::-1], inside[::-1]
+        e = _edge(lines, inside, background)
+        edges.append(None if e is None else (hi - e if flip else lo + e))
+    nx0, ny0, nx1, ny1 = (old if new is None else new for old, new in zip((x0, y0, x1, y1), (edges[2], edges[0], edges[3], edges[1])))
+    if nx1 - nx0 < 2 or ny1 - ny0 < 2:
+        return box
+    return nx0, ny0, nx1, ny1
+
+
+def _detect_small(small: Sequence[np.ndarray], full_shape: tuple[int, int], full: np.ndarray | None = None) -> Roi:
+    """Detect on downscaled frames (all of one shape); return the box in full-resolution pixels.
+
+    full: one full-resolution frame (or a per-pixel max of a few) to snap the edges to; optional.
+    """
+    stack = np.stack(small).astype(np.float32)  # (T, h, w)
+    h, w = stack.shape[1:]
+    H, W = full_shape
+    sx, sy = W / w, H / h
+
+    peak = stack.max(axis=0)  # (h, w): the temporal max covers dark regions that flicker
+    border = np.concatenate([peak[0], peak[-1], peak[:, 0], peak[:, -1]])
+    background = float(np.median(border))
+    signal = (peak > background + _DARK_MARGIN).astype(np.uint8)
+
+    # Morphology scaled to the working image: a 3 px close joins speckle; a 5 px open (about
+    # 20 full-resolution px at 1280 wide) removes text strokes, ruler ticks and 1-2 px lines.
+    k = 3 if min(h, w) >= 48 else 1
+    closed = _fill_holes(cv2.morphologyEx(signal, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8)))
+    ko = 5 if min(h, w) >= 64 else (3 if min(h, w) >= 24 else 1)
+    filled = _fill_holes(cv2.morphologyEx(closed, cv2.MORPH_OPEN, np.ones((ko, ko), np.uint8)))
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(filled, connectivity=8)
+    if n <= 1:
+        raise FrameError(
+            f"no ultrasound sector found in the {W}x{H} frame: nothing brighter than the background "
+            f"(grey level {background:.0f}); is the scanner showing an image? Pass --roi x,y,w,h to set it"
+        )
+
+    # Speckle texture: high-pass residual of the mean frame (uniform panels and gradients have none).
+    mean = stack.mean(axis=0)
+    texture = np.abs(mean - cv2.blur(mean, (3, 3))) > _TEXTURE_RESID
+    live = None
+    if stack.shape[0] >= 3:
+        live = stack.std(axis=0) > _LIVE_STD
+        if live.mean() < 0.002:  # nothing moves (frozen or still start): no temporal evidence
+            live = None
+
+    # Score every component at once: area x speckle texture (x liveness when frames move).
+    areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)  # (n,)
+    flat = labels.ravel()
+    tex_frac = np.bincount(flat, weights=texture.ravel(), minlength=n) / np.maximum(areas, 1)
+    score = areas * (0.1 + tex_frac)
+    live_frac = None
+    if live is not None:
+        live_frac = np.bincount(flat, weights=live.ravel(), minlength=n) / np.maximum(areas, 1)
+        score *= 0.1 + live_frac
+    score[0] = -1.0  # label 0 is the background
+    best = int(np.argmax(score))
+    total_area = float(areas[1:].sum())
+
+    comp = labels == best
+    area = int(stats[best, cv2.CC_STAT_AREA])
+    # Give back what the opening shaved off the sector (pointed fan corners): grow the chosen
+    # component by the opening size, but only over signal. Thin UI lines touching it come back
+    # by at most ko pixels; the full-resolution edge snapping below drops them again.
+    kernel = np.ones((ko, ko), np.uint8)
+    region = cv2.dilate(comp.astype(np.uint8), kernel) & closed
+    pts = cv2.findNonZero(region)
+    x, y, bw, bh = cv2.boundingRect(pts)
+    if area < _MIN_AREA_FRAC * h * w or bw < 4 or bh < 4:
+        raise FrameError(
+            f"no ultrasound sector found in the {W}x{H} frame: the largest textured region is "
+            f"{bw * sx:.0f}x{bh * sy:.0f} px ({area / (h * w):.1%} of the screen, need >= {_MIN_AREA_FRAC:.0%}); "
+            "pass --roi x,y,w,h to set it"
+        )
+    # Shape from the convex hull, so that dark notches along a linear sector's edge do not count.
+    pts = cv2.findNonZero(comp.astype(np.uint8))
+    hull_area = cv2.contourArea(cv2.convexHull(pts)) if len(pts) >= 3 else area
+    cw, ch = int(stats[best, cv2.CC_STAT_WIDTH]), int(stats[best, cv2.CC_STAT_HEIGHT])
+    fill = hull_area / float(max(1, (cw - 1) * (ch - 1)))  # hull of pixel centres over their box
+    shape = "curved" if fill < _CURVED_FILL else "linear"
+
+    # Map back to full resolution: floor the start, ceil the end, clip to the frame.
+    x0, y0 = max(0, int(np.floor(x * sx))), max(0, int(np.floor(y * sy)))
+    x1, y1 = min(W, int(np.ceil((x + bw) * sx))), min(H, int(np.ceil((y + bh) * sy)))
+    if full is not None and (sx > 1.0 or sy > 1.0):
+        band = int(np.ceil((ko // 2 + 2) * max(sx, sy)))  # the coarse edge is within a few working px
+        grown = cv2.dilate(region, np.ones((3, 3), np.uint8))
+        region_full = cv2.resize(grown, (W, H), interpolation=cv2.INTER_NEAREST).astype(bool)  # (H, W)
+        x0, y0, x1, y1 = _refine_edges(full, region_full, (x0, y0, x1, y1), band, background)
+
+    dominance = area / total_area  # 1.0 when nothing else on screen looks like signal
+    conf = dominance * min(1.0, 2.0 * float(tex_frac[best]))
+    if live_frac is not None:
+        conf *= 0.5 + 0.5 * min(1.0, 2.0 * float(live_frac[best]))
+    else:
+        conf *= 0.8  # a single frame (or a still one) gives less evidence than a live sequence
+    return Roi(x0, y0, x1 - x0, y1 - y0, shape, round(float(np.clip(conf, 0.0, 1.0)), 3))
+
+
+def detect_roi(frames: Sequence[np.ndarray]) -> Roi:
+    """Detect the image sector in one or more gray uint8 frames of one size.
+
+    frames: sequence of (H, W) uint8; several frames add the temporal cue (the live image
+    changes, the UI does not). Returns a Roi in full-resolution pixels. Raises FrameError on bad
+    frames or when no sector can be found.
+    """
+    if isinstance(frames, np.ndarray) and frames.ndim == 2:
+        frames = [frames]
+    try:
+        frames = list(frames)
+    except TypeError as exc:
+        raise FrameError(f"detect_roi expects a sequence of (H, W) uint8 frames; got {type(frames).__name__}") from exc
+    if not frames:
+        raise FrameError("detect_roi got no frames; expected at least one (H, W) uint8 frame")
+    first = _check_frame(frames[0])
+    for i, f in enumerate(frames[1:], start=1):
+        _check_frame(f, f"frame {i}")
+        if f.shape != first.shape:
+            raise FrameError(f"detect_roi frames differ in size: frame 0 is {first.shape}, frame {i} is {f.shape}")
+    # Edges are snapped on the per-pixel max of up to 4 frames (covers dark flickering edges).
+    full = np.maximum.reduce(frames[:: max(1, len(frames) // 4)][:4]) if len(frames) > 1 else first
+    return _detect_small([_downscale(f) for f in frames], first.shape, full)
+
+
+class RoiTracker:
+    """Per-frame ROI for the pipeline: detect once, refine once, then return the same box.
+
+    frame (H, W) uint8 --update()--> Roi
+      override given      -> the override (checked against the frame size)
+      first frame / resize -> detect on that frame (single-frame cues)
+      warmup_frames seen  -> re-detect on their downscaled copies (adds the temporal cue)
+      redetect_every_s    -> collect warmup_frames frames again and re-detect; the box changes
+                             only if the new one differs clearly (IoU < 0.9), so it never jitters
+    If no sector is found yet (a black screen at start-up), update returns the whole frame with
+    confidence 0.0, logs a warning, and retries on later frames.
+    """
+
+    _REPLACE_IOU = 0.9  # a re-detected box replaces the current one only below this overlap
+
+    def __init__(
+        self,
+        override: tuple[int, int, int, int] | None = None,
+        warmup_frames: int = 8,
+        redetect_every_s: float | None = None,
+    ) -> None:
+        if override is not None:
+            try:
+                ok = len(override) == 4 and all(isinstance(v, (int, np.integer)) for v in override)
+            except TypeError:
+                ok = False
+            if not ok or override[0] < 0 or override[1] < 0 or override[2] <= 0 or override[3] <= 0:
+                raise ConfigError(
+                    f"ROI override {override!r}: expected four integers (x, y, w, h) with x, y >= 0 and w, h > 0"
+                )
+            override = tuple(int(v) for v in override)
+        if not isinstance(warmup_frames, int) or warmup_frames < 1:
+            raise ConfigError(f"warmup_frames={warmup_frames!r}: expected an integer >= 1")
+        if redetect_every_s is not None and not (redetect_every_s > 0):
+            raise ConfigError(f"redetect_every_s={redetect_every_s!r}: expected a positive number of seconds or None")
+        self.override = override
+        self.warmup_frames = warmup_frames
+        self.redetect_every_s = redetect_every_s
+        self._shape: tuple[int, int] | None = None
+        self._roi: Roi | None = None
+        self._buffer: list[np.ndarray] = []  # downscaled frames while collecting
+        self._collecting = False
+        self._last_detect = 0.0
+        self._warned = False
+        self._refined = False
+
+    @property
+    def roi(self) -> Roi | None:
+        """The current box, or None before the first frame."""
+        return self._roi
+
+    def reset(self) -> None:
+        """Forget the box; the next frame is detected afresh."""
+        self._shape, self._roi, self._buffer, self._collecting = None, None, [], False
+
+    def update(self, image: np.ndarray) -> Roi:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2:
+            got = f"{type(image).__name__} {getattr(image, 'dtype', '?')} shape {getattr(image, 'shape', '?')}"
+            raise FrameError(f"RoiTracker.update expects a grayscale uint8 frame of shape (H, W); got {got}")
+        shape = image.shape
+        if shape != self._shape:
+            if self._shape is not None:
+                log.info("frame size changed from %sx%s to %sx%s: re-detecting the ROI",
+                         self._shape[1], self._shape[0], shape[1], shape[0])
+            self.reset()
+            self._shape = shape
+            if self.override is not None:
+                x, y, w, h = self.override
+                if x + w > shape[1] or y + h > shape[0]:
+                    self._shape = None  # check again on the next frame
+                    raise FrameError(
+                        f"ROI override x={x}, y={y}, w={w}, h={h} does not fit the {shape[1]}x{shape[0]} frame "
+                        f"(needs x + w <= {shape[1]} and y + h <= {shape[0]})"
+                    )
+                self._roi = Roi(x, y, w, h, "linear", 1.0)
+            else:
+                self._first_detect(image)
+            return self._roi
+
+        if self.override is not None:
+            return self._roi
+        if self._roi.confidence == 0.0:  # nothing found yet: keep trying on each frame
+            self._first_detect(image)
+            return self._roi
+        if self._collecting:
+            self._buffer.append(_downscale(image))
+            if len(self._buffer) >= self.warmup_frames:
+                self._refine(image)
+        elif self.redetect_every_s is not None and time.monotonic() - self._last_detect >= self.redetect_every_s:
+            self._collecting, self._buffer = True, [_downscale(image)]
+        return self._roi
+
+    def _first_detect(self, image: np.ndarray) -> None:
+        small = _downscale(image)
+        try:
+            self._roi = _detect_small([small], image.shape, image) if min(image.shape) >= _MIN_SIDE else None
+        except FrameError as exc:
+            self._roi = None
+            if not self._warned:
+                log.warning("%s; using the whole frame until a sector appears", exc)
+                self._warned = True
+        if self._roi is None:
+            self._roi = Roi(0, 0, image.shape[1], image.shape[0], "linear", 0.0)
+            return
+        self._warned = False
+        self._last_detect = time.monotonic()
+        self._collecting, self._buffer = True, [small]
+        self._refined = False
+        if len(self._buffer) >= self.warmup_frames:
+            self._refine(image)
+
+    def _refine(self, image: np.ndarray) -> None:
+        buffer, self._buffer, self._collecting = self._buffer, [], False
+        self._last_detect = time.monotonic()
+        try:
+            new = _detect_small(buffer, self._shape, image)
+        except FrameError as exc:
+            log.warning("ROI re-detection failed (%s); keeping %s", exc, self._roi.as_tuple())
+            return
+        # The warm-up refinement is always taken (it has the temporal cue); a periodic re-detection
+        # replaces the box only when it moved clearly, so that the crop does not jitter.
+        if not self._refined or iou(new.as_tuple(), self._roi.as_tuple()) < self._REPLACE_IOU:
+            if new.as_tuple() != self._roi.as_tuple():
+                log.info("ROI %s -> %s (confidence %.2f)", self._roi.as_tuple(), new.as_tuple(), new.confidence)
+            self._roi = new
+        self._refined = True
