@@ -66,7 +66,7 @@ def open_source(uri: str, **options) -> FrameSource:
     hang_timeout_s, open_timeout_s). Unknown scheme or option -> SourceError listing the valid
     ones; a missing file -> SourceError naming the path."""
     if not isinstance(uri, str) or ":" not in uri:
-        raise SourceError(f"source {uri!r}: expected SCHEME:..., with SCHEME one of {', '.join(SCHEMES)}")
+        raise SourceError(f"source {uri!r}: expected SCHEME:...; valid schemes: {', '.join(SCHEMES)}")
     scheme, rest = uri.split(":", 1)
     if scheme not in SCHEMES:
         raise SourceError(f"source {uri!r}: unknown scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
