@@ -22,8 +22,10 @@ heartbeat_s); a stream never seen counts from the subscriber's creation.
 
 Malformed messages (bad topic, bad payload, oversized, unknown type or schema): with
 strict=True (default) recv() and iteration raise MessageError; with strict=False they are
-counted in ``rejected``, logged, and skipped. Frames larger than max_message_bytes are also
-refused by ZeroMQ itself (MAXMSGSIZE), which drops that connection; it reconnects.
+counted in ``rejected``, logged, and skipped. Frames larger than max_message_bytes are refused
+by ZeroMQ itself (MAXMSGSIZE) before they are buffered; libzmq treats that as a protocol error and
+drops the connection WITHOUT reconnecting. So when nothing at all arrives for 3 * heartbeat_s, the
+subscriber re-dials its endpoints (``redials`` counts this); a link cut this way comes back then.
 """
 
 from __future__ import annotations
@@ -126,6 +128,9 @@ class Subscriber:
         self._last_seen: dict[str, float] = {}
         self._status: dict[str, Status] = {}
         self._t_open = time.monotonic()
+        self._t_last_any = self._t_open
+        self._t_redial = self._t_open
+        self.redials = 0
         self._closed = False
 
         self._ctx = zmq.Context()
@@ -162,9 +167,14 @@ class Subscriber:
             raise TransportError("subscriber is closed")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            left = deadline - time.monotonic()
-            if not self._sock.poll(max(0, int(left * 1000)), zmq.POLLIN):
-                return None
+            now = time.monotonic()
+            self._maybe_redial(now)
+            left = deadline - now
+            # wake at least every heartbeat so a silent link is re-dialled during long waits
+            if not self._sock.poll(max(0, int(min(left, self.heartbeat_s) * 1000)), zmq.POLLIN):
+                if time.monotonic() >= deadline:
+                    return None
+                continue
             try:
                 frame = self._sock.recv(zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -191,10 +201,24 @@ class Subscriber:
             if msg is not None:
                 yield msg
 
+    def _maybe_redial(self, now: float) -> None:
+        quiet = 3 * self.heartbeat_s
+        if now - self._t_last_any <= quiet or now - self._t_redial <= quiet:
+            return
+        self._t_redial = now
+        self.redials += 1
+        log.info("nothing received for %.1f s: re-dialling %s", now - self._t_last_any, ", ".join(self.endpoints))
+        for ep in self.endpoints:
+            try:
+                self._sock.disconnect(ep)
+            except zmq.ZMQError:
+                pass  # already gone (e.g. cut by MAXMSGSIZE): connect below restores it
+            self._sock.connect(ep)
+
     def _track(self, msg: Message) -> None:
         self.received += 1
         stream, pub = msg.stream, msg.publisher
-        self._last_seen[stream] = time.monotonic()
+        self._t_last_any = self._last_seen[stream] = time.monotonic()
         if isinstance(msg, Status):
             self._status[stream] = msg
         old = self._publisher.get(stream)
