@@ -1,0 +1,129 @@
+"""`streamcad evaluate` on small real folders (BUS-BRA-like, BUSI-like) against metrics computed
+independently here with onnxruntime + scikit-learn on the same images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers_onnx import make_contract_onnx
+from streamcad.errors import ConfigError
+from streamcad.manifest import write_manifest
+
+pytest.importorskip("sklearn")
+from sklearn.metrics import f1_score, recall_score, roc_auc_score  # noqa: E402
+
+from engines.evaluate import CLASSES, discover, evaluate  # noqa: E402
+from streamcad.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    p = make_contract_onnx(tmp_path_factory.mktemp("model") / "m.onnx", size=64, saliency_hw=(8, 8), seed=5)
+    write_manifest(p, operating_threshold=0.3)
+    return p
+
+
+@pytest.fixture(scope="module")
+def busbra_small(busbra_dir, tmp_path_factory):
+    """10 benign + 10 malignant real BUS-BRA images with the real csv rows."""
+    rows = list(csv.DictReader(open(busbra_dir / "bus_data.csv", newline="")))
+    pick = [r for r in rows if r["Pathology"] == "benign"][:10] + [r for r in rows if r["Pathology"] == "malignant"][:10]
+    d = tmp_path_factory.mktemp("busbra")
+    (d / "Images").mkdir()
+    for r in pick:
+        shutil.copy(busbra_dir / "Images" / f"{r['ID']}.png", d / "Images")
+    with open(d / "bus_data.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(pick)
+    return d
+
+
+@pytest.fixture(scope="module")
+def busi_small(busi_dir, tmp_path_factory):
+    """6 images per class from real BUSI, with their masks (which must be ignored)."""
+    d = tmp_path_factory.mktemp("busi")
+    for c in CLASSES:
+        (d / c).mkdir()
+        imgs = sorted(p for p in (busi_dir / c).glob("*.png") if "_mask" not in p.stem)[:6]
+        for p in imgs:
+            shutil.copy(p, d / c)
+            for m in (busi_dir / c).glob(f"{p.stem}_mask*.png"):
+                shutil.copy(m, d / c)
+    return d
+
+
+def _independent(model_path, folder, layout):
+    """Probabilities computed here with a plain ORT session and the shared preprocess."""
+    import onnxruntime as ort
+
+    from streamcad.preprocess import PreprocessSpec, preprocess
+
+    if layout == "busbra":
+        labels = {r["ID"]: r["Pathology"] for r in csv.DictReader(open(folder / "bus_data.csv"))}
+        items = [(p, labels[p.stem]) for p in sorted((folder / "Images").glob("*.png"))]
+    else:
+        items = [(p, c) for c in CLASSES for p in sorted((folder / c).glob("*.png")) if "_mask" not in p.name]
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    x = np.stack([preprocess(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), PreprocessSpec(size=64)) for p, _ in items])
+    logits = sess.run(["logits"], {"input": x})[0].astype(np.float64)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([CLASSES.index(c) for _, c in items])
+    return y, probs
+
+
+def _check_against_sklearn(result, y, probs, thr):
+    keep = y != 0
+    yb, s = (y[keep] == 2).astype(int), probs[keep, 2]
+    pred = (s >= thr).astype(int)
+    m = result["metrics"]
+    assert m["n"] == len(y) and m["n_malignant"] == int((y == 2).sum())
+    np.testing.assert_allclose(m["auc"]["value"], roc_auc_score(yb, s), atol=1e-6)
+    np.testing.assert_allclose(m["sensitivity"]["value"], recall_score(yb, pred), atol=1e-9)
+    np.testing.assert_allclose(m["specificity"]["value"], recall_score(yb, pred, pos_label=0), atol=1e-9)
+    np.testing.assert_allclose(m["f1"]["value"], f1_score(yb, pred, zero_division=0), atol=1e-9)
+    bins = np.minimum((s * 15).astype(int), 14)  # 15 equal bins; edges are not hit by these scores
+    ece = sum(abs(yb[bins == b].sum() - s[bins == b].sum()) for b in range(15)) / len(s)
+    np.testing.assert_allclose(m["ece"]["value"], ece, atol=1e-6)
+    for k in ("auc", "sensitivity", "specificity", "f1", "ece"):
+        assert m[k]["ci_low"] <= m[k]["value"] + 1e-9 and m[k]["value"] <= m[k]["ci_high"] + 1e-9
+    np.testing.assert_allclose([[p["p_normal"], p["p_benign"], p["p_malignant"]] for p in result["predictions"]], probs, atol=1e-5)
+
+
+def test_busbra_layout_matches_sklearn(model, busbra_small, tmp_path):
+    out = tmp_path / "r.json"
+    rc = main(["evaluate", str(model), str(busbra_small), "--json", str(out), "--bootstrap", "30"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["layout"] == "busbra" and result["threshold"] == 0.3 and result["verified"]
+    assert "auc_macro_ovr" not in result["metrics"]
+    y, probs = _independent(model, busbra_small, "busbra")
+    _check_against_sklearn(result, y, probs, 0.3)
+
+
+def test_busi_layout_three_class_auc(model, busi_small):
+    result = evaluate(model, busi_small, n_boot=20, threshold=0.25)
+    assert result["layout"] == "busi" and result["threshold_source"] == "--threshold"
+    assert len(result["predictions"]) == 18  # masks ignored
+    y, probs = _independent(model, busi_small, "busi")
+    _check_against_sklearn(result, y, probs, 0.25)
+    np.testing.assert_allclose(
+        result["metrics"]["auc_macro_ovr"]["value"], roc_auc_score(y, probs, multi_class="ovr", average="macro"), atol=1e-6
+    )
+
+
+def test_sample_layout_and_unrecognised_folder(model, repo_root, tmp_path, capsys):
+    layout, paths, labels, ids = discover(repo_root / "streamcad" / "data" / "sample")
+    assert layout == "sample" and len(paths) == 24 and set(labels.tolist()) == {1, 2}
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"unrecognised folder layout.*\['notes.txt', 'stuff/'\].*expected BUS-BRA"):
+        discover(tmp_path)
+    assert main(["evaluate", str(model), str(tmp_path)]) == 1
+    assert "unrecognised folder layout" in capsys.readouterr().err
