@@ -73,9 +73,12 @@ def _nvidia_smi() -> list[dict] | str:
 
 
 def _torch_cuda() -> dict | str:
-    if importlib.util.find_spec("torch") is None:
-        return "torch not installed"
-    import torch  # only here: torch is installed, and the user asked for the full report
+    try:
+        if importlib.util.find_spec("torch") is None:
+            return "torch not installed"
+        import torch  # only here: torch is installed, and the user asked for the full report
+    except ImportError as exc:  # installed but broken (or blocked)
+        return f"torch not importable: {exc}"
 
     if not torch.cuda.is_available():
         return f"torch {torch.__version__}: no CUDA device"
