@@ -23,7 +23,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -152,7 +152,7 @@ class Status(Struct, tag="status", tag_field="type", forbid_unknown_fields=True,
     uptime_s: NonNegFloat = 0.0  # seconds since the publisher started
 
 
-Message = Union[Score, Status]
+Message = Score | Status
 
 _json_enc = msgspec.json.Encoder()
 _msgpack_enc = msgspec.msgpack.Encoder()

@@ -64,6 +64,13 @@ _MONITOR_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 
+# libzmq ZMQ_PROTOCOL_ERROR_* values seen in handshake-failed events
+_HANDSHAKE_CODES = {
+    0x11000002: "security mechanism mismatch: e.g. a plain client on a CURVE socket",
+    0x11000001: "unspecified ZMTP error",
+    0x20000000: "ZAP unspecified error",
+}
+
 
 def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> tuple[str, str]:
     """Split and vet an endpoint to bind. Returns (scheme, rest).
@@ -276,7 +283,10 @@ class Publisher:
         """Send a Status now (merging `fields` into the remembered ones). Returns sent/dropped."""
         self._check_open()
         self.set_status(**fields)
-        return self._send_status(time.monotonic())
+        now = time.monotonic()
+        ok = self._send_status(now)
+        self._service(now)
+        return ok
 
     def service(self, timeout: float = 0.0) -> int:
         """Wait up to `timeout` s for subscription events, answer them with a status, send a
@@ -371,8 +381,9 @@ class Publisher:
             if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 log.warning("stream %s: client on %s DENIED: authentication failed (key not allowed)", self.stream, ep)
             elif kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-                log.warning("stream %s: client on %s DENIED: handshake failed (code %s; e.g. a plain "
-                            "client on a CURVE socket)", self.stream, ep, evt.get("value"))
+                code = evt.get("value")
+                why = _HANDSHAKE_CODES.get(code, f"code {code}")
+                log.warning("stream %s: client on %s DENIED: handshake failed (%s)", self.stream, ep, why)
             elif kind == zmq.EVENT_ACCEPTED:
                 log.debug("stream %s: connection accepted on %s", self.stream, ep)
             elif kind == zmq.EVENT_DISCONNECTED:
