@@ -207,7 +207,7 @@ def evaluate(
         "metrics": metrics,
         "predictions": [
             {"id": i, "label": CLASSES[int(y)], **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASSES)}}
-            for i, y, p in zip(ids, labels, probs)
+            for i, y, p in zip(ids, labels, probs, strict=True)
         ],
     }
 

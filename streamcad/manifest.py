@@ -213,9 +213,9 @@ def _format_of(path: Path) -> str:
 
 def _onnx_io(path: Path) -> tuple[dict, int | None]:
     """Input spec and opset of an ONNX file, read through onnxruntime (and onnx for the opset if present)."""
-    from streamcad.backends.onnxruntime import check_contract
-
     import onnxruntime as ort
+
+    from streamcad.backends.onnxruntime import check_contract
 
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

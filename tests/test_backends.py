@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers_onnx import BAD_KINDS, make_bad_onnx, make_contract_onnx, reference_outputs
-from streamcad.backends import Backend, available_backends, backend_names, load_backend, register_backend
+
+from streamcad.backends import (
+    Backend,
+    available_backends,
+    backend_names,
+    load_backend,
+    register_backend,
+)
 from streamcad.errors import ArtifactError, BackendError
 
 

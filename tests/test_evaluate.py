@@ -10,8 +10,8 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
 from helpers_onnx import make_contract_onnx
+
 from streamcad.errors import ConfigError
 from streamcad.manifest import write_manifest
 

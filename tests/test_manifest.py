@@ -8,18 +8,18 @@ import logging
 
 import numpy as np
 import pytest
-
 from helpers_onnx import make_contract_onnx, reference_outputs
+
 from streamcad.errors import ArtifactError
 from streamcad.manifest import (
     SCHEMA_VERSION,
     LoadedModel,
+    load_model,
     manifest_path,
     read_manifest,
     sha256_file,
     verify_artifact,
     write_manifest,
-    load_model,
 )
 from streamcad.preprocess import PreprocessSpec
 

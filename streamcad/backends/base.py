@@ -16,8 +16,9 @@ import importlib.util
 import inspect
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class Backend(ABC):
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """float32 (N, 1, S, S) -> {'logits': (N, 3) float32, 'saliency': (N, 1, h, w) float32}."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: the default has nothing to release)
         """Release the session / engine. Idempotent."""
 
     def __enter__(self) -> Backend:

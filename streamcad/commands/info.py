@@ -90,9 +90,8 @@ def _torch_cuda() -> dict | str:
 
 def collect() -> dict:
     """Everything `info` reports, as a JSON-ready dict."""
-    from streamcad.backends import available_backends
-
     import streamcad
+    from streamcad.backends import available_backends
 
     try:
         import onnxruntime as ort
