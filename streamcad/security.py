@@ -99,6 +99,10 @@ class ServerCurve:
             object.__setattr__(self, "allowed_clients_dir", d)
         load_keypair(self.secret_key_file)  # fail now, not at bind
 
+    @classmethod
+    def from_files(cls, secret_key_file: str | Path, allowed_clients_dir: str | Path | None = None) -> ServerCurve:
+        return cls(Path(secret_key_file), None if allowed_clients_dir is None else Path(allowed_clients_dir))
+
 
 @dataclass(frozen=True)
 class ClientCurve:
@@ -112,6 +116,10 @@ class ClientCurve:
         object.__setattr__(self, "server_public_key_file", Path(self.server_public_key_file))
         load_keypair(self.secret_key_file)
         _load(self.server_public_key_file, need_secret=False)
+
+    @classmethod
+    def from_files(cls, secret_key_file: str | Path, server_public_key_file: str | Path) -> ClientCurve:
+        return cls(Path(secret_key_file), Path(server_public_key_file))
 
 
 class _AllowList:

@@ -235,15 +235,17 @@ class Publisher:
         """The seq the next message will carry."""
         return self._seq
 
-    def publish_score(self, *, t_ready_ns: int | None = None, **fields: Any) -> bool:
-        """Publish one Score. `fields` are the Score fields except schema/stream/publisher/seq/
-        t_publish_ns (filled here). latency_ms['total'] is set from the timestamps when absent;
-        latency_ms['publish'] from t_ready_ns (monotonic ns when the result was ready) if given.
+    def publish_score(self, *, t_ready_ns: int | None = None, t_publish_ns: int | None = None,
+                      **fields: Any) -> bool:
+        """Publish one Score. `fields` are the Score fields except schema/stream/publisher/seq
+        (filled here). t_publish_ns defaults to now (pass your own monotonic stamp if your
+        latency_ms was computed against it). latency_ms['total'] is set from the timestamps when
+        absent; latency_ms['publish'] from t_ready_ns (monotonic ns when the result was ready).
         Returns True if sent, False if dropped (subscriber HWM full). Raises MessageError on bad fields.
         """
         self._check_open()
         self._check_owned(fields)
-        now = time.monotonic_ns()
+        now = time.monotonic_ns() if t_publish_ns is None else t_publish_ns
         latency = dict(fields.pop("latency_ms", None) or {})
         t_cap = fields.get("t_capture_ns")
         if "total" not in latency and isinstance(t_cap, int):
@@ -275,8 +277,7 @@ class Publisher:
         """Remember Status fields (source, counters, fps_in, fps_out, backend, model, model_sha256)
         for the next heartbeat / new-subscriber status, without sending now."""
         self._check_owned(fields)
-        fields.pop("last_seq", None)
-        fields.pop("uptime_s", None)
+        fields.pop("last_seq", None)  # the publisher knows which score went out last
         self._status_fields.update(fields)
 
     def publish_status(self, **fields: Any) -> bool:
@@ -308,6 +309,8 @@ class Publisher:
             raise MessageError(f"fields {sorted(owned)} are set by the publisher, not the caller")
 
     def _build(self, cls: type, fields: dict, now_ns: int) -> Any:
+        if not isinstance(now_ns, int) or isinstance(now_ns, bool):
+            raise MessageError(f"t_publish_ns must be an int of monotonic ns, got {type(now_ns).__name__}")
         full = dict(fields, schema=SCHEMA_VERSION, stream=self.stream, publisher=self.publisher_id,
                     seq=self._seq, t_publish_ns=now_ns)
         try:
@@ -344,7 +347,7 @@ class Publisher:
         counters["dropped_publish"] = self.dropped  # the publisher is the authority on its drops
         fields["counters"] = counters
         fields["last_seq"] = self._last_score_seq
-        fields["uptime_s"] = now - self._t_start
+        fields.setdefault("uptime_s", now - self._t_start)
         msg = self._build(Status, fields, time.monotonic_ns())
         self._t_last_status = now
         return self._send(msg)

@@ -266,3 +266,23 @@ def test_close_is_bounded_when_subscriber_stuck_or_gone():
         assert elapsed < 1.0, f"close took {elapsed:.2f} s (gone={gone})"
         with pytest.raises(TransportError, match="closed"):
             pub.publish_score(**score_fields(0))
+
+
+def test_pipeline_style_call_numpy_values_and_own_publish_stamp():
+    import numpy as np
+
+    with Publisher(ANY_PORT, stream="np0", heartbeat_s=60) as pub, Subscriber(pub.endpoint) as sub:
+        wait_for(sub, pub, lambda m: isinstance(m, Status))
+        t_cap = time.monotonic_ns()
+        t_pub = t_cap + 5_000_000
+        f = score_fields(3)
+        f.update(t_capture_ns=t_cap, probs=dict(zip(("normal", "benign", "malignant"), np.array([0.25, 0.25, 0.5], np.float32), strict=True)),
+                 malignancy=np.float64(0.5), roi=(np.int64(1), 2, 3, 4), flags=sorted({"frozen"}), state="flagged")
+        f["latency_ms"] = {"queue": 0.5, "total": 5.0}
+        assert pub.publish_score(t_publish_ns=t_pub, **f)
+        pub.publish_status(uptime_s=12.5, fps_in=np.float32(30.0))
+        sc = wait_for(sub, None, lambda m: isinstance(m, Score))
+        st = wait_for(sub, None, lambda m: isinstance(m, Status))
+    assert sc.t_publish_ns == t_pub and sc.latency_ms == {"queue": 0.5, "total": 5.0}
+    assert sc.probs.malignant == 0.5 and sc.roi == (1, 2, 3, 4) and sc.flags == ["frozen"]
+    assert st.uptime_s == 12.5 and st.fps_in == 30.0 and st.last_seq == sc.seq
