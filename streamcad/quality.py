@@ -1,0 +1,157 @@
+"""Per-frame quality flags: is this crop worth a malignancy score?
+
+    ROI crop (h, w) uint8 --INTER_AREA to <= 128 px--> g (float32)
+        blank           g nearly uniform, or nearly all black
+        frozen          mean |g - g_prev| (64 px) below a noise floor for >= N consecutive frames
+        no_signal       the source reports itself stale (no new frame for a while)
+        not_ultrasound  chroma (colourfulness of the original frame) above a threshold, or
+                        no speckle: too few local intensity maxima inside solid tissue
+                        (desktop screens, rendered text, smooth gradients)
+
+The pipeline publishes the flags with each score; consumers should not trust a score that
+carries any flag. Only numpy and OpenCV; one small resize plus a few 128-px ops per frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from streamcad.errors import ConfigError, FrameError
+
+__all__ = ["FLAGS", "QualityConfig", "QualityChecker", "speckle_density"]
+
+FLAGS: tuple[str, ...] = ("blank", "frozen", "no_signal", "not_ultrasound")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds, each measured on the real data in ../shared/data (see the comments)."""
+
+    # The checks run on a copy whose longest side is this: area averaging removes pixel noise,
+    # and 128 px still resolves speckle grains of real scanners (about 3-8 px at full size).
+    work_side: int = 128
+    # blank: std of the downsampled crop below this (a uniform screen of any brightness).
+    # Real BUSI / BUS-BRA images and the scanner recordings have std >= 20.
+    blank_std: float = 2.0
+    # blank: 99th percentile at or below this (nearly all black; a probe in air or unplugged).
+    # Real images have p99 >= 100.
+    black_level: float = 10.0
+    # frozen: compared on a 64-px copy (float, area-averaged), where re-encoding noise averages
+    # out faster than speckle change does.
+    frozen_side: int = 64
+    # frozen: mean |difference| to the previous frame (grey levels, 64-px copy) below this counts
+    # as "unchanged". Measured: a frozen screen through an mp4v round trip gives <= 0.18 (its
+    # keyframe refresh is the largest); the Clarius recording's duplicated frames <= 0.07; a live
+    # but still probe >= 0.30 (the end of the Butterfly phantom recording), because speckle and
+    # electronic noise decorrelate. 0.24 sits between (geometric mean).
+    frozen_diff: float = 0.24
+    # frozen: this many consecutive unchanged frames (a third of a second at 30 fps). Capture
+    # cards running faster than the scanner repeat single frames; those never reach this.
+    frozen_frames: int = 10
+    # not_ultrasound: Hasler-Suesstrunk colourfulness of the original frame above this. Gray
+    # scanner screens with a colour logo measure 0.9-2.7; BUSI's colour-Doppler images reach
+    # 14.2 and are still ultrasound; photos and desktop screens are usually above 30.
+    chroma_max: float = 20.0
+    # not_ultrasound: strict local maxima per pixel of solid tissue (pixels > 10 whose 5x5
+    # neighbourhood is all tissue). Real images: >= 0.022 (BUS-BRA, BUSI, both recordings);
+    # gradients, desktop screens and rendered text: <= 0.001.
+    min_speckle: float = 0.008
+    # not_ultrasound: below this fraction of solid tissue the density is taken over this
+    # fraction instead (thin text strokes on black have no solid tissue at all). The Clarius
+    # crop, mostly a black eyeball, has 0.29.
+    min_tissue: float = 0.05
+
+    def __post_init__(self) -> None:
+        for key in ("blank_std", "black_level", "frozen_diff", "chroma_max", "min_speckle", "min_tissue"):
+            v = getattr(self, key)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"quality.{key}={v!r}: expected a finite number >= 0")
+        for key, low in (("work_side", 8), ("frozen_side", 8), ("frozen_frames", 1)):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"quality.{key}={v!r}: expected an integer >= {low}")
+
+
+_TISSUE = 10.0  # grey level above which a pixel is tissue rather than background
+_NB = np.ones((3, 3), np.uint8)
+_NB[1, 1] = 0  # 8-neighbourhood, centre excluded
+_CORE = np.ones((5, 5), np.uint8)
+
+
+def speckle_density(g: np.ndarray, min_tissue: float = 0.05) -> float:
+    """Strict local maxima per pixel of solid tissue in a float32 (h, w) image (speckle grains)."""
+    tissue = (g > _TISSUE).astype(np.uint8)
+    core = cv2.erode(tissue, _CORE, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    peaks = (g > cv2.dilate(g, _NB) + 0.5) & core
+    return float(peaks.sum()) / max(float(core.sum()), min_tissue * g.size, 1.0)
+
+
+class QualityChecker:
+    """Flags per frame. Keeps one downsampled previous frame and a counter; reset() on resize.
+
+        checker = QualityChecker(QualityConfig())
+        flags = checker.check(frame.image[y:y+h, x:x+w], frame.chroma, stale=source.state == 'stale')
+    """
+
+    def __init__(self, config: QualityConfig | None = None) -> None:
+        self.config = config if config is not None else QualityConfig()
+        if not isinstance(self.config, QualityConfig):
+            raise ConfigError(f"QualityChecker expects a QualityConfig; got {type(self.config).__name__}")
+        self._prev: np.ndarray | None = None
+        self._unchanged = 0
+
+    def reset(self) -> None:
+        """Forget the previous frame (call when the resolution or the ROI changes)."""
+        self._prev, self._unchanged = None, 0
+
+    @staticmethod
+    def _downsample(image: np.ndarray, side: int) -> np.ndarray:
+        """(h, w) -> float32 with the longest side <= side (area averaging, no rounding)."""
+        h, w = image.shape
+        s = min(1.0, side / max(h, w))
+        image = image.astype(np.float32)
+        if s < 1.0:
+            image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        return image
+
+    def check(self, roi_image: np.ndarray, chroma: float, stale: bool) -> frozenset[str]:
+        """ROI crop (h, w) uint8 + chroma of the original frame + source staleness -> set of FLAGS."""
+        if not isinstance(roi_image, np.ndarray) or roi_image.dtype != np.uint8 or roi_image.ndim != 2:
+            got = f"{type(roi_image).__name__} {getattr(roi_image, 'dtype', '?')} shape {getattr(roi_image, 'shape', '?')}"
+            raise FrameError(f"quality check expects a grayscale uint8 ROI image of shape (h, w); got {got}")
+        if roi_image.size == 0:
+            raise FrameError(f"quality check got an empty ROI image (shape {roi_image.shape})")
+        try:
+            chroma = float(chroma)
+        except (TypeError, ValueError) as exc:
+            raise FrameError(f"quality check expects chroma as a number; got {chroma!r}") from exc
+        if not math.isfinite(chroma) or chroma < 0:
+            raise FrameError(f"quality check expects chroma as a finite number >= 0; got {chroma!r}")
+        cfg = self.config
+        g = self._downsample(roi_image, cfg.work_side)  # (h', w') float32, longest side <= work_side
+        small = self._downsample(g, cfg.frozen_side)  # (h'', w'') float32 for the frozen check
+        flags = set()
+        if stale:
+            flags.add("no_signal")
+
+        blank = float(g.std()) < cfg.blank_std or float(np.percentile(g, 99)) <= cfg.black_level
+        if blank:
+            flags.add("blank")
+        elif chroma > cfg.chroma_max or speckle_density(g, cfg.min_tissue) < cfg.min_speckle:
+            flags.add("not_ultrasound")  # not evaluated on blank crops: blank says it better
+
+        if self._prev is not None and self._prev.shape == small.shape:
+            if float(np.abs(small - self._prev).mean()) < cfg.frozen_diff:
+                self._unchanged += 1
+            else:
+                self._unchanged = 0
+        else:
+            self._unchanged = 0  # first frame, or the crop changed size: nothing to compare
+        self._prev = small
+        if self._unchanged >= cfg.frozen_frames:
+            flags.add("frozen")
+        return frozenset(flags)
