@@ -31,7 +31,7 @@ def render(pipe) -> Panel:
         Text(f"source {state}", style="green" if state == "live" else "yellow"),
         f"{getattr(info, 'width', '?')}x{getattr(info, 'height', '?')} "
         f"@ {getattr(info, 'fps', None) or '?'} fps {getattr(info, 'fourcc', '') or ''}",
-        f"model {pipe.model.name} ({pipe.model.backend.name})",
+        f"model {pipe.model.model_id} ({pipe.model.backend.name})",
     )
     up = pipe.report.wall_s or 1e-9
     head.add_row(

@@ -198,7 +198,7 @@ class Pipeline:
             flags=sorted(item.flags),
             roi=item.roi,
             model_sha256=self.model.sha256,
-            model=self.model.name,
+            model=self.model.model_id,
             saliency_peak=item.saliency_peak,
             label=item.label,
         )
@@ -285,7 +285,7 @@ class Pipeline:
             fps_in=self.report.frames_in / uptime if uptime > 0 else 0.0,
             fps_out=self.stats.fps_out(),
             backend=self.model.backend.name,
-            model=self.model.name,
+            model=self.model.model_id,
             model_sha256=self.model.sha256,
             uptime_s=uptime,
         )
@@ -457,10 +457,16 @@ def _open_source(config: RunConfig):
 
     s = config.source
     uri = s.uri
-    opts = dict(loop=s.loop, pace=s.pace, seed=s.seed)
-    for k in ("fps", "width", "height", "fourcc"):
-        if getattr(s, k) is not None:
-            opts[k] = getattr(s, k)
+    scheme = uri.split(":", 1)[0]
+    opts: dict = {}
+    if scheme in ("file", "sweep"):
+        opts.update(loop=s.loop, pace=s.pace)
+    if scheme == "sweep":
+        opts["seed"] = s.seed
+        if s.fps is not None:
+            opts["fps"] = s.fps
+    if scheme == "device":
+        opts.update({k: getattr(s, k) for k in ("fps", "width", "height", "fourcc") if getattr(s, k) is not None})
     opts["reconnect"] = ReconnectPolicy(
         initial_s=s.reconnect_initial_s, max_s=s.reconnect_max_s, max_attempts=s.reconnect_max_attempts
     )
@@ -485,4 +491,5 @@ def _open_publisher(config: RunConfig):
         connect=p.connect,
         allow_remote=p.allow_remote,
         curve=curve,
+        heartbeat_s=p.heartbeat_s,
     )
