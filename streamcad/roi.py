@@ -89,7 +89,9 @@ def parse_roi(text: str) -> tuple[int, int, int, int]:
 def _check_frame(image: object, what: str = "frame") -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2:
         got = f"{type(image).__name__} {getattr(image, 'dtype', '?')} shape {getattr(image, 'shape', '?')}"
-        raise FrameError(f"ROI detection expects a grayscale uint8 {what} of shape (H, W); got {got}")
+        raise FrameError(
+            f"ROI detection expects a grayscale uint8 {what} of shape (H, W); got {got}"
+        )
     if min(image.shape) < _MIN_SIDE:
         raise FrameError(
             f"ROI detection needs a {what} of at least {_MIN_SIDE}x{_MIN_SIDE} pixels; got shape {image.shape}"
@@ -131,7 +133,9 @@ def _edge(lines: np.ndarray, inside: np.ndarray, background: float) -> int | Non
     cnt = sig.sum(axis=1)  # (n,)
     n = np.maximum(cnt, 1)
     mean = (a * sig).sum(axis=1) / n
-    spread = np.sqrt(np.maximum((a * a * sig).sum(axis=1) / n - mean * mean, 0.0))  # std of signal pixels
+    spread = np.sqrt(
+        np.maximum((a * a * sig).sum(axis=1) / n - mean * mean, 0.0)
+    )  # std of signal pixels
     # Small blobs touching the edge (a ruler dot, a logo) have few pixels next to the sector's
     # full lines; a fan corner grows steadily inwards. Relative count + contiguity keep the corner.
     ok = (cnt >= max(3.0, 0.05 * float(cnt.max()))) & (spread > 2.5)
@@ -144,7 +148,11 @@ def _edge(lines: np.ndarray, inside: np.ndarray, background: float) -> int | Non
 
 
 def _refine_edges(
-    full: np.ndarray, region: np.ndarray, box: tuple[int, int, int, int], band: int, background: float
+    full: np.ndarray,
+    region: np.ndarray,
+    box: tuple[int, int, int, int],
+    band: int,
+    background: float,
 ) -> tuple[int, int, int, int]:
     """Snap each edge of a coarse (x0, y0, x1, y1) box to the outermost sector line at full resolution.
 
@@ -152,10 +160,17 @@ def _refine_edges(
     """
     H, W = full.shape
     x0, y0, x1, y1 = box
-    ys, xs = slice(max(0, y0 - band), min(H, y1 + band)), slice(max(0, x0 - band), min(W, x1 + band))
+    ys, xs = (
+        slice(max(0, y0 - band), min(H, y1 + band)),
+        slice(max(0, x0 - band), min(W, x1 + band)),
+    )
     edges = []
-    for lo, hi, rows, flip in [(y0 - band, y0 + band, True, False), (y1 - band, y1 + band, True, True),
-                               (x0 - band, x0 + band, False, False), (x1 - band, x1 + band, False, True)]:
+    for lo, hi, rows, flip in [
+        (y0 - band, y0 + band, True, False),
+        (y1 - band, y1 + band, True, True),
+        (x0 - band, x0 + band, False, False),
+        (x1 - band, x1 + band, False, True),
+    ]:
         n = H if rows else W
         lo, hi = max(0, lo), min(n, hi)
         if rows:
@@ -166,13 +181,18 @@ def _refine_edges(
             lines, inside = lines[::-1], inside[::-1]
         e = _edge(lines, inside, background)
         edges.append(None if e is None else (hi - e if flip else lo + e))
-    nx0, ny0, nx1, ny1 = (old if new is None else new for old, new in zip((x0, y0, x1, y1), (edges[2], edges[0], edges[3], edges[1])))
+    nx0, ny0, nx1, ny1 = (
+        old if new is None else new
+        for old, new in zip((x0, y0, x1, y1), (edges[2], edges[0], edges[3], edges[1]), strict=True)
+    )
     if nx1 - nx0 < 2 or ny1 - ny0 < 2:
         return box
     return nx0, ny0, nx1, ny1
 
 
-def _detect_small(small: Sequence[np.ndarray], full_shape: tuple[int, int], full: np.ndarray | None = None) -> Roi:
+def _detect_small(
+    small: Sequence[np.ndarray], full_shape: tuple[int, int], full: np.ndarray | None = None
+) -> Roi:
     """Detect on downscaled frames (all of one shape); return the box in full-resolution pixels.
 
     full: one full-resolution frame (or a per-pixel max of a few) to snap the edges to; optional.
@@ -249,9 +269,13 @@ def _detect_small(small: Sequence[np.ndarray], full_shape: tuple[int, int], full
     x0, y0 = max(0, int(np.floor(x * sx))), max(0, int(np.floor(y * sy)))
     x1, y1 = min(W, int(np.ceil((x + bw) * sx))), min(H, int(np.ceil((y + bh) * sy)))
     if full is not None and (sx > 1.0 or sy > 1.0):
-        band = int(np.ceil((ko // 2 + 2) * max(sx, sy)))  # the coarse edge is within a few working px
+        band = int(
+            np.ceil((ko // 2 + 2) * max(sx, sy))
+        )  # the coarse edge is within a few working px
         grown = cv2.dilate(region, np.ones((3, 3), np.uint8))
-        region_full = cv2.resize(grown, (W, H), interpolation=cv2.INTER_NEAREST).astype(bool)  # (H, W)
+        region_full = cv2.resize(grown, (W, H), interpolation=cv2.INTER_NEAREST).astype(
+            bool
+        )  # (H, W)
         x0, y0, x1, y1 = _refine_edges(full, region_full, (x0, y0, x1, y1), band, background)
 
     dominance = area / total_area  # 1.0 when nothing else on screen looks like signal
@@ -275,14 +299,18 @@ def detect_roi(frames: Sequence[np.ndarray]) -> Roi:
     try:
         frames = list(frames)
     except TypeError as exc:
-        raise FrameError(f"detect_roi expects a sequence of (H, W) uint8 frames; got {type(frames).__name__}") from exc
+        raise FrameError(
+            f"detect_roi expects a sequence of (H, W) uint8 frames; got {type(frames).__name__}"
+        ) from exc
     if not frames:
         raise FrameError("detect_roi got no frames; expected at least one (H, W) uint8 frame")
     first = _check_frame(frames[0])
     for i, f in enumerate(frames[1:], start=1):
         _check_frame(f, f"frame {i}")
         if f.shape != first.shape:
-            raise FrameError(f"detect_roi frames differ in size: frame 0 is {first.shape}, frame {i} is {f.shape}")
+            raise FrameError(
+                f"detect_roi frames differ in size: frame 0 is {first.shape}, frame {i} is {f.shape}"
+            )
     # Edges are snapped on the per-pixel max of up to 4 frames (covers dark flickering edges).
     full = np.maximum.reduce(frames[:: max(1, len(frames) // 4)][:4]) if len(frames) > 1 else first
     return _detect_small([_downscale(f) for f in frames], first.shape, full)
@@ -322,7 +350,9 @@ class RoiTracker:
         if not isinstance(warmup_frames, int) or warmup_frames < 1:
             raise ConfigError(f"warmup_frames={warmup_frames!r}: expected an integer >= 1")
         if redetect_every_s is not None and not (redetect_every_s > 0):
-            raise ConfigError(f"redetect_every_s={redetect_every_s!r}: expected a positive number of seconds or None")
+            raise ConfigError(
+                f"redetect_every_s={redetect_every_s!r}: expected a positive number of seconds or None"
+            )
         self.override = override
         self.warmup_frames = warmup_frames
         self.redetect_every_s = redetect_every_s
@@ -346,12 +376,19 @@ class RoiTracker:
     def update(self, image: np.ndarray) -> Roi:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2:
             got = f"{type(image).__name__} {getattr(image, 'dtype', '?')} shape {getattr(image, 'shape', '?')}"
-            raise FrameError(f"RoiTracker.update expects a grayscale uint8 frame of shape (H, W); got {got}")
+            raise FrameError(
+                f"RoiTracker.update expects a grayscale uint8 frame of shape (H, W); got {got}"
+            )
         shape = image.shape
         if shape != self._shape:
             if self._shape is not None:
-                log.info("frame size changed from %sx%s to %sx%s: re-detecting the ROI",
-                         self._shape[1], self._shape[0], shape[1], shape[0])
+                log.info(
+                    "frame size changed from %sx%s to %sx%s: re-detecting the ROI",
+                    self._shape[1],
+                    self._shape[0],
+                    shape[1],
+                    shape[0],
+                )
             self.reset()
             self._shape = shape
             if self.override is not None:
@@ -376,14 +413,21 @@ class RoiTracker:
             self._buffer.append(_downscale(image))
             if len(self._buffer) >= self.warmup_frames:
                 self._refine(image)
-        elif self.redetect_every_s is not None and time.monotonic() - self._last_detect >= self.redetect_every_s:
+        elif (
+            self.redetect_every_s is not None
+            and time.monotonic() - self._last_detect >= self.redetect_every_s
+        ):
             self._collecting, self._buffer = True, [_downscale(image)]
         return self._roi
 
     def _first_detect(self, image: np.ndarray) -> None:
         small = _downscale(image)
         try:
-            self._roi = _detect_small([small], image.shape, image) if min(image.shape) >= _MIN_SIDE else None
+            self._roi = (
+                _detect_small([small], image.shape, image)
+                if min(image.shape) >= _MIN_SIDE
+                else None
+            )
         except FrameError as exc:
             self._roi = None
             if not self._warned:
@@ -411,6 +455,11 @@ class RoiTracker:
         # replaces the box only when it moved clearly, so that the crop does not jitter.
         if not self._refined or iou(new.as_tuple(), self._roi.as_tuple()) < self._REPLACE_IOU:
             if new.as_tuple() != self._roi.as_tuple():
-                log.info("ROI %s -> %s (confidence %.2f)", self._roi.as_tuple(), new.as_tuple(), new.confidence)
+                log.info(
+                    "ROI %s -> %s (confidence %.2f)",
+                    self._roi.as_tuple(),
+                    new.as_tuple(),
+                    new.confidence,
+                )
             self._roi = new
         self._refined = True

@@ -14,7 +14,10 @@ from streamcad.errors import ConfigError, FrameError, StreamcadError
 from streamcad.quality import FLAGS, QualityChecker, QualityConfig, speckle_density
 
 # Sector boxes of the recordings (labelled in tests/test_roi.py).
-REAL = {"clarius-ocular-short.mp4": (264, 87, 752, 786), "butterfly-ocular-phantom.mp4": (78, 203, 613, 689)}
+REAL = {
+    "clarius-ocular-short.mp4": (264, 87, 752, 786),
+    "butterfly-ocular-phantom.mp4": (78, 203, 613, 689),
+}
 
 
 def hasler_chroma(bgr: np.ndarray) -> float:
@@ -51,12 +54,16 @@ def test_real_recordings_have_no_flags(video_dir: Path, name: str) -> None:
     assert count > 40
 
 
-def test_repeated_frames_through_a_real_video_file_become_frozen(video_dir: Path, tmp_path: Path) -> None:
+def test_repeated_frames_through_a_real_video_file_become_frozen(
+    video_dir: Path, tmp_path: Path
+) -> None:
     """A frozen scanner seen through a lossy capture: one frame repeated, encoded and decoded."""
     x, y, w, h = REAL["clarius-ocular-short.mp4"]
     first = next(_frames(video_dir / "clarius-ocular-short.mp4", 1))
     path = tmp_path / "frozen.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (first.shape[1], first.shape[0]))
+    writer = cv2.VideoWriter(
+        str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (first.shape[1], first.shape[0])
+    )
     assert writer.isOpened()
     for _ in range(20):
         writer.write(first)
@@ -66,7 +73,9 @@ def test_repeated_frames_through_a_real_video_file_become_frozen(video_dir: Path
     results = []
     for bgr in _frames(path):
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        results.append("frozen" in checker.check(gray[y : y + h, x : x + w], hasler_chroma(bgr), False))
+        results.append(
+            "frozen" in checker.check(gray[y : y + h, x : x + w], hasler_chroma(bgr), False)
+        )
     assert len(results) == 20
     assert results == [False] * n + [True] * (20 - n)  # frame n+1 is the n-th unchanged in a row
 
@@ -99,13 +108,31 @@ def test_not_ultrasound_cases() -> None:
     text_light = np.full((480, 640), 235, np.uint8)
     text_dark = np.zeros((480, 640), np.uint8)
     for i in range(12):
-        cv2.putText(text_light, f"File  Edit  View  quarterly report {i}", (10, 30 + 36 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 30, 2)
-        cv2.putText(text_dark, f"$ ls -la /home/user/{i}", (10, 30 + 36 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 200, 1)
+        cv2.putText(
+            text_light,
+            f"File  Edit  View  quarterly report {i}",
+            (10, 30 + 36 * i),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.7,
+            30,
+            2,
+        )
+        cv2.putText(
+            text_dark,
+            f"$ ls -la /home/user/{i}",
+            (10, 30 + 36 * i),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.7,
+            200,
+            1,
+        )
     for img in (gradient, text_light, text_dark):
         assert QualityChecker().check(img, 0.0, False) == {"not_ultrasound"}
     # A colourful image: random colour blobs. Its gray version has texture, the chroma betrays it.
     rng = np.random.default_rng(2)
-    bgr = cv2.resize(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+    bgr = cv2.resize(
+        rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC
+    )
     chroma = hasler_chroma(bgr)
     assert chroma > QualityConfig().chroma_max
     speckle = rng.rayleigh(40, (480, 640)).clip(0, 255).astype(np.uint8)
@@ -120,7 +147,9 @@ def test_real_still_images_are_ultrasound(busbra_dir: Path, data_root: Path) -> 
     assert len(paths) > 30
     for p in paths:
         bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        flags = QualityChecker().check(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), hasler_chroma(bgr), False)
+        flags = QualityChecker().check(
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), hasler_chroma(bgr), False
+        )
         assert "not_ultrasound" not in flags and "blank" not in flags, (p.name, flags)
 
 
@@ -156,7 +185,9 @@ def test_bad_input_and_config() -> None:
     st.booleans(),
     st.integers(0, 2**31),
 )
-def test_random_images_never_raise(h: int, w: int, kind: str, chroma: float, stale: bool, seed: int) -> None:
+def test_random_images_never_raise(
+    h: int, w: int, kind: str, chroma: float, stale: bool, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     img = {"zeros": np.zeros((h, w), np.uint8), "full": np.full((h, w), 255, np.uint8)}.get(kind)
     if img is None:

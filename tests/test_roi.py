@@ -90,15 +90,29 @@ def render_screen(
     # Static UI, drawn in colour (a capture card delivers BGR) and converted to gray like a source.
     ui_bgr = np.zeros((H, W, 3), np.uint8)
     ui_boxes = []
-    for text, org in [("GE LOGIQ  Breast  L12-5", (20, 40)), ("FR 31  G 62  DR 66", (20, 80)), ("MI 0.9 TIS 0.3", (20, H - 30))]:
+    for text, org in [
+        ("GE LOGIQ  Breast  L12-5", (20, 40)),
+        ("FR 31  G 62  DR 66", (20, 80)),
+        ("MI 0.9 TIS 0.3", (20, H - 30)),
+    ]:
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.8, 2)
-        cv2.putText(ui_bgr, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.8, (230, 230, 230), 2, cv2.LINE_AA)
+        cv2.putText(
+            ui_bgr, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.8, (230, 230, 230), 2, cv2.LINE_AA
+        )
         ui_boxes.append((org[0], org[1] - th, tw, th + base))
     rx = box[0] + box[2] + 25  # depth ruler right of the sector, with labels
     for k, ty in enumerate(range(box[1], box[1] + box[3], 40)):
         cv2.line(ui_bgr, (rx, ty), (rx + (12 if k % 5 == 0 else 6), ty), (200, 200, 200), 2)
         if k % 5 == 0:
-            cv2.putText(ui_bgr, str(k // 5), (rx + 16, ty + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (200, 200, 200), 1)
+            cv2.putText(
+                ui_bgr,
+                str(k // 5),
+                (rx + 16, ty + 6),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.5,
+                (200, 200, 200),
+                1,
+            )
     ui_boxes.append((rx, box[1], 40, box[3]))
     cv2.circle(ui_bgr, (W - 40, 40), 16, (0, 140, 255), -1)  # an orange logo
     ui_boxes.append((W - 56, 24, 33, 33))
@@ -113,8 +127,12 @@ def render_screen(
     base_speckle = rng.rayleigh(1.0, (H // 2, W // 2)).astype(np.float32)
     for _ in range(n_frames):
         # Speckle decorrelates partially between frames (probe motion, noise).
-        speckle = 0.7 * base_speckle + 0.3 * rng.rayleigh(1.0, base_speckle.shape).astype(np.float32)
-        speckle = cv2.resize(cv2.GaussianBlur(speckle, (3, 3), 0.8), (W, H), interpolation=cv2.INTER_LINEAR)
+        speckle = 0.7 * base_speckle + 0.3 * rng.rayleigh(1.0, base_speckle.shape).astype(
+            np.float32
+        )
+        speckle = cv2.resize(
+            cv2.GaussianBlur(speckle, (3, 3), 0.8), (W, H), interpolation=cv2.INTER_LINEAR
+        )
         img = np.where(mask, np.clip(tissue * speckle, 0, 255), 0.0)
         img = np.maximum(img, ui)
         frames.append(np.clip(img + rng.normal(0, 0.8, img.shape), 0, 255).astype(np.uint8))
@@ -141,7 +159,11 @@ def test_rendered_screen(sector: str, seed: int) -> None:
 def test_real_recordings(video_dir: Path, name: str) -> None:
     spec = REAL[name]
     frames = _read_frames(video_dir / name, 40)
-    for label, subset in [("first frame", frames[:1]), ("frame 20", frames[20:21]), ("8 frames", frames[:8])]:
+    for label, subset in [
+        ("first frame", frames[:1]),
+        ("frame 20", frames[20:21]),
+        ("8 frames", frames[:8]),
+    ]:
         got = detect_roi(subset)
         assert iou(got.as_tuple(), spec["box"]) >= 0.9, (label, got, spec["box"])
         assert _contains(got.as_tuple(), spec["box"]), (label, got, spec["box"])
@@ -164,7 +186,9 @@ def test_tracker_on_real_video_is_stable(video_dir: Path, name: str) -> None:
 
 @pytest.mark.parametrize("sector", ["linear", "curved"])
 def test_sweep_frames(sector: str) -> None:
-    sweep = pytest.importorskip("streamcad.sources.sweep", reason="streamcad.sources.sweep not built yet")
+    sweep = pytest.importorskip(
+        "streamcad.sources.sweep", reason="streamcad.sources.sweep not built yet"
+    )
     renderer = sweep.SweepRenderer(sweep.SAMPLE_DIR, seed=3, sector=sector)
     for i in (0, 7, 19):
         frame = renderer.render(i)
@@ -230,7 +254,10 @@ def test_parse_roi() -> None:
 
 
 _images = st.tuples(
-    st.integers(1, 80), st.integers(1, 80), st.sampled_from(["zeros", "full", "random", "blocks"]), st.integers(0, 2**31)
+    st.integers(1, 80),
+    st.integers(1, 80),
+    st.sampled_from(["zeros", "full", "random", "blocks"]),
+    st.integers(0, 2**31),
 )
 
 
@@ -256,7 +283,14 @@ def test_random_images_raise_only_project_errors(specs: list) -> None:
     try:
         roi = detect_roi(images)
         h, w = images[0].shape
-        assert 0 <= roi.x and 0 <= roi.y and roi.x + roi.w <= w and roi.y + roi.h <= h and roi.w > 0 and roi.h > 0
+        assert (
+            0 <= roi.x
+            and 0 <= roi.y
+            and roi.x + roi.w <= w
+            and roi.y + roi.h <= h
+            and roi.w > 0
+            and roi.h > 0
+        )
     except StreamcadError:
         pass
     tracker = RoiTracker(warmup_frames=2)
