@@ -5,6 +5,7 @@ elsewhere with the reason."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from streamcad.manifest import read_manifest, write_manifest
 
 H100 = EngineKey("NVIDIA H100 80GB HBM3", "9.0", "10.3.0", "fp16")
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -207,3 +209,17 @@ def test_cuda_graph_matches_plain_run(gpu_engine):
     np.testing.assert_allclose(a["logits"][:2], c["logits"], atol=1e-2)
     with load_backend("tensorrt", engine) as be, pytest.raises(BackendError, match="max batch 8"):
         be.infer(np.zeros((9, 1, 64, 64), np.float32))
+
+
+def test_gpu_check_skips_cleanly_without_a_gpu(tmp_path):
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the skip path cannot be seen")
+    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, cwd=str(REPO))
+    assert out.returncode == 0, out.stderr
+    assert "no CUDA GPU: skipped" in out.stdout
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
