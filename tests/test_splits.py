@@ -7,7 +7,14 @@ from collections import defaultdict
 
 import pytest
 
-from train.data.splits import SPLIT_DIR, busi_dedup, compute_split, format_split, read_split, split_hash
+from train.data.splits import (
+    SPLIT_DIR,
+    busi_dedup,
+    compute_split,
+    format_split,
+    read_split,
+    split_hash,
+)
 
 
 def _rows(ds):

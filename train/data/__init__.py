@@ -14,7 +14,15 @@ from train.data.arrays import (
     save_npz,
     unlabeled_pool,
 )
-from train.data.datasets import CLASSES, DATASETS, Sample, data_root, load_samples, read_gray, read_mask
+from train.data.datasets import (
+    CLASSES,
+    DATASETS,
+    Sample,
+    data_root,
+    load_samples,
+    read_gray,
+    read_mask,
+)
 from train.data.splits import read_split, split_hash
 
 __all__ = [

@@ -89,7 +89,7 @@ def _build(dataset: str, size: int, root) -> LabeledArrays:
         images[k] = letterbox(img, size)
         masks[k] = _letterbox_mask(read_mask(s.mask_paths, img.shape), size)
     labels = np.array([s.label for s in samples], np.int64)
-    for s, y in zip(samples, labels):  # the split's label must agree with the folder/CSV label
+    for s, y in zip(samples, labels, strict=True):  # the split's label must agree with the folder/CSV label
         if CLASSES[y] != split[s.image_id].label:
             raise ConfigError(f"{dataset} {s.image_id}: label {CLASSES[y]} on disk, {split[s.image_id].label} in the split")
     return LabeledArrays(

@@ -68,14 +68,15 @@ def _pairwise_mad(th: np.ndarray) -> np.ndarray:
     return out
 
 
-def near_duplicate_pairs(images: list[np.ndarray], cfg: DedupConfig = DedupConfig()) -> list[tuple[int, int]]:
+def near_duplicate_pairs(images: list[np.ndarray], cfg: DedupConfig | None = None) -> list[tuple[int, int]]:
     """Indices (i < j) of near-duplicate image pairs under the two-feature rule."""
+    cfg = cfg or DedupConfig()
     mad = _pairwise_mad(thumbnails(images, cfg.thumb))  # (N, N)
     h = phashes(images).astype(np.int16)  # (N, 63)
     ham = h @ (1 - h).T + (1 - h) @ h.T  # (N, N) Hamming distance
     hit = (mad < cfg.mad_threshold) | ((mad < cfg.mad_loose) & (ham <= cfg.phash_threshold))
     i, j = np.nonzero(np.triu(hit, 1))
-    return list(zip(i.tolist(), j.tolist()))
+    return list(zip(i.tolist(), j.tolist(), strict=True))
 
 
 def union_find_groups(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:

@@ -110,8 +110,9 @@ class BusiDedup:
     agreement: dict[str, float] | None  # vs the curator's pairs, when the file is present
 
 
-def busi_dedup(root: str | os.PathLike | None = None, cfg: DedupConfig = DedupConfig()) -> BusiDedup:
+def busi_dedup(root: str | os.PathLike | None = None, cfg: DedupConfig | None = None) -> BusiDedup:
     """Near-duplicate groups and exact duplicates of BUSI, plus agreement with the curator."""
+    cfg = cfg or DedupConfig()
     base = data_root(root)
     samples, images = _busi_images(base.resolve())
     pairs = near_duplicate_pairs(list(images), cfg)
