@@ -40,6 +40,7 @@ __all__ = ["Pipeline", "PipelineReport", "Item", "STAGES", "DEFAULT_MODEL"]
 STAGES = ("grab", "preprocess", "queue", "infer", "smooth", "publish", "total")
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engines" / "models" / "default.onnx"
 _POLL_S = 0.05  # every blocking wait wakes this often to check for shutdown (< 1 s contract)
+_STATUS_LEAD_S = 0.02  # our status goes out this much before the publisher's heartbeat
 
 
 @dataclass(slots=True)
@@ -133,6 +134,7 @@ class Pipeline:
         self._q_pub: queue.Queue = queue.Queue(maxsize=2)
         self._stale_reported = False
         self._last_index = -1
+        self._outage_published = False
         self._t_start_ns = 0
         self._t_status_ns = 0
         self._class_names = tuple(self.model.class_names)
@@ -184,6 +186,8 @@ class Pipeline:
         probs = None
         if item.probs is not None:
             probs = dict(zip(("normal", "benign", "malignant"), item.probs))
+        if self._status_due():  # before publish_score, whose own heartbeat would carry old fields
+            self.publish_status()
         t_pub = time.monotonic_ns()
         lat["publish"] = (t_pub - t_smooth) / 1e6
         lat["total"] = (t_pub - item.t_capture_ns) / 1e6
@@ -215,6 +219,10 @@ class Pipeline:
         if item.flags:
             self.report.flagged += 1
         self._last_index = item.index
+        outage = "no_signal" in item.flags
+        if outage != self._outage_published:  # the source went away or came back: say so now
+            self._outage_published = outage
+            self.publish_status()
 
     # ---------------------------------------------------------------- helpers
     def _saliency_peak(self, sal: np.ndarray, roi) -> tuple[int, int]:
@@ -250,7 +258,10 @@ class Pipeline:
         return None
 
     def _status_due(self) -> bool:
-        return time.monotonic_ns() - self._t_status_ns >= self.config.publish.heartbeat_s * 1e9
+        # due slightly before the publisher's own heartbeat timer, so the publisher never
+        # re-sends the remembered (older) source state and counters in our place
+        lead_ns = _STATUS_LEAD_S * 1e9
+        return time.monotonic_ns() - self._t_status_ns >= self.config.publish.heartbeat_s * 1e9 - lead_ns
 
     def publish_status(self) -> None:
         self._t_status_ns = time.monotonic_ns()
