@@ -149,7 +149,11 @@ class Pipeline:
         roi = self.roi_tracker.update(image)
         item.roi = roi.as_tuple()
         x, y, w, h = item.roi
-        if self.quality is not None:
+        if roi.confidence == 0.0:
+            # no image sector anywhere on the screen (tracker returned the whole frame)
+            item.flags = frozenset({"not_ultrasound"})
+        elif self.quality is not None:
+            # stale=False: this frame did arrive; staleness is reported by _no_signal_item
             item.flags = self.quality.check(image[y : y + h, x : x + w], frame.chroma, False)
         if not item.flags:
             buf = self._buffers[self._buf_i]
@@ -328,7 +332,10 @@ class Pipeline:
         try:
             fn()
         except BaseException as exc:  # a stage died: record it, stop the others, re-raise in run()
-            log.exception("pipeline %s thread failed", name)
+            if isinstance(exc, StreamcadError):  # our own, already worded error: the caller prints it
+                log.debug("pipeline %s thread stopped: %s", name, exc, exc_info=True)
+            else:
+                log.exception("pipeline %s thread failed", name)
             self.report.errors.append(exc)
             self._stop.set()
 
