@@ -9,7 +9,6 @@ import signal
 import sys
 
 from streamcad.config import load_config
-from streamcad.errors import ConfigError
 
 HELP = "run the pipeline: source -> model -> ZeroMQ scores"
 
@@ -36,12 +35,11 @@ _FLAG_KEYS = {
 
 
 def roi_arg(text: str) -> tuple[int, int, int, int]:
+    """Parse --roi in run(), not as an argparse type: a ConfigError is then the CLI's one line,
+    where argparse would print its whole usage block first."""
     from streamcad.roi import parse_roi
 
-    try:
-        return parse_roi(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_roi(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pace", choices=["native", "none"], help="file/sweep: own fps, or as fast as possible")
     p.add_argument("--fps", type=float, help="sweep fps / requested device fps")
     p.add_argument("--seed", type=int, help="sweep seed")
-    p.add_argument("--roi", type=roi_arg, help="x,y,w,h: override the sector detection")
+    p.add_argument("--roi", help="x,y,w,h: override the sector detection")
     p.add_argument("--backend", help="onnxruntime (default) | torch | tensorrt")
     p.add_argument("--allow-unverified", action="store_true", default=None, help="accept a bare ONNX without manifest")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
@@ -73,6 +71,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         val = getattr(args, dest, None)
         if val is None:
             continue
+        if dest == "roi" and isinstance(val, str):
+            val = roi_arg(val)
         if section is None:
             out[key] = val
         else:
