@@ -1,0 +1,262 @@
+"""`streamcad train SUBCOMMAND`: splits, pack, pretrain, finetune, experiment, table.
+
+torch is imported only inside run(), so `streamcad --help` and the runtime never load it.
+DDP: `torchrun --nproc_per_node=N -m streamcad.cli train pretrain ...` (train.ssl.pretrain sets
+up the process group from torchrun's environment; only rank 0 writes files).
+
+    streamcad train splits [--write]                     verify (or rewrite) train/splits/*.csv
+    streamcad train pack --out data.npz --size 128       one file for a GPU machine without ../shared
+    streamcad train pretrain --dataset busbra ...        SSL on the pool that EXCLUDES busbra
+    streamcad train finetune --dataset busbra --fold 0 --init runs/ssl/ssl.pt
+    streamcad train experiment --dataset busbra --folds 0 --quick
+    streamcad train table                                results JSON -> docs/TRAINING.md table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from streamcad.errors import ConfigError
+
+HELP = "training: splits, pack, pretrain, finetune, experiment, table"
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (no silent fallback)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", default=None, help="data root holding BUSI/, BUS-BRA/, video/ (default ../shared/data)")
+    p.add_argument("--data-npz", default=None, help="packed data file (streamcad train pack) instead of --root")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("splits", help="verify the committed 5-fold splits against the data (or --write them)")
+    p.add_argument("--root", default=None)
+    p.add_argument("--write", action="store_true", help="recompute and overwrite train/splits/*.csv")
+
+    p = sub.add_parser("pack", help="pack both datasets + the video pool at size S into one .npz")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--root", default=None)
+
+    p = sub.add_parser("pretrain", help="SSL pretraining on the unlabeled pool (torchrun for DDP)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--dataset", choices=["busi", "busbra"], help="the dataset results will be reported on: EXCLUDED from the pool")
+    g.add_argument("--pool-npy", help="a .npy file of uint8 (M, S, S) images to pretrain on")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--no-multiscale", action="store_true")
+    p.add_argument("--no-xattn", action="store_true")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64, help="global batch (split over DDP ranks)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--dense-weight", type=float, default=0.5, help="0 = plain SimCLR")
+    p.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0 = whole pool)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--out", required=True)
+    _common(p)
+
+    p = sub.add_parser("finetune", help="fine-tune and score one fold")
+    p.add_argument("--dataset", choices=["busi", "busbra"], required=True)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--init", default="scratch", help="'scratch' or an SSL checkpoint")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--no-multiscale", action="store_true")
+    p.add_argument("--no-xattn", action="store_true")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=6)
+    p.add_argument("--label-fraction", type=float, default=1.0)
+    p.add_argument("--overlay", choices=["none", "remove", "add"], default="none")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--out", required=True)
+    _common(p)
+
+    p = sub.add_parser("experiment", help="the paper's table: variants x folds -> train/results/*.json")
+    p.add_argument("--dataset", choices=["busi", "busbra", "both"], required=True)
+    p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated fold indices")
+    p.add_argument("--variants", default="ours,scratch,resnet18,simclr,no_multiscale,no_xattn",
+                   help="comma-separated: ours,scratch,resnet18,simclr,no_multiscale,no_xattn,label_eff,overlay")
+    p.add_argument("--preset", choices=["cpu", "gpu"], default=None, help="default: gpu when --device cuda, else cpu")
+    p.add_argument("--model", default=None)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--epochs-ssl", type=int, default=None)
+    p.add_argument("--epochs-ft", type=int, default=None)
+    p.add_argument("--batch-ssl", type=int, default=None)
+    p.add_argument("--batch-ft", type=int, default=None)
+    p.add_argument("--n-boot", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 SSL epochs of <= 10 steps, 3 fine-tune epochs, 200 resamples")
+    p.add_argument("--out", default=str(REPO / "train" / "results"), help="result JSONs + plots")
+    p.add_argument("--work", default="runs/experiment", help="checkpoints, SSL cache, logs (not committed)")
+    _common(p)
+
+    p = sub.add_parser("table", help="render the results JSONs into docs/TRAINING.md (between markers)")
+    p.add_argument("--results", default=str(REPO / "train" / "results"))
+    p.add_argument("--doc", default=str(REPO / "docs" / "TRAINING.md"))
+    p.add_argument("--print", action="store_true", help="print the table instead of editing the doc")
+
+
+def _torch_setup(args) -> None:
+    import torch
+
+    if args.threads:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}; expected >= 1")
+        torch.set_num_threads(args.threads)
+
+
+def _arrays(args, dataset: str, size: int):
+    from train.data import load_arrays, load_npz
+
+    if args.data_npz:
+        packed, _ = load_npz(args.data_npz)
+        arrays = packed[dataset]
+        if arrays.images.shape[1] != size:
+            raise ConfigError(f"{args.data_npz} was packed at size {arrays.images.shape[1]}; --size is {size}")
+        return arrays
+    return load_arrays(dataset, size, args.root)
+
+
+def _run_splits(args) -> int:
+    from train.data.splits import DATASETS, compute_split, format_split, split_path, write_split
+
+    bad = []
+    for ds in DATASETS:
+        if args.write:
+            log.info("wrote %s", write_split(ds, args.root))
+            continue
+        fresh = format_split(compute_split(ds, args.root))
+        committed = split_path(ds).read_text()
+        if fresh != committed:
+            bad.append(ds)
+        print(f"{ds}: {'OK, committed split reproduces' if fresh == committed else 'DIFFERS from the recomputed split'}")
+    if bad:
+        raise ConfigError(f"committed split(s) {bad} differ from the data; rerun with --write and review the diff")
+    return 0
+
+
+def _run_pretrain(args) -> int:
+    import numpy as np
+
+    from train.ssl import SSLConfig, pretrain
+
+    cfg = SSLConfig(
+        model=args.model, multiscale=not args.no_multiscale, cross_attention=not args.no_xattn, size=args.size,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dense_weight=args.dense_weight,
+        max_steps_per_epoch=args.max_steps, seed=args.seed, device=args.device, amp=args.amp,
+        channels_last=args.channels_last,
+    )
+    if args.pool_npy:
+        try:
+            pool = np.load(args.pool_npy, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--pool-npy {args.pool_npy} unreadable: {exc}") from exc
+    elif args.data_npz:
+        from train.data import load_npz, pool_from_packed
+
+        packed, video = load_npz(args.data_npz)
+        pool = pool_from_packed(packed, video, exclude=args.dataset)
+    else:
+        from train.data import unlabeled_pool
+
+        pool = unlabeled_pool(exclude=args.dataset, size=args.size, root=args.root)
+    rank = int(os.environ.get("RANK", "0"))  # read before: pretrain() tears the process group down
+    path = pretrain(cfg, pool, args.out, resume=args.resume)
+    if rank == 0:
+        print(f"SSL checkpoint: {path}")
+    return 0
+
+
+def _run_finetune(args) -> int:
+    from train.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(
+        model=args.model, size=args.size, init=args.init, multiscale=not args.no_multiscale,
+        cross_attention=not args.no_xattn, label_fraction=args.label_fraction, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, patience=args.patience, device=args.device, amp=args.amp,
+        channels_last=args.channels_last, seed=args.seed, augment=not args.no_augment, overlay=args.overlay,
+        n_boot=args.n_boot,
+    )
+    r = finetune(cfg, _arrays(args, args.dataset, args.size), args.fold, args.out)
+    m = r["metrics"]
+    print(json.dumps({"fold": r["fold"], "auc": m["auc"], "temperature": r["temperature"], "threshold": r["threshold"],
+                      "best_epoch": r["best_epoch"], "wall_s": round(r["wall_s"], 1), "checkpoint": r["checkpoint"]}))
+    return 0
+
+
+def _run_experiment(args) -> int:
+    from train.experiment import cpu_config, gpu_config, run_experiment
+
+    try:
+        folds = tuple(int(f) for f in args.folds.split(",") if f.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--folds {args.folds!r}; expected comma-separated integers like 0,1,2") from exc
+    preset = args.preset or ("gpu" if args.device.startswith("cuda") else "cpu")
+    over = {"folds": folds, "device": args.device, "seed": args.seed}
+    if preset == "cpu":
+        over.update(amp=args.amp, channels_last=args.channels_last)
+    for key in ("model", "size", "epochs_ssl", "epochs_ft", "batch_ssl", "batch_ft", "n_boot"):
+        v = getattr(args, key)
+        if v is not None:
+            over[key] = v
+    if args.quick:
+        over.setdefault("epochs_ssl", 2)
+        over.setdefault("epochs_ft", 3)
+        over.setdefault("n_boot", 200)
+        over["ssl_steps_per_epoch"] = 10
+    cfg = (gpu_config if preset == "gpu" else cpu_config)(**over)
+    datasets = ["busi", "busbra"] if args.dataset == "both" else [args.dataset]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    paths = run_experiment(datasets, variants, cfg, args.out, args.work, args.data_npz, args.root)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def run(args) -> int:
+    """Dispatch `streamcad train TRAIN_COMMAND`; torch is imported here, not at module level."""
+    cmd = args.train_command
+    if cmd == "splits":
+        return _run_splits(args)
+    if cmd == "pack":
+        from train.data import save_npz
+
+        print(save_npz(args.out, args.size, args.root))
+        return 0
+    if cmd == "table":
+        from train.experiment import render_table, update_doc_table
+
+        if args.print:
+            print(render_table(args.results))
+        else:
+            print(update_doc_table(args.doc, args.results))
+        return 0
+    _torch_setup(args)
+    if cmd == "pretrain":
+        return _run_pretrain(args)
+    if cmd == "finetune":
+        return _run_finetune(args)
+    if cmd == "experiment":
+        return _run_experiment(args)
+    raise ConfigError(f"unknown train command {cmd!r}")  # argparse choices make this unreachable
+
+
+if __name__ == "__main__":  # python -m train.cli ... (same as streamcad train ...)
+    from streamcad.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
