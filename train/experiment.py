@@ -232,11 +232,14 @@ def run_experiment(
     work_dir: str | os.PathLike = "runs/experiment",
     data_npz: str | None = None,
     root: str | None = None,
+    data: dict | None = None,
 ) -> list[Path]:
     """Run every (dataset, run) over cfg.folds; write one result JSON per row into out_dir.
 
     Checkpoints (SSL cache, per-fold classifiers, logs) go to work_dir (not committed).
-    Returns the JSON paths written.
+    `data` ({dataset: (LabeledArrays, pool uint8 (M,S,S), probe tuple | None, split id)})
+    replaces loading (tests, custom subsets); the caller then answers for the pool excluding
+    the dataset. Returns the JSON paths written.
     """
     from train.common import git_commit, machine_info
     from train.evaluate import plot_reliability, plot_roc
@@ -248,7 +251,10 @@ def run_experiment(
     for dataset in datasets:
         if dataset not in ("busi", "busbra"):
             raise ConfigError(f"unknown dataset {dataset!r}; expected 'busi' or 'busbra'")
-        arrays, pool, probe, split_sha = _load_data(dataset, cfg.size, data_npz, root)
+        if data is not None and dataset in data:
+            arrays, pool, probe, split_sha = data[dataset]
+        else:
+            arrays, pool, probe, split_sha = _load_data(dataset, cfg.size, data_npz, root)
         bad = sorted(set(cfg.folds) - set(arrays.folds.tolist()))
         if bad:
             raise ConfigError(f"folds {bad} not in the {dataset} split; expected some of {sorted(set(arrays.folds.tolist()))}")
