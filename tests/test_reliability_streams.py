@@ -1,0 +1,100 @@
+"""Several streams at once, as deployed: 4 `streamcad run` PROCESSES (one per probe, sweep
+sources, publish.connect = true in a TOML config) -> one `streamcad proxy` PROCESS -> 2
+subscribers in this test. Each subscriber must receive all 4 streams, each stream from one
+publisher with consecutive seq from its first message to its final status (nothing lost)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streamcad.client import Subscriber
+from streamcad.manifest import write_manifest
+from streamcad.messages import Score, Status
+from tests.helpers_onnx import make_contract_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+N_STREAMS = 4
+FRAMES = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_four_pipeline_processes_through_proxy_process(tmp_path):
+    model = make_contract_onnx(tmp_path / "m.onnx", size=32, saliency_hw=(4, 4))
+    write_manifest(model, class_names=["normal", "benign", "malignant"])
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    cli = [sys.executable, "-m", "streamcad.cli"]
+    proxy = subprocess.Popen([*cli, "proxy", "--frontend", front, "--backend", back], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs: list[subprocess.Popen] = []
+    subs = [Subscriber(back, rcvhwm=100_000) for _ in range(2)]
+    got: list[list] = [[], []]
+    try:
+        line = proxy.stdout.readline()  # printed once both sockets are bound
+        assert "proxy:" in line, proxy.stderr.read() if proxy.poll() is not None else line
+        for i in range(N_STREAMS):
+            cfg = tmp_path / f"probe{i}.toml"
+            cfg.write_text(
+                f"version = 1\nframes = {FRAMES}\ndashboard = false\n"
+                f"[source]\nuri = \"sweep:\"\nfps = 15.0\nseed = {i}\n"
+                f"[model]\npath = \"{model}\"\nthreads = 1\n"
+                f"[publish]\nendpoint = \"{front}\"\nconnect = true\nheartbeat_s = 0.5\n"
+            )
+            runs.append(subprocess.Popen([*cli, "run", "--config", str(cfg), "--stream", f"probe{i}"], env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        end = time.monotonic() + 90
+        while time.monotonic() < end and any(p.poll() is None for p in runs):
+            for k, sub in enumerate(subs):
+                while (m := sub.recv(0.02)) is not None:
+                    got[k].append(m)
+        for k, sub in enumerate(subs):  # drain what is still in flight
+            while (m := sub.recv(0.5)) is not None:
+                got[k].append(m)
+        errs = [p.communicate(timeout=10)[1] for p in runs]
+        assert [p.returncode for p in runs] == [0] * N_STREAMS, errs
+        assert all("Traceback" not in e for e in errs), errs
+    finally:
+        for s in subs:
+            s.close()
+        for p in [*runs, proxy]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*runs, proxy]:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert proxy.returncode is not None
+    streams = {f"probe{i}" for i in range(N_STREAMS)}
+    for k in range(2):
+        assert {m.stream for m in got[k]} == streams, f"subscriber {k} saw {sorted({m.stream for m in got[k]})}"
+        for s in sorted(streams):
+            msgs = [m for m in got[k] if m.stream == s]
+            assert len({m.publisher for m in msgs}) == 1, f"{s}: more than one publisher"
+            seqs = [m.seq for m in msgs]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"sub {k} {s}: seq not consecutive"
+            final = msgs[-1]
+            assert isinstance(final, Status) and final.counters.frames_out == FRAMES  # the last word arrived
+            scores = [m for m in msgs if isinstance(m, Score)]
+            assert scores and final.last_seq == scores[-1].seq
+            assert [m.frame_index for m in scores] == sorted(m.frame_index for m in scores)
+        assert subs[k].gap_count == 0
+    # both subscribers saw the same messages of each stream (where they overlap)
+    for s in streams:
+        a = {m.seq: m.t_publish_ns for m in got[0] if m.stream == s}
+        b = {m.seq: m.t_publish_ns for m in got[1] if m.stream == s}
+        common = set(a) & set(b)
+        assert len(common) >= FRAMES // 2 and all(a[q] == b[q] for q in common)
