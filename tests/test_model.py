@@ -54,7 +54,7 @@ def test_each_scale_has_declared_channels_and_stride(name, ov, size):
         feats = model.forward_features(torch.randn(1, 1, size, size))
     assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
     assert len(feats) == 4
-    for f, info in zip(feats, model.feature_info):
+    for f, info in zip(feats, model.feature_info, strict=True):
         assert f.shape == (1, info["num_chs"], size // info["reduction"], size // info["reduction"])
 
 

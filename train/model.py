@@ -175,7 +175,7 @@ class CrossScaleAttention(nn.Module):
         super().__init__()
         D = cfg.embed_dim
         self.pools = []
-        for s_in, s_tok in zip(in_strides, cfg.token_strides):
+        for s_in, s_tok in zip(in_strides, cfg.token_strides, strict=True):
             if s_tok % s_in:
                 raise ConfigError(f"token_strides={cfg.token_strides}: {s_tok} is not a multiple of stage stride {s_in}")
             self.pools.append(s_tok // s_in)
@@ -268,7 +268,7 @@ class StreamcadNet(_Contract):
         w = cfg.widths
         self.stem = nn.Sequential(ConvBN(1, w[0] // 2, 3, stride=2), nn.GELU(), ConvBN(w[0] // 2, w[0], 3, stride=2))
         stages, info, stride = [], [], 4
-        for i, (c, d) in enumerate(zip(w, cfg.depths)):
+        for i, (c, d) in enumerate(zip(w, cfg.depths, strict=True)):
             layers: list[nn.Module] = []
             if i > 0:  # 2x2 stride-2 conv between stages (ConvNeXt-style downsampling)
                 layers.append(ConvBN(w[i - 1], c, 2, stride=2))
