@@ -62,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="GPU suite: torch CUDA fp32/fp16/fp16+graph and TensorRT")
     p.add_argument("--long-frames", type=int, default=100_000, help="frames of the --long run (default 100,000)")
     p.add_argument("--long-fps", type=float, default=None, help="pacing of the --long run (default: as fast as possible)")
+    p.add_argument("--long-source", choices=("replay", "sweep"), default="replay",
+                   help="source of the --long run (default replay: reaches 100,000 frames in minutes on 2 cores)")
     p.add_argument("--name", default=None, help="results file name (default cpu | quick | long | gpu)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
     p.add_argument("--cache", type=Path, default=None, help="model cache (default runs/bench-models)")
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     if args.long:
-        res = run_long(args.long_frames, args.long_fps, size=args.size, cache=args.cache)
+        res = run_long(args.long_frames, args.long_fps, size=args.size, cache=args.cache, source=args.long_source)
         name = args.name or "long"
     else:
         res = run_suite(**opts)
@@ -213,9 +215,10 @@ def run_suite(*, quick: bool = False, frames: int = 1000, runs: int = 3, models=
             res["skipped"].append({"what": "GPU configurations", "why": why})
             return res
         trt = _trt_reason()
-        if trt:
-            labels.remove("tensorrt")
-            res["skipped"].append({"what": "tensorrt", "why": trt})
+        labels.remove("tensorrt")
+        res["skipped"].append({"what": "tensorrt", "why": trt or (
+            "TensorRT is installed but the bench does not build engines yet: run engines.convert, then "
+            "benchmarks.gpu_check / a tensorrt run config")})
     # torch configurations need a checkpoint; the shipped ONNX has none: use the random-init twin
     torch_twin = primary if primary.checkpoint else ensure_model("tiny", primary.size, cache)
 
@@ -394,7 +397,7 @@ def _targets(res: dict, primary) -> None:
 
 
 def run_long(n_frames: int, fps: float | None = None, *, size: int = 160, cache: Path | None = None,
-             label: str = "ort-cpu-1t", source: str = "sweep") -> dict:
+             label: str = "ort-cpu-1t", source: str = "replay") -> dict:
     """One long threaded run of the shipped-size model with RSS sampled every second."""
     from benchmarks.e2e import E2EConfig, backend_options
     from benchmarks.models import DEFAULT_CACHE, shipped_model
