@@ -98,3 +98,83 @@ def test_four_pipeline_processes_through_proxy_process(tmp_path):
         b = {m.seq: m.t_publish_ns for m in got[1] if m.stream == s}
         common = set(a) & set(b)
         assert len(common) >= FRAMES // 2 and all(a[q] == b[q] for q in common)
+
+
+def _score(pub, i: int) -> bool:
+    return pub.publish_score(frame_index=i, t_capture_ns=time.monotonic_ns(), latency_ms={"infer": 1.0},
+                             probs={"normal": 0.7, "benign": 0.2, "malignant": 0.1}, malignancy=0.1,
+                             state="clear", flags=[], roi=[0, 0, 10, 10], model_sha256="0" * 64)
+
+
+def _first_message(sub, pub, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        pub.service(0.01)
+        if sub.recv(0.01) is not None:
+            return True
+    return False
+
+
+def _drain(sub, seconds=1.0) -> list:
+    out = []
+    while (m := sub.recv(seconds)) is not None:
+        out.append(m)
+    return out
+
+
+@pytest.mark.slow
+def test_one_stalled_subscriber_costs_every_subscriber_but_not_through_the_proxy():
+    """The known limitation of XPUB_NODROP, measured: a UI that stops reading fills its queue,
+    sends then fail for EVERYONE (the same seq gap at the healthy UI). Through the proxy (plain
+    XPUB, drops per subscriber) the healthy UI loses nothing and the publisher drops nothing."""
+    from streamcad.proxy import Proxy
+    from streamcad.transport import Publisher
+
+    n = 20_000
+    results = {}  # a 5,000-message publisher queue (10 s at 500/s) absorbs scheduling hiccups
+    for mode in ("direct", "proxy"):
+        proxy = Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*").start() if mode == "proxy" else None
+        if proxy is None:
+            pub = Publisher("tcp://127.0.0.1:*", stream="slow", hwm_seconds=10.0, fps=500.0, heartbeat_s=60)
+            where = pub.endpoint
+        else:
+            pub = Publisher(proxy.frontend, stream="slow", hwm_seconds=10.0, fps=500.0, heartbeat_s=60,
+                            connect=True)
+            where = proxy.backend
+        healthy = Subscriber(where, rcvhwm=1_000_000, heartbeat_s=60)
+        stalled = Subscriber(where, rcvhwm=10, heartbeat_s=60)
+        try:
+            assert _first_message(healthy, pub) and _first_message(stalled, pub)
+            got = []
+            for i in range(n):  # the healthy UI keeps reading; the stalled one never does
+                _score(pub, i)
+                if i % 50 == 0:
+                    while (m := healthy.recv(0)) is not None:
+                        got.append(m)
+            got += _drain(healthy)
+            stalled_got = _drain(stalled, 0.5)
+            stalled.close()  # the stalled UI goes away; one more message shows the healthy UI its gap
+            time.sleep(0.3)
+            end = time.monotonic() + 5
+            while not _score(pub, n) and time.monotonic() < end:
+                time.sleep(0.05)
+            got += _drain(healthy)
+            results[mode] = {"published": n, "publisher_dropped": pub.dropped, "healthy_gaps": healthy.gap_count,
+                             "healthy_received_scores": sum(isinstance(m, Score) for m in got) - 1,
+                             "stalled_received": len(stalled_got)}
+        finally:
+            healthy.close()
+            stalled.close()
+            pub.close()
+            if proxy is not None:
+                proxy.stop()
+    print("SLOW_SUBSCRIBER", results)
+    direct, via = results["direct"], results["proxy"]
+    # direct: the stalled UI's full queue makes the publisher drop, and the healthy UI sees it all
+    assert direct["publisher_dropped"] > 0
+    assert direct["healthy_received_scores"] == n - direct["publisher_dropped"]
+    assert direct["healthy_gaps"] == direct["publisher_dropped"]
+    # proxy: the healthy UI gets every message; only the stalled one loses (per-subscriber drop)
+    assert via["publisher_dropped"] == 0 and via["healthy_gaps"] == 0
+    assert via["healthy_received_scores"] == n
+    assert via["stalled_received"] < n

@@ -1,0 +1,49 @@
+"""A test-sized soak: 20,000 frames of the sweep source at pace 'none', random faults injected,
+through the real pipeline to a real subscriber (benchmarks/soak.py run_soak; the hour-long run
+is `python -m benchmarks.soak --minutes 60`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.soak import run_soak
+from streamcad.manifest import write_manifest
+from streamcad.sources.faults import RandomFaults
+from tests.helpers_onnx import make_contract_onnx
+
+FRAMES = 20_000
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    p = make_contract_onnx(tmp_path_factory.mktemp("soak_model") / "m.onnx", size=64)
+    write_manifest(p, class_names=["normal", "benign", "malignant"])
+    return p
+
+
+@pytest.mark.slow
+def test_soak_20k_frames_with_random_faults(model_path):
+    hang = 0.5
+    # rates are per grab, and at pace 'none' the reader grabs 2-3x more frames than are scored
+    # (the newest wins): ~50 drops and corrupt bursts, ~20 resizes, ~5 stalls (0.1-0.9 s, so some
+    # outlast the 0.5 s hang timeout and their reader is abandoned), ~5 disconnects (0.1-0.3 s)
+    faults = RandomFaults(seed=11, rates={"drop": 0.0008, "corrupt": 0.0008, "resize": 0.0003,
+                                          "stall": 0.0001, "disconnect": 0.0001},
+                          stall_s=(0.1, 0.9), disconnect_s=(0.1, 0.3), sizes=((200, 150), None))
+    res = run_soak(model_path, frames=FRAMES, pace="none", fps=30.0, screen=(320, 240), faults=faults,
+                   hang_timeout_s=hang, warmup_frames=3000, checkpoint_s=1e9)
+    summary = {k: res[k] for k in ("scores", "faults", "fault_kinds", "seq_gaps", "rss_warm_mb", "rss_growth_mb",
+                                   "threads_left", "max_status_gap_s", "reconnects", "readers_abandoned",
+                                   "frames_rejected", "wall_s")}
+    print("SOAK", summary)
+    assert res["exceptions"] == []
+    assert res["frames_out"] == FRAMES and res["scores"] >= FRAMES - 5  # the first few precede the subscription
+    assert res["publishers"] == 1  # never restarted
+    assert res["seq_gaps"] == 0 and res["subscriber_gap_count"] == 0 and res["dropped_publish"] == 0
+    kinds = res["fault_kinds"]
+    assert {"drop", "corrupt", "resize", "disconnect"} <= set(kinds) and res["faults"] >= 20, kinds
+    assert res["frames_rejected"] > 0 and res["reconnects"] >= kinds["disconnect"] - 1
+    assert res["no_signal_scores"] >= 1
+    assert res["rss_warm_mb"] is not None and res["rss_growth_mb"] < 30.0
+    assert res["threads_left"] == []
+    assert res["max_status_gap_s"] <= 1.5  # heartbeats kept flowing through every fault
