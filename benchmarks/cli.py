@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=None, help="measured frames per run (default 1000; quick 100)")
     p.add_argument("--runs", type=int, default=None, help="repetitions of the key configurations (default 3; quick 1)")
     p.add_argument("--models", default="tiny,small,base,resnet18", help="model sizes (comma-separated)")
+    p.add_argument("--sources", default=None, help="comma-separated subset of replay,sweep,video (default: all present)")
+    p.add_argument("--labels", default=None, help="comma-separated backend configurations (default ort-cpu-1t,ort-cpu-2t; "
+                   "--gpu: the CUDA ones)")
     p.add_argument("--size", type=int, default=160, help="model input S (default 160, the shipped size)")
     p.add_argument("--gpu", action="store_true", help="GPU suite: torch CUDA fp32/fp16/fp16+graph and TensorRT")
     p.add_argument("--long-frames", type=int, default=100_000, help="frames of the --long run (default 100,000)")
@@ -90,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         "size": args.size,
         "gpu": args.gpu,
         "cache": args.cache,
+        "sources": args.sources.split(",") if args.sources else None,
+        "labels": args.labels.split(",") if args.labels else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     if args.long:
@@ -192,14 +197,15 @@ def _one(cfg, sample_rss: bool = False) -> dict:
 
 
 def run_suite(*, quick: bool = False, frames: int = 1000, runs: int = 3, models=("tiny", "small", "base", "resnet18"),
-              size: int = 160, gpu: bool = False, cache: Path | None = None, sources=None) -> dict:
+              size: int = 160, gpu: bool = False, cache: Path | None = None, sources=None, labels=None) -> dict:
     """The whole benchmark in one process, so every ratio is measured side by side. -> results dict."""
     from benchmarks.e2e import E2EConfig, backend_options
     from benchmarks.models import DEFAULT_CACHE, ensure_model, shipped_model
 
     cache = cache or DEFAULT_CACHE
     res = {"meta": _meta("gpu" if gpu else "quick" if quick else "cpu",
-                         {"frames": frames, "runs": runs, "models": list(models), "size": size, "gpu": gpu}),
+                         {"frames": frames, "runs": runs, "models": list(models), "size": size, "gpu": gpu,
+                          "sources": sources, "labels": labels}),
            "e2e": [], "skipped": [], "inference": {}, "roofline": {}, "ratios": {}, "targets": []}
     primary = shipped_model(size, cache)
     res["meta"]["primary_model"] = primary.to_dict()
@@ -208,7 +214,15 @@ def run_suite(*, quick: bool = False, frames: int = 1000, runs: int = 3, models=
         sources = ["replay", "sweep"] + (["video"] if video.is_file() else [])
         if not video.is_file():
             res["skipped"].append({"what": "video source", "why": f"{video} not found"})
-    labels = list(GPU_LABELS if gpu else ("ort-cpu-1t", "ort-cpu-2t"))
+    bad = sorted(set(sources or ()) - {"replay", "sweep", "video"})
+    if bad:
+        raise ConfigError(f"--sources {bad}: expected some of replay, sweep, video")
+    if sources and "video" in sources and not video.is_file():
+        sources = [s for s in sources if s != "video"]
+        res["skipped"].append({"what": "video source", "why": f"{video} not found"})
+    labels = list(labels or (GPU_LABELS if gpu else ("ort-cpu-1t", "ort-cpu-2t")))
+    if gpu and "tensorrt" not in labels:
+        labels.append("tensorrt")
     if gpu:
         why = _cuda_reason()
         if why:
