@@ -279,8 +279,9 @@ def test_hung_read_never_blocks_publishing(kind, model_path, video):
     assert len(window) >= 2
     gaps = np.diff([last.t_capture_ns] + window + [resumed.t_publish_ns]) / 1e9
     assert gaps.max() <= 1.0, f"status gap {gaps.max():.2f} s during the hang"
-    ns, _ = outage_seen(r, last.t_capture_ns)
+    ns, st = outage_seen(r, last.t_capture_ns)
     assert (ns.t_publish_ns - last.t_capture_ns) / 1e9 < STALE_BOUND_S + MARGIN_S
+    assert st.source.state == "stale" and (st.t_publish_ns - last.t_capture_ns) / 1e9 < STALE_BOUND_S + MARGIN_S
     assert r.statuses[-1].counters.reconnects == 1
     print(f"RECOVERY hang       {kind:<5s} {(resumed.t_publish_ns - last.t_capture_ns) / 1e9 - 1.0:6.3f} s "
           f"after the 1.0 s hang timeout; max status gap {gaps.max():.3f} s")
