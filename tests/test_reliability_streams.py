@@ -178,3 +178,72 @@ def test_one_stalled_subscriber_costs_every_subscriber_but_not_through_the_proxy
     assert via["publisher_dropped"] == 0 and via["healthy_gaps"] == 0
     assert via["healthy_received_scores"] == n
     assert via["stalled_received"] < n
+
+
+@pytest.mark.slow
+def test_proxy_killed_and_restarted_stream_resumes(tmp_path):
+    """`streamcad proxy` dies (SIGKILL) under a running `streamcad run`, and comes back on the
+    same ports: the UI sees the stream go stale, then resume from the SAME publisher (the pipeline
+    never restarted). The pipeline's connecting XPUB keeps its queue across the reconnect, so an
+    outage shorter than publish.hwm_seconds (4 s) loses nothing; anything lost beyond that is
+    counted by the publisher (dropped_publish) and equals the seq gap the UI sees: never silent."""
+    model = make_contract_onnx(tmp_path / "m.onnx", size=32, saliency_hw=(4, 4))
+    write_manifest(model, class_names=["normal", "benign", "malignant"])
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    cli = [sys.executable, "-m", "streamcad.cli"]
+
+    def start_proxy():
+        p = subprocess.Popen([*cli, "proxy", "--frontend", front, "--backend", back], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert "proxy:" in p.stdout.readline(), p.stderr.read() if p.poll() is not None else "no banner"
+        return p
+
+    cfg = tmp_path / "probe.toml"
+    cfg.write_text(f"version = 1\ndashboard = false\n[source]\nuri = \"sweep:\"\nfps = 15.0\n"
+                   f"[model]\npath = \"{model}\"\nthreads = 1\n"
+                   f"[publish]\nendpoint = \"{front}\"\nconnect = true\nheartbeat_s = 0.5\nstream = \"probe0\"\n")
+    proxies = [start_proxy()]
+    run = subprocess.Popen([*cli, "run", "--config", str(cfg)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sub = Subscriber(back, rcvhwm=100_000, heartbeat_s=0.5)
+    got: list = []
+
+    def pump(until, pred=lambda: False):
+        while time.monotonic() < until and not pred():
+            if (m := sub.recv(0.05)) is not None:
+                got.append(m)
+
+    try:
+        pump(time.monotonic() + 30, lambda: sum(isinstance(m, Score) for m in got) >= 15)
+        assert sum(isinstance(m, Score) for m in got) >= 15, "no scores before the proxy was killed"
+        n_before = len(got)
+        proxies[0].kill()
+        proxies[0].wait(5)
+        pump(time.monotonic() + 2.0)
+        assert sub.is_stale("probe0")  # 3 heartbeats without a message
+        assert len(got) - n_before <= 5  # only what was in flight
+        t_restart = time.monotonic()
+        proxies.append(start_proxy())
+        pump(t_restart + 20, lambda: sum(isinstance(m, Score) for m in got[n_before:]) >= 15)
+        resumed = [m for m in got[n_before:] if isinstance(m, Score)]
+        assert len(resumed) >= 15, "scores did not resume after the proxy came back"
+        assert not sub.is_stale("probe0")
+        t_resumed = time.monotonic() - t_restart
+        run.terminate()
+        assert run.wait(10) == 0, run.stderr.read()
+        pump(time.monotonic() + 1.0)  # the final status
+        print(f"PROXY_RESTART resumed {t_resumed:.2f} s after restart (incl. proxy start), "
+              f"gap {sub.gap_count} messages, publisher dropped {got[-1].counters.dropped_publish}")
+    finally:
+        sub.close()
+        for p in [run, *proxies]:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    assert len({m.publisher for m in got}) == 1 and sub.publisher_changes == 0  # never restarted
+    final = got[-1]
+    assert isinstance(final, Status)  # the final status, sent after SIGTERM
+    assert sub.gap_count == final.counters.dropped_publish  # every loss counted at the source
+    seqs = [m.seq for m in got]
+    assert all(b > a for a, b in zip(seqs[:-1], seqs[1:], strict=True))
