@@ -81,7 +81,7 @@ def test_pretrain_finetune_evaluate_end_to_end(small_busbra, tmp_path, one_threa
     assert 0.0 <= auc["ci_low"] <= auc["value"] <= auc["ci_high"] <= 1.0
     assert len(r["oof_predictions"]["labels"]) == 20
     for key in ("roc", "reliability"):
-        assert (out / "plots").exists() and open(r["plots"][key], "rb").read(4) == b"\x89PNG"
+        assert (out / r["plots"][key]).read_bytes()[:4] == b"\x89PNG"
 
     # SSL ran 3 epochs on the pool (finite losses); fine-tuning lowered the training loss
     ssl_ckpt = load_checkpoint(r["ssl"]["path"])

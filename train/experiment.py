@@ -278,10 +278,9 @@ def run_experiment(
             stem = f"{dataset}__{_slug(run.name)}"
             curves = {f"fold {r['fold']}": (np.asarray(r["predictions"]["labels"]), np.asarray(r["predictions"]["probs"])) for r in folds}
             oof = (np.concatenate([c[0] for c in curves.values()]), np.concatenate([c[1] for c in curves.values()]))
-            plots = {
-                "roc": str(plot_roc({**curves, "pooled": oof}, out_dir / "plots" / f"{stem}_roc.png", f"{dataset}: {run.name}")),
-                "reliability": str(plot_reliability(*oof, out_dir / "plots" / f"{stem}_reliability.png", title=f"{dataset}: {run.name}")),
-            }
+            plot_roc({**curves, "pooled": oof}, out_dir / "plots" / f"{stem}_roc.png", f"{dataset}: {run.name}")
+            plot_reliability(*oof, out_dir / "plots" / f"{stem}_reliability.png", title=f"{dataset}: {run.name}")
+            plots = {"roc": f"plots/{stem}_roc.png", "reliability": f"plots/{stem}_reliability.png"}  # relative to out_dir
             result = {
                 "schema": 1,
                 "dataset": dataset,
@@ -291,7 +290,8 @@ def run_experiment(
                 "experiment": cfg.to_dict(),
                 "finetune_config": fcfg.to_dict(),
                 "ssl": ssl_info,
-                "git_commit": git_commit(),
+                # a copy without .git (a GPU machine) can name its commit in $STREAMCAD_GIT_COMMIT
+                "git_commit": os.environ.get("STREAMCAD_GIT_COMMIT") or git_commit(),
                 "split_sha256": split_sha,
                 "machine": machine_info(),
                 "wall_s": time.perf_counter() - t0,
