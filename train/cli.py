@@ -105,6 +105,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--work", default="runs/experiment", help="checkpoints, SSL cache, logs (not committed)")
     _common(p)
 
+    p = sub.add_parser("ship", help="train + export the shipped default model (BUSI + BUS-BRA, fold 0 held out)")
+    p.add_argument("--out", default=str(REPO / "engines" / "models" / "default.onnx"))
+    p.add_argument("--work", default="runs/ship", help="checkpoints and logs (not committed)")
+    p.add_argument("--report", default=str(REPO / "train" / "results" / "shipped_default.json"))
+    p.add_argument("--model", default="tiny", help="tiny keeps the CPU runtime real-time")
+    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--epochs-ssl", type=int, default=30, help="upper bound (see --ssl-budget)")
+    p.add_argument("--epochs-ft", type=int, default=40, help="upper bound (see --ft-budget)")
+    p.add_argument("--batch-ssl", type=int, default=64)
+    p.add_argument("--batch-ft", type=int, default=32)
+    p.add_argument("--ssl-budget", type=float, default=None, help="seconds: fit the SSL schedule into this")
+    p.add_argument("--ft-budget", type=float, default=None, help="seconds: fit the fine-tune schedule into this")
+    p.add_argument("--n-boot", type=int, default=1000)
+    _common(p)
+
     p = sub.add_parser("table", help="render the results JSONs into docs/TRAINING.md (between markers)")
     p.add_argument("--results", default=str(REPO / "train" / "results"))
     p.add_argument("--doc", default=str(REPO / "docs" / "TRAINING.md"))
@@ -253,6 +268,19 @@ def run(args) -> int:
         return _run_finetune(args)
     if cmd == "experiment":
         return _run_experiment(args)
+    if cmd == "ship":
+        from train.ship import ship
+
+        report = ship(
+            args.out, args.work, model=args.model, size=args.size, epochs_ssl=args.epochs_ssl,
+            epochs_ft=args.epochs_ft, batch_ssl=args.batch_ssl, batch_ft=args.batch_ft, device=args.device,
+            amp=args.amp, channels_last=args.channels_last, data_npz=args.data_npz, root=args.root,
+            n_boot=args.n_boot, seed=args.seed, ssl_budget_s=args.ssl_budget, ft_budget_s=args.ft_budget,
+            report_path=args.report,
+        )
+        for ds, m in report["metrics"].items():
+            print(f"{ds}: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")
+        return 0
     raise ConfigError(f"unknown train command {cmd!r}")  # argparse choices make this unreachable
 
 

@@ -1,0 +1,166 @@
+"""Train, export and document the shipped default model.
+
+    BUSI (3 classes) + BUS-BRA (benign/malignant), committed 5-fold splits
+      fold 0 of BOTH datasets held out: never seen by pretraining or fine-tuning
+    SSL pool = the other folds' images of both datasets + real video frames (unlabeled)
+      --train.ssl.pretrain--> ssl.pt
+    fine-tune on folds 1-4 (validation carved out by group inside, for early stopping,
+      temperature and threshold) --train.finetune.finetune--> classifier.pt
+    --engines.export (parity on real frames)--> engines/models/default.onnx + default.json
+    metrics on the held-out fold 0, per dataset, with 95% bootstrap CIs -> manifest + JSON
+
+Why both datasets: the runtime gates its smoothing on p(normal) (is a lesion in view?), which
+only BUSI teaches (BUS-BRA has no normal images), while BUS-BRA brings twice the lesions and
+two more scanner models. Folds are assigned within each dataset by duplicate group / patient,
+so the union of fold 0 is leak-free as well.
+
+    streamcad train ship --device cpu --size 160 --epochs-ssl 15 --epochs-ft 30
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_FOLD = 0
+
+
+def combine(arrays: dict) -> object:
+    """{'busi': LabeledArrays, 'busbra': LabeledArrays} -> one LabeledArrays (ids/groups prefixed)."""
+    from train.data import LabeledArrays
+
+    parts = {}
+    for f in fields(LabeledArrays):
+        vals = []
+        for ds, a in arrays.items():
+            v = getattr(a, f.name)
+            if f.name in ("groups", "ids"):
+                v = np.array([f"{ds}:{x}" for x in v])
+            vals.append(v)
+        parts[f.name] = np.concatenate(vals)
+    return LabeledArrays(**parts)
+
+
+def _per_dataset_metrics(pred: dict, n_boot: int, seed: int) -> dict:
+    from train.evaluate import bootstrap_metrics
+
+    ids = np.array(pred["ids"])
+    labels = np.array(pred["labels"])
+    probs = np.array(pred["probs"])
+    out = {}
+    for ds in ("busi", "busbra", "all"):
+        sel = np.ones(len(ids), bool) if ds == "all" else np.char.startswith(ids.astype(str), ds + ":")
+        out[ds] = bootstrap_metrics(labels[sel], probs[sel], pred["threshold"], n_boot=n_boot, seed=seed)
+    return out
+
+
+def ship(
+    out: str | os.PathLike = REPO / "engines" / "models" / "default.onnx",
+    work: str | os.PathLike = REPO / "runs" / "ship",
+    *,
+    model: str = "tiny",
+    size: int = 160,
+    epochs_ssl: int = 15,
+    epochs_ft: int = 30,
+    batch_ssl: int = 64,
+    batch_ft: int = 32,
+    device: str = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
+    data_npz: str | None = None,
+    root: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ssl_budget_s: float | None = None,
+    ft_budget_s: float | None = None,
+    report_path: str | os.PathLike = REPO / "train" / "results" / "shipped_default.json",
+) -> dict:
+    from engines.export import export_checkpoint
+    from streamcad.manifest import read_manifest, write_manifest
+    from train.common import git_commit, machine_info
+    from train.data import load_arrays, load_npz, read_video_frames, split_hash
+    from train.finetune import FinetuneConfig, finetune
+    from train.ssl import SSLConfig, pretrain
+
+    t0 = time.perf_counter()
+    work = Path(work)
+    if data_npz:
+        packed, video = load_npz(data_npz)
+    else:
+        packed = {ds: load_arrays(ds, size, root) for ds in ("busi", "busbra")}
+        video = read_video_frames(size, root)
+    data = combine(packed)
+    train_part = data.subset(data.folds != TEST_FOLD)
+    pool = np.concatenate([train_part.images, video])
+    probe_tr, probe_va = train_part.fold_split(1)  # kNN probe inside the training folds only
+    probe = (probe_tr.images, probe_tr.labels, probe_va.images, probe_va.labels)
+    log.info("ship: %d training images (+%d video frames) for SSL; %d held out", len(train_part), len(video), int((data.folds == TEST_FOLD).sum()))
+
+    ssl_cfg = SSLConfig(model=model, size=size, epochs=epochs_ssl, batch_size=batch_ssl, device=device,
+                        amp=amp, channels_last=channels_last, seed=seed)
+    if ssl_budget_s:
+        # time one epoch, then fit the schedule into the budget (a whole cosine schedule, not a cut-off one)
+        t = time.perf_counter()
+        pretrain(replace(ssl_cfg, epochs=1), pool, work / "ssl-timing")
+        per_epoch = time.perf_counter() - t
+        ssl_cfg = replace(ssl_cfg, epochs=max(2, min(epochs_ssl, int(ssl_budget_s / per_epoch))))
+        log.info("ship: SSL epoch %.1f s -> %d epochs in the %.0f s budget", per_epoch, ssl_cfg.epochs, ssl_budget_s)
+    t_ssl = time.perf_counter()
+    ssl_path = pretrain(ssl_cfg, pool, work / "ssl", probe=probe, resume=(work / "ssl" / "last.pt").is_file())
+    t_ssl = time.perf_counter() - t_ssl
+
+    ft_cfg = FinetuneConfig(model=model, size=size, init=str(ssl_path), epochs=epochs_ft, batch_size=batch_ft,
+                            device=device, amp=amp, channels_last=channels_last, seed=seed, n_boot=n_boot)
+    if ft_budget_s:
+        t = time.perf_counter()
+        finetune(replace(ft_cfg, epochs=1, n_boot=10), data, TEST_FOLD, work / "finetune-timing")
+        per_epoch = time.perf_counter() - t
+        ft_cfg = replace(ft_cfg, epochs=max(2, min(epochs_ft, int(ft_budget_s / per_epoch))))
+        log.info("ship: fine-tune epoch %.1f s -> %d epochs in the %.0f s budget", per_epoch, ft_cfg.epochs, ft_budget_s)
+    res = finetune(ft_cfg, data, TEST_FOLD, work / "finetune")
+    metrics = _per_dataset_metrics(res["predictions"], n_boot, seed)
+
+    manifest, parity = export_checkpoint(res["checkpoint"], out, data_npz=data_npz, data_root=root)
+    m = read_manifest(out).to_dict()
+    for k in ("file", "sha256", "size_bytes", "schema_version"):
+        m.pop(k)
+    m["operating_threshold"] = float(res["threshold"])
+    m["metrics"] = {"held_out": f"fold {TEST_FOLD} of both datasets (committed splits)", **metrics}
+    m["training_data"] = {
+        "datasets": ["BUSI", "BUS-BRA"],
+        "train_folds": [1, 2, 3, 4],
+        "test_fold": TEST_FOLD,
+        "split_sha256": {"busi": split_hash("busi"), "busbra": split_hash("busbra")},
+        "n_train": res["n_train"], "n_val": res["n_val"], "n_test": res["n_test"],
+        "ssl_pool": f"{len(train_part)} training-fold images of both datasets + {len(video)} real video frames",
+    }
+    write_manifest(out, **m)
+
+    report = {
+        "schema": 1,
+        "what": "shipped default model",
+        "onnx": str(Path(out).name),
+        "model": model, "size": size,
+        "ssl_config": ssl_cfg.to_dict(),
+        "finetune_config": ft_cfg.to_dict(),
+        "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
+        "temperature": res["temperature"], "threshold": res["threshold"],
+        "metrics": metrics,
+        "parity": parity.to_dict(),
+        "wall_s": {"ssl": t_ssl, "total": time.perf_counter() - t0},
+        "git_commit": git_commit(), "machine": machine_info(),
+    }
+    path = Path(report_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+    log.info("ship: wrote %s and %s", out, path)
+    return report
