@@ -29,12 +29,15 @@ def run(args: argparse.Namespace) -> int:
             f"the shipped model {DEFAULT_MODEL} is not in this checkout; "
             "train and export it (see README 'The shipped model'), or use `streamcad run --model`"
         )
+    from streamcad.sources import open_source
+
+    source = open_source("sweep:", sector=args.sector, fps=args.fps, seed=args.seed, loop=True)
     config = config_from_dict(
         {
-            "source": {"uri": f"sweep:sample?sector={args.sector}", "fps": args.fps, "seed": args.seed},
+            "source": {"uri": "sweep:", "fps": args.fps, "seed": args.seed, "loop": True},
             "publish": {"endpoint": args.endpoint, "stream": "demo"},
             "frames": args.frames,
             "dashboard": args.dashboard,
         }
     )
-    return run_pipeline(config)
+    return run_pipeline(config, source=source)

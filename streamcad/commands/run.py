@@ -82,10 +82,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return out
 
 
-def run_pipeline(config, report_json: str | None = None) -> int:
+def run_pipeline(config, report_json: str | None = None, source=None) -> int:
     from streamcad.pipeline import Pipeline
 
-    with Pipeline(config) as pipe:
+    with Pipeline(config, source=source) as pipe:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: pipe.stop())
         show = config.dashboard and sys.stdout.isatty()
