@@ -40,7 +40,9 @@ __all__ = ["Pipeline", "PipelineReport", "Item", "STAGES", "DEFAULT_MODEL"]
 STAGES = ("grab", "preprocess", "queue", "infer", "smooth", "publish", "total")
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engines" / "models" / "default.onnx"
 _POLL_S = 0.05  # every blocking wait wakes this often to check for shutdown (< 1 s contract)
-_STATUS_LEAD_S = 0.02  # our status goes out this much before the publisher's heartbeat
+# A status is due this much before heartbeat_s: the publish loop may wait one poll before it
+# looks, and the publisher's own heartbeat (same period) must never go out first with old fields.
+_STATUS_LEAD_S = _POLL_S + 0.02
 
 
 @dataclass(slots=True)
