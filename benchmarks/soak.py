@@ -102,6 +102,8 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
     publishers: set[str] = set()
     t_last_status = None
     max_status_gap = 0.0
+    pub_last_status = None  # the publisher's own stamp: separates its delays from ours
+    max_status_gap_pub = 0.0
     rss_warm = None
     t0 = time.monotonic()
     t_ckpt = t0
@@ -137,7 +139,8 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
                     n_status += 1
                     if t_last_status is not None and alive:
                         max_status_gap = max(max_status_gap, now - t_last_status)
-                    t_last_status = now
+                        max_status_gap_pub = max(max_status_gap_pub, (m.t_publish_ns - pub_last_status) / 1e9)
+                    t_last_status, pub_last_status = now, m.t_publish_ns
                 if rss_warm is None and n_scores >= warmup_frames:
                     rss_warm = _rss_mb()
                     res["t_warm_s"] = now - t0
@@ -186,7 +189,8 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
         "frames_overwritten": stats.frames_overwritten, "reconnects": stats.reconnects,
         "readers_abandoned": stats.readers_abandoned,
         "faults": len(events), "fault_kinds": kinds,
-        "max_status_gap_s": round(max_status_gap, 3),
+        "max_status_gap_s": round(max_status_gap, 3),  # at the subscriber (arrival times)
+        "max_status_gap_publish_s": round(max_status_gap_pub, 3),  # at the publisher (t_publish_ns)
         "rss_growth_mb": None if rss_warm is None else round(res["rss_end_mb"] - rss_warm, 2),
         "threads_left": left,
         "latency_ms": report.latency_ms if report else {},

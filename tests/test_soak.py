@@ -32,9 +32,10 @@ def test_soak_20k_frames_with_random_faults(model_path):
                           stall_s=(0.1, 0.9), disconnect_s=(0.1, 0.3), sizes=((200, 150), None))
     res = run_soak(model_path, frames=FRAMES, pace="none", fps=30.0, screen=(320, 240), faults=faults,
                    hang_timeout_s=hang, warmup_frames=3000, checkpoint_s=1e9)
-    summary = {k: res[k] for k in ("scores", "faults", "fault_kinds", "seq_gaps", "rss_warm_mb", "rss_growth_mb",
-                                   "threads_left", "max_status_gap_s", "reconnects", "readers_abandoned",
-                                   "frames_rejected", "wall_s")}
+    keys = ("scores", "faults", "fault_kinds", "seq_gaps", "rss_warm_mb", "rss_growth_mb", "threads_left",
+            "max_status_gap_s", "max_status_gap_publish_s", "reconnects", "readers_abandoned", "frames_rejected",
+            "wall_s")
+    summary = {k: res[k] for k in keys}
     print("SOAK", summary)
     assert res["exceptions"] == []
     assert res["frames_out"] == FRAMES and res["scores"] >= FRAMES - 5  # the first few precede the subscription
@@ -46,4 +47,6 @@ def test_soak_20k_frames_with_random_faults(model_path):
     assert res["no_signal_scores"] >= 1
     assert res["rss_warm_mb"] is not None and res["rss_growth_mb"] < 30.0
     assert res["threads_left"] == []
-    assert res["max_status_gap_s"] <= 1.5  # heartbeats kept flowing through every fault
+    # heartbeats kept flowing through every fault: <= 1 s as stamped by the publisher (+ scheduling
+    # margin on a loaded CI box), and as they arrived here
+    assert res["max_status_gap_publish_s"] <= 1.25 and res["max_status_gap_s"] <= 1.5
