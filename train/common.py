@@ -379,3 +379,22 @@ def machine_info() -> dict:
     except OSError:
         pass
     return info
+
+
+def dataclass_from_dict(cls, d: dict, what: str):
+    """Build the frozen config dataclass `cls` from a plain dict (a checkpoint's or a file's):
+    unknown keys and wrong types are ConfigErrors naming the key. Fields are annotated with the
+    plain names int/float/bool/str (``from __future__ import annotations`` keeps them strings)."""
+    from dataclasses import fields
+
+    from streamcad.errors import ConfigError
+
+    types = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(set(d) - set(types))
+    if unknown:
+        raise ConfigError(f"unknown {what} config key(s) {unknown}; expected some of {sorted(types)}")
+    for k, v in d.items():
+        want = {"int": int, "float": (int, float), "bool": bool, "str": str}[types[k]]
+        if (isinstance(v, bool) and types[k] != "bool") or not isinstance(v, want):
+            raise ConfigError(f"{what} config key {k!r}={v!r}; expected {types[k]}")
+    return cls(**d)

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ from train.common import (
     autocast_context,
     check_finite,
     cosine_schedule,
+    dataclass_from_dict,
     load_checkpoint,
     maybe_channels_last,
     progress,
@@ -116,15 +117,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FinetuneConfig:
-        types = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(d) - set(types))
-        if unknown:
-            raise ConfigError(f"unknown finetune config key(s) {unknown}; expected some of {sorted(types)}")
-        for k, v in d.items():
-            want = {"int": int, "float": (int, float), "bool": bool, "str": str}[types[k]]
-            if isinstance(v, bool) and types[k] != "bool" or not isinstance(v, want):
-                raise ConfigError(f"finetune config key {k!r}={v!r}; expected {types[k]}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "finetune")
 
     def to_dict(self) -> dict:
         return asdict(self)

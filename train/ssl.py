@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from train.common import (
     check_finite,
     cleanup_distributed,
     cosine_schedule,
+    dataclass_from_dict,
     git_commit,
     is_main_process,
     load_checkpoint,
@@ -117,15 +118,7 @@ class SSLConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SSLConfig:
-        types = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(d) - set(types))
-        if unknown:
-            raise ConfigError(f"unknown ssl config key(s) {unknown}; expected some of {sorted(types)}")
-        for k, v in d.items():
-            want = {"int": int, "float": (int, float), "bool": bool, "str": str}[types[k]]
-            if (isinstance(v, bool) and types[k] != "bool") or not isinstance(v, want):
-                raise ConfigError(f"ssl config key {k!r}={v!r}; expected {types[k]}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "ssl")
 
     def to_dict(self) -> dict:
         return asdict(self)
