@@ -123,7 +123,7 @@ def _meta(kind: str, opts: dict) -> dict:
         commit = None
     return {
         "kind": kind,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "git_commit": commit,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
         "machine": machine_info(),

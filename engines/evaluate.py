@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from streamcad.errors import ConfigError, FrameError, StreamcadError
+from streamcad.manifest import CLASS_NAMES as CLASSES
 
 log = logging.getLogger(__name__)
 
 HELP = "score a model on a folder laid out like BUSI or BUS-BRA"
-CLASSES = ("normal", "benign", "malignant")
+
 DEFAULT_BATCH = 16
 
 

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from streamcad.errors import ArtifactError, ConfigError
+from streamcad.manifest import CLASS_NAMES
 from streamcad.preprocess import PreprocessSpec, preprocess
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES: tuple[str, ...] = ("normal", "benign", "malignant")  # model output order (contracts)
 MALIGNANT = CLASS_NAMES.index("malignant")
 REPO = Path(__file__).resolve().parents[1]
 _EPS = 1e-9  # a value exactly at a threshold passes despite float rounding (0.51 - 0.5 != 0.01)

@@ -152,7 +152,7 @@ def config_from_dict(data: dict) -> RunConfig:
 def _section_for(dotted: str):
     cls = RunConfig
     for part in dotted.split(".")[:-1]:
-        ann = {f: t for f, t in zip(cls.__struct_fields__, msgspec.structs.fields(cls))}.get(part)
+        ann = {f.name: f for f in msgspec.structs.fields(cls)}.get(part)
         if ann is None:
             return None
         cls = ann.type

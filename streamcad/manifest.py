@@ -265,7 +265,7 @@ def write_manifest(artifact: str | Path, **fields: Any) -> Manifest:
         fields["preprocess"] = PreprocessSpec(size=int(fields["input"]["shape"][-1])).to_dict()
     fields.setdefault("versions", library_versions())
     fields.setdefault("git_commit", _git_commit(Path(__file__).resolve().parent))
-    fields.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    fields.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     m = Manifest(file=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size, format=fmt, **fields)
     m._validate(f"write_manifest({path.name})")
     if m.preprocess.get("size") != m.input_size:

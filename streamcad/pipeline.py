@@ -30,6 +30,7 @@ import numpy as np
 
 from streamcad.config import RunConfig
 from streamcad.errors import StreamcadError
+from streamcad.manifest import CLASS_NAMES
 from streamcad.preprocess import preprocess
 from streamcad.smoothing import Smoother
 
@@ -191,7 +192,7 @@ class Pipeline:
         }
         probs = None
         if item.probs is not None:
-            probs = dict(zip(("normal", "benign", "malignant"), item.probs))
+            probs = dict(zip(CLASS_NAMES, item.probs, strict=True))
         if self._status_due():  # before publish_score, whose own heartbeat would carry old fields
             self.publish_status()
         t_pub = time.monotonic_ns()

@@ -90,7 +90,7 @@ def test_file_round_trip(tmp_path, model_path):
     assert report.frames_out == len(scores) > 0
     assert report.frames_out + report.overwritten == 40
     seqs = [s.seq for s in scores]
-    assert all(b > a for a, b in zip(seqs, seqs[1:]))
+    assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False))
     assert statuses, "no status message"
     s0 = scores[0]
     assert s0.model_sha256 == pipe.model.sha256

@@ -50,6 +50,7 @@ from sklearn.metrics import (
 )
 
 from streamcad.errors import ConfigError
+from streamcad.manifest import CLASS_NAMES as CLASSES
 
 __all__ = [
     "CLASSES",
@@ -69,7 +70,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
+
 BENIGN, MALIGNANT = 1, 2
 METRIC_NAMES: tuple[str, ...] = (
     "auc",

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streamcad.errors import ConfigError
+from streamcad.manifest import CLASS_NAMES as CLASSES
 
 __all__ = [
     "CLASSES",
@@ -52,7 +53,6 @@ __all__ = [
     "model_complexity",
 ]
 
-CLASSES = ("normal", "benign", "malignant")
 
 
 @dataclass(frozen=True)

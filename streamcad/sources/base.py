@@ -75,7 +75,7 @@ class SourceInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class SourceState(str, enum.Enum):
+class SourceState(enum.StrEnum):
     CONNECTING = "connecting"  # opened, no frame yet
     LIVE = "live"  # frames arriving
     STALE = "stale"  # no new frame for max(3 frame intervals, 0.5 s)

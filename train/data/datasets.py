@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from streamcad.errors import ConfigError
+from streamcad.manifest import CLASS_NAMES as CLASSES
 
 __all__ = [
     "CLASSES",
@@ -35,7 +36,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")  # model output order (contracts)
+
 DATASETS: tuple[str, ...] = ("busi", "busbra")
 _REPO = Path(__file__).resolve().parents[2]
 
