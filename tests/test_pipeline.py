@@ -147,7 +147,8 @@ def test_latest_frame_semantics_under_slow_inference(tmp_path, model_path):
     assert report.overwritten > 12  # ~2 of every 3 frames replaced at the source
     grab = np.array(pipe.stats.lat["grab"])  # capture -> picked up by the prepare stage
     # picked-up frames are at most one frame interval old (+ scheduling margin), never a backlog
-    assert np.percentile(grab, 90) < 1000 / 30 + 25
+    # a backlog would grow by ~70 ms per scored frame; 60 ms margin absorbs a loaded CI machine
+    assert np.percentile(grab, 90) < 1000 / 30 + 60
 
 
 def test_sigterm_stops_within_one_second(tmp_path, model_path):

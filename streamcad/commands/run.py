@@ -30,6 +30,7 @@ _FLAG_KEYS = {
     "allow_remote": ("publish", "allow_remote"),
     "stream": ("publish", "stream"),
     "encoding": ("publish", "encoding"),
+    "connect": ("publish", "connect"),
     "frames": (None, "frames"),
 }
 
@@ -61,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16"])
     p.add_argument("--stream", help="stream id in every message (one per probe)")
     p.add_argument("--encoding", choices=["json", "msgpack"])
+    p.add_argument("--connect", action="store_true", default=None,
+                   help="connect --endpoint (a `streamcad proxy` frontend) instead of binding it")
     p.add_argument("--allow-remote", action="store_true", default=None, help="permit binding beyond loopback")
     p.add_argument("--report-json", help="write the final report (counters, latency percentiles) here")
 
