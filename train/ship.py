@@ -220,7 +220,8 @@ Operating threshold on p(malignant): {report['threshold']:.3f} (Youden's J on va
 - Fine-tuning on folds 1-4 (a group-wise 20% validation split inside them drives early
   stopping, temperature scaling and the threshold): up to {ft['epochs']} epochs, best epoch
   {report['best_epoch']}, class-weighted cross entropy, ultrasound augmentations.
-- Machine: {mach.get('cpu', '?')} ({mach.get('cores', '?')} cores), total wall time
+- Machine: {mach.get('gpu') or mach.get('processor', '?')} ({mach.get('cpu_count', '?')} CPU cores,
+  {mach.get('torch_threads', '?')} torch thread(s), shared with other jobs), total wall time
   {wall['total'] / 60:.0f} min. Reproduce: `streamcad train ship` with the settings in the
   JSON report (the GPU preset trains longer; see docs/TRAINING.md).
 
