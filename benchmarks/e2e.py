@@ -204,6 +204,10 @@ def run_e2e(cfg: E2EConfig, *, sample_rss: bool = False, keep_raw: bool = False)
     sampler = None
     try:
         with Pipeline(config, model=model, source=source) as pipe:
+            S = model.spec.size
+            x = np.zeros((1, 1, S, S), np.float32)
+            for _ in range(10):  # warm-up outside the clock: allocations, kernel selection, graph capture
+                model.backend.infer(x)
             env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
             proc = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.subscriber", "--endpoint", config.publish.endpoint,
@@ -211,10 +215,6 @@ def run_e2e(cfg: E2EConfig, *, sample_rss: bool = False, keep_raw: bool = False)
                 stdout=subprocess.PIPE, text=True, cwd=str(REPO), env=env,
             )
             _wait_subscribed(pipe, proc)
-            S = model.spec.size
-            x = np.zeros((1, 1, S, S), np.float32)
-            for _ in range(10):  # warm-up outside the clock: allocations, kernel selection, graph capture
-                model.backend.infer(x)
             if sample_rss:
                 sampler = RssSampler({"pipeline": os.getpid(), "subscriber": proc.pid})
                 sampler.start()

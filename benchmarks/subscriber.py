@@ -50,11 +50,11 @@ def receive(endpoint: str, count: int, idle_s: float = 5.0, start_timeout_s: flo
                 if time.monotonic() - last > (start_timeout_s if first else idle_s):
                     break
                 continue
+            if not isinstance(msg, Score):
+                statuses += 1  # statuses do not end the start wait: the backend may still be warming up
+                continue
             last = time.monotonic()
             first = False
-            if not isinstance(msg, Score):
-                statuses += 1
-                continue
             t_recv[n], t_cap[n], t_pub[n] = now_ns, msg.t_capture_ns, msg.t_publish_ns
             seq[n], index[n] = msg.seq, msg.frame_index
             for s in STAGES:
