@@ -72,7 +72,9 @@ class ModelConfig(_Section):
     path: str | None = None  # None = the shipped engines/models/default.onnx
     backend: str = "onnxruntime"
     allow_unverified: bool = False  # a bare ONNX file without manifest needs this, explicitly
-    threads: Annotated[int, msgspec.Meta(ge=1)] = 2  # ORT intra-op threads: this machine has 2 cores
+    # ORT intra-op threads. 1: on a 2-core box the decode, prepare and publish threads need the
+    # other core; 2 ORT threads measured 50 fps vs 128 fps with 1 (benchmarks/README.md)
+    threads: Annotated[int, msgspec.Meta(ge=1)] = 1
     device: str | None = None  # torch backend: 'cpu' or 'cuda[:i]', never guessed
     precision: Literal["fp32", "fp16"] = "fp32"
     cuda_graph: bool = False  # torch / tensorrt: replay a captured graph (fixed batch 1)

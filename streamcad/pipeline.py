@@ -181,14 +181,15 @@ class Pipeline:
 
     def finish(self, item: Item) -> None:
         """Smoothing and publishing (publish thread)."""
+        t_pick = time.monotonic_ns()  # the publish thread has the item: waits before this are queueing
         res = self.smoother.update(item.probs, item.t["infer"], item.flags)
         t_smooth = time.monotonic_ns()
         lat = {
             "grab": (item.t["grab"] - item.t_capture_ns) / 1e6,
             "preprocess": (item.t["preprocess"] - item.t["grab"]) / 1e6,
-            "queue": (item.t["queue"] - item.t["preprocess"]) / 1e6,
+            "queue": (item.t["queue"] - item.t["preprocess"] + t_pick - item.t["infer"]) / 1e6,
             "infer": (item.t["infer"] - item.t["queue"]) / 1e6,
-            "smooth": (t_smooth - item.t["infer"]) / 1e6,
+            "smooth": (t_smooth - t_pick) / 1e6,
         }
         probs = None
         if item.probs is not None:
@@ -467,9 +468,9 @@ def _load_model(config: RunConfig):
     if m.backend == "onnxruntime":
         options["intra_op_threads"] = m.threads
     elif m.backend == "torch":
-        options.update(device=m.device, precision=m.precision, cuda_graph=m.cuda_graph)
+        options.update(device=m.device, precision=m.precision, cuda_graph_batch=1 if m.cuda_graph else None)
     elif m.backend == "tensorrt":
-        options.update(cuda_graph=m.cuda_graph)
+        options.update(cuda_graph_batch=1 if m.cuda_graph else None)
     return load_model(path, backend=m.backend, allow_unverified=m.allow_unverified, **options)
 
 

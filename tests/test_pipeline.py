@@ -194,3 +194,32 @@ def test_late_subscriber_gets_status_within_a_second(tmp_path, model_path):
     assert isinstance(m, Status)
     assert waited < 1.0
     assert m.source.state in ("live", "connecting")
+
+
+def test_torch_backend_from_the_run_config(tmp_path):
+    """model.backend = 'torch' in the config loads a checkpoint (explicit cpu device) and scores."""
+    torch = pytest.importorskip("torch")
+    from train.model import build_model
+
+    from streamcad.preprocess import PreprocessSpec
+
+    torch.manual_seed(0)
+    ckpt = {
+        "kind": "classifier", "model_config": {"name": "tiny"}, "model": build_model("tiny").state_dict(),
+        "preprocess": PreprocessSpec(size=64).to_dict(), "epoch": 1, "metrics": {}, "train_config": {},
+        "temperature": 1.0,
+    }
+    path = tmp_path / "clf.pt"
+    torch.save(ckpt, path)
+    write_manifest(path, class_names=["normal", "benign", "malignant"],
+                   input={"name": "input", "shape": ["N", 1, 64, 64], "dtype": "float32"})
+    cfg = make_config(tmp_path, path, "sweep:", frames=10,
+                      model={"path": str(path), "backend": "torch", "device": "cpu", "threads": 1})
+    src = open_source("sweep:", pace="none", fps=30.0, seed=0, loop=True)
+    with Pipeline(cfg, source=src) as pipe, Subscriber(cfg.publish.endpoint) as sub:
+        time.sleep(0.3)
+        report = pipe.run()
+        scores, _ = collect(sub, 10, timeout=5)
+    assert pipe.model.backend.name == "torch"
+    assert report.frames_out == 10 and len(scores) == 10
+    assert any(s.probs is not None for s in scores)
