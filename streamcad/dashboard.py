@@ -25,7 +25,7 @@ def render(pipe) -> Panel:
     src = pipe.source
     info = src.info
     stats = src.stats
-    state = str(getattr(src.state, "value", src.state))
+    state = str(src.state)
     head = Table.grid(padding=(0, 2))
     head.add_row(
         Text(f"source {state}", style="green" if state == "live" else "yellow"),
@@ -33,14 +33,12 @@ def render(pipe) -> Panel:
         f"@ {getattr(info, 'fps', None) or '?'} fps {getattr(info, 'fourcc', '') or ''}",
         f"model {pipe.model.model_id} ({pipe.model.backend.name})",
     )
-    up = pipe.report.wall_s or 1e-9
     head.add_row(
         f"fps out {pipe.stats.fps_out():5.1f}",
         f"in {stats.frames_grabbed}  out {pipe.report.frames_out}",
         f"overwritten {stats.frames_overwritten}  rejected {stats.frames_rejected}  "
         f"pub-dropped {pipe.publisher.dropped}  reconnects {stats.reconnects}",
     )
-    del up
     lat = Table(title="latency ms", box=None, pad_edge=False)
     lat.add_column("stage")
     lat.add_column("p50", justify="right")

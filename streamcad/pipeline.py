@@ -140,7 +140,6 @@ class Pipeline:
         self._outage_published = False
         self._t_start_ns = 0
         self._t_status_ns = 0
-        self._class_names = tuple(self.model.class_names)
 
     # ---------------------------------------------------------------- stage functions
     def prepare(self, frame) -> Item:
@@ -259,7 +258,7 @@ class Pipeline:
             self._stale_reported = False
             self.report.frames_in += 1
             return frame
-        state = str(getattr(self.source.state, "value", self.source.state))
+        state = str(self.source.state)
         if state in ("stale", "reconnecting", "error") and not self._stale_reported:
             self._stale_reported = True
             return self._no_signal_item()
@@ -276,7 +275,7 @@ class Pipeline:
         src = self.source
         stats = src.stats
         info = src.info
-        state = str(getattr(src.state, "value", src.state))
+        state = str(src.state)
         self.report.overwritten = stats.frames_overwritten
         self.report.rejected = stats.frames_rejected
         self.report.reconnects = stats.reconnects

@@ -223,3 +223,24 @@ def test_torch_backend_from_the_run_config(tmp_path):
     assert pipe.model.backend.name == "torch"
     assert report.frames_out == 10 and len(scores) == 10
     assert any(s.probs is not None for s in scores)
+
+
+def test_dashboard_shows_the_live_numbers(tmp_path, model_path):
+    from rich.console import Console
+
+    from streamcad.dashboard import render, sparkline
+
+    cfg = make_config(tmp_path, model_path, "sweep:", frames=15)
+    src = open_source("sweep:", pace="none", fps=30.0, seed=2, loop=True)
+    with Pipeline(cfg, source=src) as pipe:
+        pipe.run()
+        console = Console(record=True, width=120)
+        console.print(render(pipe))
+    text = console.export_text()
+    assert "source" in text and "1024x768" in text  # granted format of the sweep screen
+    assert f"out {pipe.report.frames_out}" in text
+    for stage in ("preprocess", "infer", "total"):
+        assert stage in text
+    p = pipe.stats.last_probs
+    assert f"malignant {p[2]:.2f}" in text
+    assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
