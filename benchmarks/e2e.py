@@ -165,6 +165,11 @@ def _open(cfg: E2EConfig):
         source = ReplaySource(_FRAMES[key], cfg.fps, uri=f"replay:{cfg.source}")
     else:
         source = open_source(cfg.source, **src_opts)
+        if cfg.mode == "sequential":
+            # the naive loop grabs in its own thread too (no reader thread): benchmarks/naive.py
+            from benchmarks.naive import InlineSource
+
+            source = InlineSource(source)
     d = {
         "source": {"uri": cfg.source, "pace": cfg.pace, "loop": True},
         "model": {"path": cfg.model_path, "backend": cfg.backend},
