@@ -29,6 +29,7 @@ Structure follows timm's convnext.py: ``feature_info``, ``forward_features`` (li
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
@@ -244,14 +245,14 @@ def cam_saliency(feat: torch.Tensor, head: ClassifierHead, logits: torch.Tensor)
     return cam / (cam.amax(dim=(2, 3), keepdim=True) + 1e-12)
 
 
-class _Contract(nn.Module):
+class _Contract(nn.Module, abc.ABC):
     """The shared model contract: forward -> (logits, saliency); embedding; dense map."""
 
     model_config: dict
     feature_info: list[dict]
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]: ...
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():

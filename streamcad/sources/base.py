@@ -277,14 +277,14 @@ class ThreadedSource(FrameSource):
         self._closed = False
 
     # ---- hooks -------------------------------------------------------------------------------
-    def _open(self) -> SourceInfo:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _open(self) -> SourceInfo: ...
 
-    def _grab(self) -> np.ndarray | Frame | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _grab(self) -> np.ndarray | Frame | None: ...
 
-    def _release(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _release(self) -> None: ...
 
     def _at_end(self) -> bool:
         """After _grab() returned None: True for a finite end (ENDED), False for a failure."""

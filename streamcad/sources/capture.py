@@ -10,6 +10,7 @@ Each is a ThreadedSource: the reader thread calls _grab(); read() hands out the 
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import re
@@ -43,8 +44,9 @@ class CaptureSource(ThreadedSource):
         super().__init__(uri, **kwargs)
         self._cap = None
 
+    @abc.abstractmethod
     def _new_capture(self):  # -> cv2.VideoCapture
-        raise NotImplementedError
+        ...
 
     def _describe(self) -> str:
         return self.uri
