@@ -92,8 +92,10 @@ def test_registry_errors(tmp_path, onnx_path):
         import tensorrt  # noqa: F401
     except ImportError:
         assert avail["tensorrt"].startswith("tensorrt not installed")
+        engine = tmp_path / "x.engine"
+        engine.write_bytes(b"not an engine")  # exists: the missing runtime is what must be reported
         with pytest.raises(BackendError, match="tensorrt is not installed"):
-            load_backend("tensorrt", tmp_path / "x.engine")
+            load_backend("tensorrt", engine)
 
 
 def test_register_backend_third_party(tmp_path):

@@ -185,8 +185,8 @@ def test_proxy_killed_and_restarted_stream_resumes(tmp_path):
     """`streamcad proxy` dies (SIGKILL) under a running `streamcad run`, and comes back on the
     same ports: the UI sees the stream go stale, then resume from the SAME publisher (the pipeline
     never restarted). The pipeline's connecting XPUB keeps its queue across the reconnect, so an
-    outage shorter than publish.hwm_seconds (4 s) loses nothing; anything lost beyond that is
-    counted by the publisher (dropped_publish) and equals the seq gap the UI sees: never silent."""
+    outage shorter than publish.hwm_seconds (4 s) may lose nothing; whatever is lost shows as a seq
+    gap at the UI (the publisher counts only what it could not queue): never silent."""
     model = make_contract_onnx(tmp_path / "m.onnx", size=32, saliency_hw=(4, 4))
     write_manifest(model, class_names=["normal", "benign", "malignant"])
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
@@ -244,6 +244,13 @@ def test_proxy_killed_and_restarted_stream_resumes(tmp_path):
     assert len({m.publisher for m in got}) == 1 and sub.publisher_changes == 0  # never restarted
     final = got[-1]
     assert isinstance(final, Status)  # the final status, sent after SIGTERM
-    assert sub.gap_count == final.counters.dropped_publish  # every loss counted at the source
+    # Every loss is visible at the UI as a seq gap. The publisher counts what it could not queue
+    # (dropped_publish); messages already inside the killed proxy, or published while no
+    # subscription existed (the proxy was gone), are lost without the publisher knowing: they
+    # show up only as the gap, never as a silent splice.
+    seqs = sorted({m.seq for m in got})
+    missing = (seqs[-1] - seqs[0] + 1) - len(seqs)
+    assert sub.gap_count == missing
+    assert final.counters.dropped_publish <= missing
     seqs = [m.seq for m in got]
     assert all(b > a for a, b in zip(seqs[:-1], seqs[1:], strict=True))
