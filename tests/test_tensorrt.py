@@ -137,8 +137,18 @@ def test_without_tensorrt_the_backend_says_why(tmp_path):
 def test_wrong_suffix_is_refused(tmp_path):
     p = tmp_path / "model.onnx"
     p.write_bytes(b"x")
-    with pytest.raises(ArtifactError, match="TensorRT engine"):
-        load_backend("tensorrt", p)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        # without the runtime that is the first thing reported, even for a wrong file
+        with pytest.raises(BackendError, match="tensorrt is not installed"):
+            load_backend("tensorrt", p)
+        from streamcad.backends.tensorrt import TensorRTBackend
+
+        assert ".onnx" not in TensorRTBackend.suffixes and ".engine" in TensorRTBackend.suffixes
+    else:
+        with pytest.raises(ArtifactError, match="TensorRT engine"):
+            load_backend("tensorrt", p)
 
 
 def test_importing_the_module_imports_neither_tensorrt_nor_cuda():

@@ -132,13 +132,17 @@ def _module_present(mod: str) -> bool:
 
 
 def _backend_class(name: str) -> type[Backend]:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
     if name not in _BUILTIN:
+        if name in _REGISTRY:
+            return _REGISTRY[name]
         raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(backend_names())}")
+    # checked even when the adapter module is already imported (and registered): the adapter
+    # imports its engine lazily, so being registered says nothing about the engine being there
     pkg, how = _REQUIRES[name]
     if not _module_present(pkg):
         raise BackendError(f"backend {name!r} is unavailable: {pkg} is not installed ({how})")
+    if name in _REGISTRY:
+        return _REGISTRY[name]
     try:
         importlib.import_module(_BUILTIN[name])
     except ImportError as exc:
