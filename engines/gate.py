@@ -206,11 +206,13 @@ class GateFrames:
 
 def default_data_root() -> Path | None:
     """$STREAMCAD_DATA, else ../shared/data beside the repository; None when neither exists."""
-    env = os.environ.get("STREAMCAD_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if cand.is_dir():
-            return cand
-    return None
+    from streamcad.errors import ConfigError
+    from train.data import data_root
+
+    try:
+        return data_root()
+    except ConfigError:
+        return None
 
 
 def sample_images_dir() -> Path | None:
