@@ -52,7 +52,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
 class SourceConfig(_Section):
     uri: str = "sweep:"  # the repo's BUS-BRA sample images: runs on a fresh machine
     loop: bool = False
-    pace: Literal["native", "none"] = "native"  # 'none' = as fast as possible (benchmarks)
+    pace: Literal["native", "none"] = "native"  # 'none' = every frame, as fast as the pipeline scores them
     fps: PosFloat | None = None  # sweep frame rate / requested device fps; None = source default
     seed: int = 0  # sweep: deterministic content per seed
     width: Annotated[int, msgspec.Meta(gt=0)] | None = None  # device: requested capture size

@@ -113,6 +113,37 @@ def test_pacing_native_vs_none(tmp_path):
         assert fast.stats.frames_grabbed == 100
 
 
+def test_pace_none_is_lossless_with_a_slow_consumer(tmp_path):
+    """pace='none' on a recorded file: the reader waits for the consumer instead of decoding
+    frames that would be overwritten; every frame arrives, in order, decoded content intact."""
+    path = write_video(tmp_path / "c.avi", 30, 25.0, "MJPG")
+    frames = []
+    with open_source(f"file:{path}", pace="none", stale_after_s=0.05) as src:
+        deadline = time.monotonic() + 15
+        while not src.ended and time.monotonic() < deadline:
+            time.sleep(0.02)  # a consumer slower than the decoder
+            f = src.read(timeout=0.5)
+            if f is not None:
+                frames.append(f)
+            # the reader is waiting for us, not stalled: never reported stale
+            assert src.state is not SourceState.STALE
+        stats = src.stats
+    assert [f.index for f in frames] == list(range(30))
+    assert [decode_index(f.image) for f in frames] == list(range(30))
+    assert stats.frames_overwritten == 0 and stats.frames_grabbed == 30
+
+
+def test_pace_none_sweep_is_lossless():
+    with open_source("sweep:", pace="none", loop=True) as src:
+        frames = []
+        for _ in range(12):
+            time.sleep(0.01)
+            frames.append(src.read(timeout=2.0))
+        grabbed, over = src.stats.frames_grabbed, src.stats.frames_overwritten
+    assert [f.index for f in frames] == list(range(12))
+    assert over == 0 and grabbed <= 13  # at most one frame rendered ahead, waiting in the slot
+
+
 def test_latest_frame_semantics(tmp_path):
     fps = 50.0
     path = write_video(tmp_path / "c.mp4", 100, fps)

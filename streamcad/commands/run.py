@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, help="stop after N published frames")
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false", default=None)
     p.add_argument("--loop", action="store_true", default=None, help="file source: start over at the end")
-    p.add_argument("--pace", choices=["native", "none"], help="file/sweep: own fps, or as fast as possible")
+    p.add_argument("--pace", choices=["native", "none"],
+                   help="file/sweep: own fps, or every frame as fast as the pipeline scores them")
     p.add_argument("--fps", type=float, help="sweep fps / requested device fps")
     p.add_argument("--seed", type=int, help="sweep seed")
     p.add_argument("--roi", help="x,y,w,h: override the sector detection")

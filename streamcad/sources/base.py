@@ -5,7 +5,9 @@ Data flow::
     capture (file / device / network / sweep)
       -> reader thread: _grab() -> validate -> chroma -> gray uint8 -> Frame(t_capture_ns, index)
       -> one-slot mailbox: only the newest frame is kept; an unread frame that gets replaced is
-         counted in stats.frames_overwritten, never queued
+         counted in stats.frames_overwritten, never queued (live sources). A ``lossless``
+         source (recorded media read with pace='none') instead waits until the slot is taken:
+         every frame is delivered and no CPU goes to decoding frames nobody reads
       -> read(timeout) in the consumer (pipeline) thread
     watchdog thread: LIVE -> STALE when frames stop arriving; a reader stuck inside _grab() (hung
     device or network) is abandoned (it is a daemon thread) and a fresh reader reconnects.
@@ -233,9 +235,14 @@ class ThreadedSource(FrameSource):
     Options (all sources): ``reconnect`` (ReconnectPolicy), ``stale_after_s`` (default
     max(3 frame intervals, 0.5 s)), ``hang_timeout_s`` (a _grab() blocked longer than this is
     abandoned and the source reconnects; default 3 s), ``open_timeout_s`` (same for a re-open).
+
+    ``lossless`` (set by recorded sources read with pace='none'): the reader grabs the next frame
+    only after the consumer took the previous one, so nothing is overwritten and the reader does
+    not compete with the pipeline for the CPU by decoding frames that would be thrown away.
     """
 
     backend_name = "threaded"
+    lossless = False
 
     def __init__(
         self,
@@ -348,6 +355,8 @@ class ThreadedSource(FrameSource):
                 self._cond.wait(remaining)
             frame, self._slot = self._slot, None
             self._counts["frames_delivered"] += 1
+            if self.lossless:
+                self._cond.notify_all()  # the reader waits for the empty slot
             return frame
 
     @property
@@ -448,6 +457,8 @@ class ThreadedSource(FrameSource):
         if needs_open and not self._reconnect(gen):
             return
         while not self._stop.is_set():
+            if self.lossless and not self._wait_slot_taken(gen):
+                return
             if not self._mark_busy(gen, "grab"):
                 return
             try:
@@ -472,6 +483,17 @@ class ThreadedSource(FrameSource):
             self._safe_release()
             if not self._reconnect(gen):
                 return
+
+    def _wait_slot_taken(self, gen: int) -> bool:
+        """Lossless sources: block until the consumer took the frame in the slot. False when
+        stopped or superseded. The source is not stale meanwhile: the consumer is the slow one."""
+        with self._cond:
+            while self._slot is not None:
+                if self._stop.is_set() or self._closed or gen != self._gen:
+                    return False
+                self._last_progress = time.monotonic()
+                self._cond.wait(0.05)
+            return not self._stop.is_set() and gen == self._gen
 
     def _reconnect(self, gen: int) -> bool:
         """Re-open with exponential back-off. True when open again; False when stopped,

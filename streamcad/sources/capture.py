@@ -111,6 +111,7 @@ class FileSource(CaptureSource):
         self.path = path
         self.loop = bool(loop)
         self.pace = pace
+        self.lossless = pace == "none"  # a recorded file read as fast as possible: every frame, none skipped
         self._pos = 0  # next frame position inside the file
         self._count = 0  # frames read in total (loops included): the Frame.index
         self._eof = False

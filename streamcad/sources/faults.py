@@ -125,6 +125,7 @@ class FaultySource(ThreadedSource):
         opts.update(kwargs)
         super().__init__(f"faulty:{inner.uri}", **opts)
         self.inner = inner
+        self.lossless = inner.lossless
         inner._is_abandoned = self._is_abandoned  # the inner hooks run on our reader threads
         self._random = schedule if isinstance(schedule, RandomFaults) else None
         self._pending = [] if self._random else [_as_fault(f) for f in schedule]

@@ -329,6 +329,7 @@ class SweepSource(ThreadedSource):
                                       dwell_s=dwell_s, transition_s=transition_s, speckle=speckle)
         super().__init__(f"sweep:{folder}", **kwargs)
         self.pace = pace
+        self.lossless = pace == "none"  # rendered as fast as consumed: every frame, none skipped
         self.loop = bool(loop)
         self._i = int(start_index)
         self._pacer = Pacer(fps if pace == "native" else 0.0, self._stop)
