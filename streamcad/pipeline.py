@@ -56,6 +56,8 @@ class Item:
     roi: tuple[int, int, int, int] | None = None
     flags: frozenset = frozenset()
     x: np.ndarray | None = None  # (1, S, S) float32 view into a reused buffer
+    logits: np.ndarray | None = None  # (3,) raw model output, set by infer(), turned into probs by finish()
+    saliency: np.ndarray | None = None  # (h, w) saliency map (a copy: the backend may reuse its buffers)
     probs: tuple[float, float, float] | None = None
     saliency_peak: tuple[int, int] | None = None
     t: dict = field(default_factory=dict)  # stage -> monotonic ns at the stage's end
@@ -165,22 +167,33 @@ class Pipeline:
         return item
 
     def infer(self, item: Item) -> Item:
-        """Model scores for one prepared item (infer thread). Flagged items pass through."""
+        """Model outputs for one prepared item (infer thread). Flagged items pass through.
+
+        Only the model runs here: the infer thread is the pipeline's slowest stage, so the
+        softmax and the saliency peak (Python-level work that holds the GIL) are left to
+        postprocess() on the publish thread (measured with benchmarks.profile)."""
         item.t["queue"] = time.monotonic_ns()
         if item.x is not None:
             out = self.model.backend.infer(item.x[None])
-            logits = out["logits"][0].astype(np.float64)
-            e = np.exp(logits - logits.max())
-            p = e / e.sum()
-            item.probs = (float(p[0]), float(p[1]), float(p[2]))
-            item.saliency_peak = self._saliency_peak(out["saliency"][0, 0], item.roi)
+            item.logits = np.array(out["logits"][0], np.float64)
+            item.saliency = np.array(out["saliency"][0, 0])
             item.x = None  # the buffer may be reused from here on
         item.t["infer"] = time.monotonic_ns()
         return item
 
+    def postprocess(self, item: Item) -> None:
+        """Logits -> class probabilities; saliency map -> its peak in frame pixels."""
+        if item.logits is not None:
+            e = np.exp(item.logits - item.logits.max())
+            p = e / e.sum()
+            item.probs = (float(p[0]), float(p[1]), float(p[2]))
+            item.saliency_peak = self._saliency_peak(item.saliency, item.roi)
+            item.logits = item.saliency = None
+
     def finish(self, item: Item) -> None:
-        """Smoothing and publishing (publish thread)."""
+        """Post-processing, smoothing and publishing (publish thread)."""
         t_pick = time.monotonic_ns()  # the publish thread has the item: waits before this are queueing
+        self.postprocess(item)
         res = self.smoother.update(item.probs, item.t["infer"], item.flags)
         t_smooth = time.monotonic_ns()
         lat = {
