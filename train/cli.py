@@ -100,6 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-ssl", type=int, default=None)
     p.add_argument("--batch-ft", type=int, default=None)
     p.add_argument("--n-boot", type=int, default=None)
+    p.add_argument("--ssl-steps", type=int, default=None,
+                   help="cap steps per SSL epoch (random subset of the pool each epoch; default: the whole pool)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 SSL epochs of <= 10 steps, 3 fine-tune epochs, 200 resamples")
     p.add_argument("--out", default=str(REPO / "train" / "results"), help="result JSONs + plots")
     p.add_argument("--work", default="runs/experiment", help="checkpoints, SSL cache, logs (not committed)")
@@ -234,6 +236,10 @@ def _run_experiment(args) -> int:
         over.setdefault("epochs_ft", 3)
         over.setdefault("n_boot", 200)
         over["ssl_steps_per_epoch"] = 10
+    if args.ssl_steps is not None:
+        if args.ssl_steps < 0:
+            raise ConfigError(f"--ssl-steps {args.ssl_steps}; expected >= 0 (0 = the whole pool)")
+        over["ssl_steps_per_epoch"] = args.ssl_steps
     cfg = (gpu_config if preset == "gpu" else cpu_config)(**over)
     datasets = ["busi", "busbra"] if args.dataset == "both" else [args.dataset]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
