@@ -61,7 +61,14 @@ def small_busbra(busbra_dir):
 def test_pretrain_finetune_evaluate_end_to_end(small_busbra, tmp_path, one_thread):
     from train.common import load_checkpoint
     from train.evaluate import predict_logits, softmax
-    from train.experiment import cpu_config, render_table, run_experiment
+    from train.experiment import (
+        TABLE_BEGIN,
+        TABLE_END,
+        cpu_config,
+        render_table,
+        run_experiment,
+        update_doc_table,
+    )
     from train.model import build_model
 
     arrays, pool = small_busbra
@@ -107,3 +114,13 @@ def test_pretrain_finetune_evaluate_end_to_end(small_busbra, tmp_path, one_threa
     assert r3["ssl"]["cached"] is True and r3["ssl"]["path"] == r["ssl"]["path"]
     table = render_table(out)
     assert "| busbra | ours | 0 |" in table and f"{auc['value']:.3f} [{auc['ci_low']:.3f}" in table
+
+    # a sub-folder of results (another protocol) gets its own table in the doc, between the markers
+    (out / "cpu").mkdir()
+    (out / "cpu" / "busbra__ours.json").write_text((tmp_path / "r3" / "busbra__ours.json").read_text())
+    doc = tmp_path / "TRAINING.md"
+    doc.write_text(f"intro\n{TABLE_BEGIN}\nstale table\n{TABLE_END}\nafter\n")
+    text = update_doc_table(doc, out).read_text()
+    assert "stale table" not in text and text.startswith("intro\n") and text.endswith(f"{TABLE_END}\nafter\n")
+    assert text.index("**`results/`**") < text.index("**`results/cpu/`**")
+    assert text.count("| busbra | ours | 0 |") == 2 and "tiny, 64, 3/6" in text and "tiny, 64, 3/1" in text

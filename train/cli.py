@@ -260,10 +260,10 @@ def run(args) -> int:
         print(save_npz(args.out, args.size, args.root))
         return 0
     if cmd == "table":
-        from train.experiment import render_table, update_doc_table
+        from train.experiment import render_tables, update_doc_table
 
         if args.print:
-            print(render_table(args.results))
+            print(render_tables(args.results))
         else:
             print(update_doc_table(args.doc, args.results))
         return 0

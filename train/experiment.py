@@ -45,6 +45,7 @@ __all__ = [
     "run_experiment",
     "pooled_metrics",
     "render_table",
+    "render_tables",
     "update_doc_table",
     "cpu_config",
     "gpu_config",
@@ -369,8 +370,21 @@ def render_table(results_dir: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def render_tables(results_dir: str | os.PathLike) -> str:
+    """One table per result set: results_dir itself, then each sub-folder holding result JSONs
+    (e.g. train/results/cpu/: a reduced CPU protocol kept apart from the GPU runs), each under
+    a line naming its folder."""
+    root = Path(results_dir)
+    sets = [root] + sorted(d for d in root.iterdir() if d.is_dir() and any(d.glob("*.json"))) if root.is_dir() else [root]
+    parts = []
+    for d in sets:
+        name = d.name if d == root else f"{root.name}/{d.name}"
+        parts.append(f"**`{name}/`**\n\n{render_table(d)}")
+    return "\n\n".join(parts)
+
+
 def update_doc_table(doc: str | os.PathLike, results_dir: str | os.PathLike) -> Path:
-    """Replace the text between the table markers in `doc` with render_table(results_dir)."""
+    """Replace the text between the table markers in `doc` with render_tables(results_dir)."""
     doc = Path(doc)
     if not doc.is_file():
         raise ConfigError(f"{doc} not found; expected the training doc with the results-table markers")
@@ -379,5 +393,5 @@ def update_doc_table(doc: str | os.PathLike, results_dir: str | os.PathLike) -> 
         raise ConfigError(f"{doc} lacks the markers {TABLE_BEGIN!r} ... {TABLE_END!r}")
     a = text.index(TABLE_BEGIN) + len(TABLE_BEGIN)
     b = text.index(TABLE_END)
-    doc.write_text(text[:a] + "\n" + render_table(results_dir) + "\n" + text[b:])
+    doc.write_text(text[:a] + "\n" + render_tables(results_dir) + "\n" + text[b:])
     return doc
