@@ -110,3 +110,28 @@ def test_rss_summary_on_known_trace():
     assert out["slope_mb_per_min"] == pytest.approx(30.0)
     assert out["max_growth_mb"] == pytest.approx(0.5 * 89)
     assert out["after_warmup_mb"] == pytest.approx(105.0)
+
+
+def test_targets_judge_cpu_and_gpu_rows_against_the_issue_thresholds():
+    """_targets on result rows with known values: each threshold is applied to the right row."""
+    from benchmarks.models import BenchModel
+
+    def row(name, p99, dropped=0, fps=0.0):
+        return {"name": name, "e2e_ms": {"p99": p99}, "dropped": {"total": dropped}, "fps": fps}
+
+    res = {
+        "e2e": [row("ort-cpu-1t replay@30fps threaded", 19.9), row("ort-cpu-1t replay fast threaded", 0, fps=99.0),
+                row("torch-cuda-fp16-graph replay@60fps threaded", 5.1, dropped=2)],
+        "ratios": {"pipelined_vs_naive ort-cpu-1t replay": {"ratio": 1.5}},
+        "inference": {"tiny": {"torch-cuda-fp16-graph": {"p50": 0.62}}},
+        "targets": [],
+    }
+    cli._targets(res, BenchModel(name="default", size=160, onnx=None, checkpoint=None, random_init=False))
+    got = {(t["target"], t["config"]): (t["value"], t["pass"]) for t in res["targets"]}
+    assert got[("e2e p99 <= 20 ms at 30 fps", "ort-cpu-1t replay")] == (19.9, True)
+    assert got[("throughput >= 100 fps (pace none)", "ort-cpu-1t replay")] == (99.0, False)
+    assert got[("pipelined >= 1.5x naive throughput", "ort-cpu-1t replay")] == (1.5, True)
+    assert got[("GPU e2e p99 <= 5 ms at 60 fps", "torch-cuda-fp16-graph replay")] == (5.1, False)
+    assert got[("no dropped frames at 60 fps", "torch-cuda-fp16-graph replay")] == (2, False)
+    assert got[("GPU FP16 + CUDA graph inference p50 <= 1 ms", "torch-cuda-fp16-graph")] == (0.62, True)
+    assert all(t["model"] == "default" for t in res["targets"])
