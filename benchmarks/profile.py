@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return _child(args)
-    from benchmarks.machine import machine_info
+    from benchmarks.cli import _meta
 
-    res = {"meta": {"machine": machine_info(), "load_before": list(os.getloadavg()), "command": " ".join(sys.argv)},
+    res = {"meta": _meta("profile", {k: v for k, v in vars(args).items() if k not in ("child", "mode", "result")}),
            "profiles": []}
     for mode in args.modes.split(","):
         prof = profile_mode(mode, args.source, args.frames, args.label, args.size, args.rate)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {thread:28s} wall {t['wall_ms']:6.2f}  on CPU {sum(t['cpu_ms'].values()):6.2f}  holds GIL {sum(t['gil_ms'].values()):6.2f}")
             for stage, ms in list(t["cpu_ms"].items())[:7]:
                 print(f"    {stage:26s}            cpu {ms:6.2f}  gil {t['gil_ms'].get(stage, 0.0):6.2f}")
-    res["meta"]["load_after"] = list(os.getloadavg())
+    res["meta"]["load_at_end"] = list(os.getloadavg())
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
         print(f"\nwrote {args.out}")

@@ -82,6 +82,12 @@ def render(results: dict[str, dict]) -> str:
     lines = [HEADER]
     for name in sorted(results, key=lambda n: (ORDER.index(n) if n in ORDER else 99, n)):
         res = results[name]
+        if "profiles" in res:
+            lines += _profile(name, res)
+            continue
+        if "environment" in res:
+            lines += _gpu_check(name, res)
+            continue
         meta = res["meta"]
         lines += [f"## `{name}.json` ({meta.get('kind')})", "", _machine(meta), ""]
         pm = meta.get("primary_model")
@@ -158,14 +164,60 @@ def render(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _gpu_check(name: str, r: dict) -> list[str]:
+    """benchmarks/gpu_check.py output: the correctness gate and inference latency per model/mode."""
+    env = r["environment"]
+    c = r["correctness"]
+    lines = [f"## `{name}.json` (GPU check, `benchmarks/gpu_check.py`)", "",
+             f"Machine: {env.get('gpu')} (compute capability {env.get('compute_capability')}), driver {env.get('driver')}, "
+             f"torch {env.get('torch')}, CUDA {env.get('cuda')}; {env.get('time', '')[:16]}.", "",
+             f"Gate vs ONNX Runtime FP32 on {c['n']} real frames ({c['frames']}), model `{c['model'].get('name')}` "
+             f"at S={c['size']}:", "",
+             "| mode | passed | max prob diff | label flips | AUC delta |", "|---|---|---|---|---|"]
+    for mode, g in c["modes"].items():
+        lines.append(f"| {mode} | {'PASS' if g['passed'] else 'FAIL'} | {g['max_prob_diff']:.1e} | {g['flips']} | "
+                     f"{g['auc_delta']:.1e} |")
+    lines += ["", f"Inference alone ({r['iters']} timed iterations at batch 1 after {r['warmup']} warm-up; ms):", "",
+              "| model | params | mode | batch-1 p50 | p99 | p99.9 | batch-8 frames/s | batch-32 frames/s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for model, d in r["latency"].items():
+        for mode, m in d["modes"].items():
+            b1 = m["batch1_ms"]
+            lines.append(f"| {model} | {d['params']:,} | {mode} | {_f(b1['p50'])} | {_f(b1['p99'])} | {_f(b1['p99_9'])} | "
+                         f"{_f(m.get('batch8_frames_per_s'), 0)} | {_f(m.get('batch32_frames_per_s'), 0)} |")
+    return lines + [""]
+
+
+def _profile(name: str, r: dict) -> list[str]:
+    """benchmarks/profile.py output: py-spy samples per thread and stage, ms per frame."""
+    lines = [f"## `{name}.json` (py-spy profile, `python -m benchmarks.profile`)", "", _machine(r["meta"]), "",
+             "ms per processed frame: *on CPU* = samples of the running thread, *holds GIL* = samples of "
+             "the GIL holder; *wall* = the thread's lifetime per frame (= 1000 / fps).", ""]
+    for prof in r["profiles"]:
+        lines += [f"**{prof['mode']}** ({prof['source']}, {prof['label']}, {prof['frames']} frames, {prof['rate_hz']} Hz): "
+                  f"{_f(prof['fps_idle'], 0)} / {_f(prof['fps_cpu'], 0)} / {_f(prof['fps_gil'], 0)} fps under py-spy "
+                  "(idle / cpu / gil runs)", "",
+                  "| thread | stage | on CPU | holds GIL |", "|---|---|---|---|"]
+        for thread, t in prof["per_frame"].items():
+            lines.append(f"| **{thread}** (wall {_f(t['wall_ms'])}) | all | **{_f(sum(t['cpu_ms'].values()))}** | "
+                         f"**{_f(sum(t['gil_ms'].values()))}** |")
+            for stage, ms in t["cpu_ms"].items():
+                if ms >= 0.01:
+                    lines.append(f"| | {stage} | {_f(ms)} | {_f(t['gil_ms'].get(stage, 0.0))} |")
+        lines.append("")
+    return lines
+
+
 def load_results(folder: Path) -> dict[str, dict]:
+    """Every JSON result file in `folder` that a section renders: bench suites ('meta' + 'e2e' / 'long'),
+    GPU checks ('environment' + 'latency'), py-spy profiles ('meta' + 'profiles')."""
     out = {}
     for p in sorted(Path(folder).glob("*.json")):
         try:
             d = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(d, dict) and "meta" in d:
+        if isinstance(d, dict) and ("meta" in d or ("environment" in d and "latency" in d)):
             out[p.stem] = d
     return out
 

@@ -135,3 +135,27 @@ def test_targets_judge_cpu_and_gpu_rows_against_the_issue_thresholds():
     assert got[("no dropped frames at 60 fps", "torch-cuda-fp16-graph replay")] == (2, False)
     assert got[("GPU FP16 + CUDA graph inference p50 <= 1 ms", "torch-cuda-fp16-graph")] == (0.62, True)
     assert all(t["model"] == "default" for t in res["targets"])
+
+
+def test_report_renders_gpu_checks_and_profiles(tmp_path):
+    """The committed GPU check JSON and a profile result get their own README sections."""
+    from benchmarks.cli import RESULTS_DIR
+
+    gpu = sorted(RESULTS_DIR.glob("gpu_check-*.json"))
+    if not gpu:
+        pytest.skip("no GPU check result committed")
+    (tmp_path / gpu[0].name).write_text(gpu[0].read_text())
+    prof = {"meta": {"machine": {"cpu": "X", "cores": 2, "python": "3"}, "load_at_start": [0.5], "load_at_end": [1.0]},
+            "profiles": [{"mode": "threaded", "source": "replay", "label": "ort-cpu-1t", "frames": 10, "rate_hz": 250,
+                          "fps_idle": 250.0, "fps_cpu": 240.0, "fps_gil": 245.0,
+                          "per_frame": {"streamcad-infer": {"wall_ms": 4.0, "cpu_ms": {"infer (onnxruntime)": 3.5},
+                                                            "gil_ms": {"infer (onnxruntime)": 0.1}}}}]}
+    (tmp_path / "profile-x.json").write_text(json.dumps(prof))
+    (tmp_path / "not-a-result.json").write_text(json.dumps({"something": 1}))
+    md = report.render(report.load_results(tmp_path))
+    g = json.loads(gpu[0].read_text())
+    assert f"## `{gpu[0].stem}.json` (GPU check" in md and g["environment"]["gpu"] in md
+    p50 = g["latency"]["tiny"]["modes"]["fp16+graph"]["batch1_ms"]["p50"]
+    assert f"| tiny | {g['latency']['tiny']['params']:,} | fp16+graph | {p50:.2f} |" in md
+    assert "| **streamcad-infer** (wall 4.00) | all | **3.50** | **0.10** |" in md
+    assert "| | infer (onnxruntime) | 3.50 | 0.10 |" in md and "not-a-result" not in md
