@@ -358,29 +358,27 @@ def _pareto(res: dict, models) -> None:
             continue
         rows[name] = {"backend": lbl, "p50_ms": inf[name][lbl]["p50"], "p99_ms": inf[name][lbl]["p99"],
                       "speedup_vs_resnet18": ref / inf[name][lbl]["p50"],
-                      "accuracy": acc.get(name, "accuracy pending")}
+                      "accuracy": acc.get(name, [])}
     res["ratios"]["model_vs_resnet18"] = rows
 
 
 def _accuracy() -> dict:
-    """{model name: metrics} from train/results/*.json (whatever they hold), when present."""
+    """{model name: [pooled test AUC of each experiment row trained with it]} from the experiment
+    results (train/results/**/*.json, schema 1): 'ours' rows for our sizes, 'resnet18' rows for
+    ResNet-18 (the rows the Pareto picture compares)."""
     out: dict = {}
-    for p in sorted((REPO / "train" / "results").glob("*.json")):
+    for p in sorted((REPO / "train" / "results").rglob("*.json")):
         try:
             d = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if not isinstance(d, dict):
+        if not isinstance(d, dict) or d.get("schema") != 1 or d.get("run") not in ("ours", "resnet18"):
             continue
-        name = d.get("model") or (d.get("model_config") or {}).get("name")
-        if isinstance(name, dict):
-            name = name.get("name")
-        metrics = d.get("metrics") or d.get("test") or {}
-        if isinstance(name, str) and isinstance(metrics, dict):
-            keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and any(
-                s in k.lower() for s in ("auc", "acc", "sens", "spec", "f1"))}
-            if keep:
-                out.setdefault(name, {"file": str(p.relative_to(REPO)), **keep})
+        fc, auc = d.get("finetune_config", {}), d.get("pooled", {}).get("auc", {})
+        if "model" in fc and "value" in auc:
+            out.setdefault(fc["model"], []).append({
+                "dataset": d["dataset"], "run": d["run"], "size": fc.get("size"), "folds": d["experiment"]["folds"],
+                "auc": auc["value"], "ci": [auc["ci_low"], auc["ci_high"]], "file": str(p.relative_to(REPO))})
     return out
 
 

@@ -10,9 +10,8 @@
 Method: the backend is warmed up before the clock starts; the subscriber is connected and its
 subscription seen by the publisher before the first frame; the first `warmup` received scores
 are left out of the statistics (ROI tracker warm-up, caches), drops are counted over the whole
-run. Dropped = source overwrites + publisher drops (HWM) + seq gaps seen by the subscriber; at
-pace 'none' the source outruns the pipeline by design, so overwrites are reported but are not
-drops there (the newest frame wins). CPU load (os.getloadavg) is written before and after.
+run. Dropped = source overwrites + publisher drops (HWM) + seq gaps seen by the subscriber (at
+pace 'none' the sources are lossless, so any overwrite there is a drop too). CPU load (os.getloadavg) is written before and after.
 """
 
 from __future__ import annotations
@@ -289,8 +288,7 @@ def _summarize(cfg: E2EConfig, raw: dict, report, src_stats, dropped_publish: in
         "not_received": int(report.frames_out) - n_recv,
         "frame_index_gaps_measured": index_gaps,
     }
-    # at pace 'none' the newest frame wins by design: overwrites are not drops there
-    dropped["total"] = (overwritten if cfg.fps is not None else 0) + int(dropped_publish) + gaps
+    dropped["total"] = overwritten + int(dropped_publish) + gaps
     return {
         "config": {k: v for k, v in asdict(cfg).items()},
         "pace": cfg.pace,

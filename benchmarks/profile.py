@@ -54,6 +54,7 @@ STAGE_OF = (
     ("finish", "streamcad/pipeline.py", "publish (bookkeeping)"),
     ("_get", "streamcad/pipeline.py", "queue wait"),
     ("_put", "streamcad/pipeline.py", "queue wait"),
+    ("_wait_slot_taken", "streamcad/sources/base.py", "grab (waits for the pipeline)"),
     ("to_gray", "streamcad/sources/base.py", "grab (to gray)"),
     ("_grab", "", "grab (source)"),
     ("read", "benchmarks/replay.py", "grab (replay)"),

@@ -8,9 +8,9 @@
                     t_capture_ns = the arrival time, so queueing in the slot is inside the latency
       none:         the next frame at once (t_capture_ns = now): the pipeline's own maximum rate
 
-Why: the sweep simulator renders a 1024x768 screen in ~10 ms of Python/OpenCV per frame, and
-at pace 'none' its reader thread renders frames that are thrown away; both compete for the same
-2 cores as the pipeline. This source measures the pipeline alone; the real sources are measured
+Why: the sweep simulator renders a 1024x768 screen in ~4-10 ms of Python/OpenCV per frame in
+its reader thread (at pace 'none' one frame ahead of the pipeline: sources read recorded media
+losslessly), and that rendering competes for the same 2 cores as the pipeline. This source measures the pipeline alone; the real sources are measured
 too, and tables say which is which. It implements streamcad.sources.FrameSource.
 """
 

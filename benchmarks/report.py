@@ -26,7 +26,7 @@ CLOCK_MONOTONIC is one system-wide clock). Per-stage numbers are the pipeline's 
 warmed up before the clock, the subscriber is connected before the first frame, the first 20
 received scores of each run are left out, repeated runs are pooled. Percentiles are numpy's
 linear interpolation. Dropped = source overwrites + publisher drops + seq gaps (at pace `none`
-the source outruns the pipeline by design, so overwrites are not counted there).
+the sweep and file sources are lossless: the reader waits for the pipeline, nothing is skipped).
 Sources: `sweep` = the real simulator source (renders a 1024x768 screen, ~10 ms of CPU per
 frame, in its reader thread); `replay` = the same frames pre-rendered into memory and delivered on
 an exact clock (`benchmarks/replay.py`: the pipeline alone, as behind a capture card);
@@ -118,10 +118,16 @@ def render(results: dict[str, dict]) -> str:
             mv = ratios.get("model_vs_resnet18")
             if mv:
                 lines += ["### Our models vs ResNet-18 at the same S (the Pareto picture)", "",
+                          "Latency at this suite's S; accuracy = pooled test AUC of the experiment rows in "
+                          "`train/results` (`docs/TRAINING.md`), at the S they were trained at.", "",
                           "| model | backend | infer p50 | p99 | speed-up vs ResNet-18 | accuracy |", "|---|---|---|---|---|---|"]
+                from benchmarks.cli import _accuracy
+
+                current = _accuracy()  # accuracy as trained now (the JSON keeps what was there at bench time)
                 for m, v in mv.items():
-                    acc = v["accuracy"]
-                    acc_s = acc if isinstance(acc, str) else ", ".join(f"{k} {_f(x, 3)}" for k, x in acc.items() if k != "file")
+                    acc_s = "; ".join(f"{a['dataset']} {a['run']} AUC {a['auc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}] "
+                                      f"(S={a['size']}, folds {','.join(map(str, a['folds']))})"
+                                      for a in current.get(m, [])) or "not trained yet"
                     lines.append(f"| {m} | {v['backend']} | {_f(v['p50_ms'])} | {_f(v['p99_ms'])} | "
                                  f"{_f(v['speedup_vs_resnet18'])}x | {acc_s} |")
                 lines.append("")

@@ -159,3 +159,16 @@ def test_report_renders_gpu_checks_and_profiles(tmp_path):
     assert f"| tiny | {g['latency']['tiny']['params']:,} | fp16+graph | {p50:.2f} |" in md
     assert "| **streamcad-infer** (wall 4.00) | all | **3.50** | **0.10** |" in md
     assert "| | infer (onnxruntime) | 3.50 | 0.10 |" in md and "not-a-result" not in md
+
+
+def test_pareto_accuracy_comes_from_the_experiment_results():
+    """Every committed 'ours' / 'resnet18' experiment row is found with its pooled AUC."""
+    rows = [json.loads(p.read_text()) for p in (cli.REPO / "train" / "results").rglob("*.json")]
+    rows = [r for r in rows if isinstance(r, dict) and r.get("schema") == 1 and r.get("run") in ("ours", "resnet18")]
+    if not rows:
+        pytest.skip("no experiment results committed")
+    acc = cli._accuracy()
+    for r in rows:
+        found = [a["auc"] for a in acc[r["finetune_config"]["model"]] if a["dataset"] == r["dataset"]]
+        assert r["pooled"]["auc"]["value"] in found
+    assert not set(acc) - {r["finetune_config"]["model"] for r in rows}
