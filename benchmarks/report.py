@@ -88,6 +88,9 @@ def render(results: dict[str, dict]) -> str:
         if "environment" in res:
             lines += _gpu_check(name, res)
             continue
+        if "ab_runs" in res:
+            lines += _ab(name, res)
+            continue
         meta = res["meta"]
         lines += [f"## `{name}.json` ({meta.get('kind')})", "", _machine(meta), ""]
         pm = meta.get("primary_model")
@@ -212,6 +215,20 @@ def _profile(name: str, r: dict) -> list[str]:
                     lines.append(f"| | {stage} | {_f(ms)} | {_f(t['gil_ms'].get(stage, 0.0))} |")
         lines.append("")
     return lines
+
+
+def _ab(name: str, r: dict) -> list[str]:
+    """An A/B of two code versions, interleaved run by run (fps as fast as possible)."""
+    o = r["meta"].get("options", {})
+    lines = [f"## `{name}.json` (A/B of two code versions)", "", _machine(r["meta"]), "",
+             f"old = {o.get('old')}, new = {o.get('new')}; {o.get('label')}, {o.get('frames')} frames per run, "
+             f"{o.get('order')}.", "",
+             "| code | replay threaded fps | replay naive fps | ratio | sweep threaded fps | sweep naive fps | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for x in r["ab_runs"]:
+        rt, rs, st, ss = x["replay threaded"], x["replay sequential"], x["sweep threaded"], x["sweep sequential"]
+        lines.append(f"| {x['code']} | {_f(rt, 1)} | {_f(rs, 1)} | {_f(rt / rs)} | {_f(st, 1)} | {_f(ss, 1)} | {_f(st / ss)} |")
+    return lines + [""]
 
 
 def load_results(folder: Path) -> dict[str, dict]:
