@@ -14,6 +14,7 @@ from train.evaluate import (
     choose_threshold,
     compute_metrics,
     expected_calibration_error,
+    group_bootstrap_auc,
     plot_reliability,
     plot_roc,
     softmax,
@@ -193,3 +194,29 @@ def test_fast_bootstrap_metrics_equal_sklearn_on_resamples(normals):
         assert fast.keys() == ref.keys()
         for k in ref:
             assert fast[k] == pytest.approx(ref[k], abs=1e-12), k
+
+
+def test_group_bootstrap_moves_duplicates_together():
+    """Copying every image 4 times inside its own group changes neither the AUC nor the group
+    CI (the same groups are drawn, the AUC of a resample is unchanged by duplication); treating
+    the copies as independent images shrinks the CI, which is the optimism this corrects."""
+    labels, probs = synthetic(120, seed=3)
+    p = probs[:, 2]
+    base = group_bootstrap_auc(labels, p, np.arange(labels.size), n_boot=300, seed=1)
+    keep = labels != 0
+    assert base["value"] == pytest.approx(roc_auc_score(labels[keep] == 2, p[keep]))
+    assert base["ci_low"] < base["value"] < base["ci_high"] and base["n_groups"] == keep.sum()
+    dup_labels, dup_p, dup_groups = np.repeat(labels, 4), np.repeat(p, 4), np.repeat(np.arange(labels.size), 4)
+    grouped = group_bootstrap_auc(dup_labels, dup_p, dup_groups, n_boot=300, seed=1)
+    assert grouped["value"] == pytest.approx(base["value"])
+    assert (grouped["ci_low"], grouped["ci_high"]) == pytest.approx((base["ci_low"], base["ci_high"]))
+    naive = group_bootstrap_auc(dup_labels, dup_p, np.arange(dup_labels.size), n_boot=300, seed=1)
+    assert naive["ci_high"] - naive["ci_low"] < 0.7 * (grouped["ci_high"] - grouped["ci_low"])
+
+
+def test_group_bootstrap_refuses_bad_input():
+    labels, probs = synthetic(40, seed=0)
+    with pytest.raises(ConfigError, match="equal-length"):
+        group_bootstrap_auc(labels, probs[:, 2], np.arange(39))
+    with pytest.raises(ConfigError, match="benign and malignant"):
+        group_bootstrap_auc(np.ones(10, int), np.linspace(0, 1, 10), np.arange(10))

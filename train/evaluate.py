@@ -60,6 +60,7 @@ __all__ = [
     "expected_calibration_error",
     "compute_metrics",
     "bootstrap_metrics",
+    "group_bootstrap_auc",
     "fast_metrics",
     "stratified_bootstrap_indices",
     "softmax",
@@ -282,6 +283,46 @@ def bootstrap_metrics(
     out["n"] = int(labels.size)
     out["n_normal"], out["n_benign"], out["n_malignant"] = (int(c) for c in counts)
     return out
+
+
+def group_bootstrap_auc(
+    labels: np.ndarray, p_malignant: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0,
+    alpha: float = 0.05,
+) -> dict:
+    """Benign-vs-malignant AUC with a cluster-bootstrap CI: resample whole groups (BUS-BRA
+    patients, BUSI near-duplicate groups) with replacement, so images that share a patient
+    move together. bootstrap_metrics resamples images independently, which is narrower when
+    groups hold several images. Resamples with a single class are skipped (counted).
+
+    labels (N,) in {0,1,2} (normals are left out), p_malignant (N,), groups (N,) any hashable.
+    -> {"value", "ci_low", "ci_high", "n_boot", "n_groups", "skipped"}
+    """
+    labels, p_malignant, groups = np.asarray(labels), np.asarray(p_malignant, np.float64), np.asarray(groups)
+    if not labels.shape == p_malignant.shape == groups.shape or labels.ndim != 1:
+        raise ConfigError(f"labels {labels.shape}, p_malignant {p_malignant.shape}, groups {groups.shape}: "
+                          "expected three equal-length 1-D arrays")
+    if n_boot < 1 or not 0 < alpha < 1:
+        raise ConfigError(f"n_boot={n_boot}, alpha={alpha}; expected n_boot >= 1 and 0 < alpha < 1")
+    keep = labels != 0
+    y = (labels[keep] == MALIGNANT).astype(np.int64)
+    s, g = p_malignant[keep], groups[keep]
+    if len(np.unique(y)) != 2:
+        raise ConfigError(f"AUC needs benign and malignant images; got binary labels {np.unique(y).tolist()}")
+    uniq, inv = np.unique(g, return_inverse=True)
+    members = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])
+    rng = np.random.default_rng(seed)
+    aucs, skipped = [], 0
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, uniq.size, uniq.size)])
+        if y[idx].min() == y[idx].max():
+            skipped += 1
+            continue
+        aucs.append(_auc_ranks(y[idx], s[idx]))
+    if not aucs:
+        raise ConfigError("group bootstrap: every resample held a single class; too few groups")
+    lo, hi = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
+    return {"value": float(roc_auc_score(y, s)), "ci_low": float(lo), "ci_high": float(hi), "n_boot": n_boot,
+            "n_groups": int(uniq.size), "skipped": skipped}
 
 
 # ----------------------------------------------------------------------------- model outputs

@@ -46,6 +46,7 @@ __all__ = [
     "pooled_metrics",
     "render_table",
     "render_tables",
+    "group_auc",
     "update_doc_table",
     "cpu_config",
     "gpu_config",
@@ -338,6 +339,29 @@ def _fmt(m: dict | None, key: str) -> str:
 _ORDER = {n: i for i, n in enumerate(VARIANTS)}
 
 
+def group_auc(result: dict, n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """The row's pooled AUC with a cluster-bootstrap CI over patients / duplicate groups, from
+    its saved out-of-fold predictions and the committed split's groups (None when an id is not
+    in the split, e.g. test data)."""
+    from train.data import read_split
+    from train.evaluate import group_bootstrap_auc
+
+    try:
+        split = read_split(result["dataset"])
+    except ConfigError:
+        return None
+    oof = result.get("oof_predictions") or {}
+    ids = oof.get("ids") or []
+    if not ids or any(i not in split for i in ids):
+        return None
+    groups = np.array([split[i].group for i in ids])
+    return group_bootstrap_auc(np.asarray(oof["labels"]), np.asarray(oof["p_malignant"]), groups, n_boot, seed)
+
+
+def _fmt_ci(a: dict | None) -> str:
+    return "-" if not a else f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+
+
 def render_table(results_dir: str | os.PathLike) -> str:
     """All result JSONs in results_dir -> one Markdown table (pooled out-of-fold metrics)."""
     rows = []
@@ -350,8 +374,8 @@ def render_table(results_dir: str | os.PathLike) -> str:
             continue
         rows.append(r)
     rows.sort(key=lambda r: (r["dataset"], _ORDER.get(r["variant"], 99), r["run"]))
-    head = ("| dataset | run | folds | AUC B-vs-M [95% CI] | 3-class AUC [95% CI] | F1 | sens | spec | bal. acc | ECE | Brier "
-            "| model, S, epochs ssl/ft | device | wall |")
+    head = ("| dataset | run | folds | AUC B-vs-M [95% CI] | AUC CI by patient/group | 3-class AUC [95% CI] | F1 | sens "
+            "| spec | bal. acc | ECE | Brier | model, S, epochs ssl/ft | device | wall |")
     ncols = head.count("|") - 1
     lines = [head, "|" + "|".join(["---"] * ncols) + "|"]
     for r in rows:
@@ -360,7 +384,8 @@ def render_table(results_dir: str | os.PathLike) -> str:
         dev = (r["machine"].get("gpu") or r["machine"].get("processor", "cpu"))[:28]
         ssl_ep = e["epochs_ssl"] if r.get("ssl") else "-"
         lines.append(
-            f"| {r['dataset']} | {r['run']} | {','.join(map(str, e['folds']))} | {_fmt(m, 'auc')} | {_fmt(m, 'auc_macro_ovr')} "
+            f"| {r['dataset']} | {r['run']} | {','.join(map(str, e['folds']))} | {_fmt(m, 'auc')} "
+            f"| {_fmt_ci(group_auc(r, e.get('n_boot', 1000), e.get('seed', 0)))} | {_fmt(m, 'auc_macro_ovr')} "
             f"| {_fmt(m, 'f1')} | {_fmt(m, 'sensitivity')} | {_fmt(m, 'specificity')} | {_fmt(m, 'balanced_accuracy')} "
             f"| {_fmt(m, 'ece')} | {_fmt(m, 'brier')} | {fc['model']}, {fc['size']}, {ssl_ep}/{e['epochs_ft']} | {dev} "
             f"| {r['wall_s'] / 60:.1f} min |"
