@@ -3,8 +3,8 @@
 #
 #   here, once:  streamcad train pack ... is NOT needed; what travels (git-ignored, name them in carry):
 #     .whl/  pyzmq + msgspec wheels for the device's Python 3.12 (see /work/.library/device/README.md)
-#     .gpu/  frames.npz (real frames: `python -c "from train.data import ..."` or any
-#            train.data.save_npz file of ~100 letterboxed images per dataset), shipped-classifier.pt
+#     .gpu/  frames.npz (real frames for the gate: `streamcad train pack --out .gpu/frames.npz
+#            --size 160`, 39 MB; the working tree + carry must stay under 64 MiB), shipped-classifier.pt
 #            (the shipped model's checkpoint, runs/ship/finetune/classifier.pt; runs/ is not
 #            committed: `streamcad train ship` recreates it, ~34 min on the 2-core CPU)
 #   run:  bash benchmarks/gpu_session.sh        (carry [".whl", ".gpu"], timeout_s 600)
