@@ -3,15 +3,15 @@
 The issue's naive loop is "read -> preprocess -> infer -> publish in one thread". streamcad's
 sources always run a reader thread, so `Pipeline.run_sequential` on a real source would still
 decode or render in parallel and flatter the baseline. `InlineSource` wraps a (not started)
-ThreadedSource and calls its `_open` / `_grab` directly from `read()`, converting to gray and
-stamping `t_capture_ns` exactly as the threaded reader does. Benchmarks only.
+ThreadedSource and calls its `_open` / `_grab` directly from `read()`, turning the grab into a
+Frame with the threaded reader's own `frame_from_grab`. Benchmarks only.
 """
 
 from __future__ import annotations
 
 import time
 
-from streamcad.sources.base import Frame, SourceState, SourceStats, ThreadedSource, to_gray
+from streamcad.sources.base import Frame, SourceState, SourceStats, ThreadedSource, frame_from_grab
 
 
 class InlineSource:
@@ -33,13 +33,9 @@ class InlineSource:
             self.ended = True
             self.state = SourceState.ENDED
             return None
-        t_ns = time.monotonic_ns()
-        img = raw.image if isinstance(raw, Frame) else raw
-        gray, chroma = to_gray(img)
+        frame = frame_from_grab(raw, time.monotonic_ns(), self._n)
         self._n += 1
-        if isinstance(raw, Frame):
-            return Frame(gray, t_ns, raw.index, chroma, raw.label, raw.roi)
-        return Frame(gray, t_ns, self._n - 1, chroma)
+        return frame
 
     @property
     def stats(self) -> SourceStats:

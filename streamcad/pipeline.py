@@ -56,7 +56,7 @@ class Item:
     roi: tuple[int, int, int, int] | None = None
     flags: frozenset = frozenset()
     x: np.ndarray | None = None  # (1, S, S) float32 view into a reused buffer
-    logits: np.ndarray | None = None  # (3,) raw model output, set by infer(), turned into probs by finish()
+    logits: np.ndarray | None = None  # (3,) raw model output, set by infer(), turned into probs by postprocess()
     saliency: np.ndarray | None = None  # (h, w) saliency map (a copy: the backend may reuse its buffers)
     probs: tuple[float, float, float] | None = None
     saliency_peak: tuple[int, int] | None = None

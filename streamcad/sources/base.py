@@ -44,6 +44,7 @@ __all__ = [
     "ThreadedSource",
     "Pacer",
     "to_gray",
+    "frame_from_grab",
     "colourfulness",
 ]
 
@@ -163,6 +164,17 @@ def to_gray(img: Any) -> tuple[np.ndarray, float]:
     if min(gray.shape) < _MIN_SIDE:
         raise FrameError(f"frame too small to be an image: {gray.shape}")
     return np.ascontiguousarray(gray), chroma
+
+
+def frame_from_grab(raw: np.ndarray | Frame, t_ns: int, index: int) -> Frame:
+    """What a _grab() returned -> the delivered gray Frame stamped t_ns. A raw array gets
+    `index`; a Frame (the sweep: ground truth attached) keeps its own index, label, roi and,
+    when set, chroma. Raises FrameError (to_gray) for a bad buffer."""
+    meta = raw if isinstance(raw, Frame) else None
+    gray, chroma = to_gray(meta.image if meta is not None else raw)
+    if meta is None:
+        return Frame(gray, t_ns, index, chroma)
+    return Frame(gray, t_ns, meta.index, chroma if meta.chroma == 0 else meta.chroma, meta.label, meta.roi)
 
 
 class Pacer:
@@ -536,12 +548,11 @@ class ThreadedSource(FrameSource):
         return False
 
     def _publish(self, raw: np.ndarray | Frame, t_ns: int) -> None:
-        meta = raw if isinstance(raw, Frame) else None
         with self._lock:
             index = self._counts["frames_grabbed"]
             self._counts["frames_grabbed"] += 1
         try:
-            gray, chroma = to_gray(meta.image if meta is not None else raw)
+            frame = frame_from_grab(raw, t_ns, index)
         except FrameError as exc:
             with self._lock:
                 self._counts["frames_rejected"] += 1
@@ -549,12 +560,7 @@ class ThreadedSource(FrameSource):
             if n <= 5 or n % 100 == 0:
                 log.warning("source %s: rejected frame %d (%d so far): %s", self.uri, index, n, exc)
             return
-        if meta is not None:
-            frame = Frame(gray, t_ns, meta.index, chroma if meta.chroma == 0 else meta.chroma,
-                          meta.label, meta.roi)
-        else:
-            frame = Frame(gray, t_ns, index, chroma)
-        h, w = gray.shape
+        h, w = frame.image.shape
         with self._cond:
             info = self._info
             if info is not None and (info.width, info.height) != (w, h):
