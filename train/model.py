@@ -16,8 +16,10 @@ Data flow (S = input size, any multiple of 32; strides 4/8/16/32)::
            -> dense     = the stride-16 tokens after attention           (B, D, S/16, S/16)
       -> ClassifierHead(embedding) -> logits (B, 3) for ("normal", "benign", "malignant")
 
-``model(x) -> (logits, saliency)`` is the exported contract (ONNX output names 'logits',
-'saliency'). Ablations: ``multiscale=False`` uses a single 3x3 depthwise kernel per block;
+``model(x) -> (logits, saliency)`` is the training contract; every registry model also has
+``forward_with_embedding(x) -> (logits, saliency, embedding (B, E))`` (one backbone pass), which
+is what engines/export.py exports (ONNX output names 'logits', 'saliency', 'embedding'; the
+runtime's out-of-domain gate, streamcad/gate_ood.py, scores the embedding). Ablations: ``multiscale=False`` uses a single 3x3 depthwise kernel per block;
 ``cross_attention=False`` drops the attention: embedding = global average pool of stage 4, and
 saliency = class-activation map (Zhou et al. 2016) of the predicted class on the stride-32 grid
 (ReLU, max-normalised). 'resnet18' is a plain ResNet-18-like baseline with the same contract
@@ -321,13 +323,19 @@ class StreamcadNet(_Contract):
         emb, _, dense = self._fuse(self.forward_features(x))
         return emb, dense
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, S, S) float32 -> logits (B, 3), saliency (B, 1, h, w) >= 0."""
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One backbone pass -> logits (B, 3), saliency (B, 1, h, w) >= 0, embedding (B, E).
+        The exported graph's third output: the runtime's out-of-domain gate scores the embedding."""
         feats = self.forward_features(x)
         emb, sal, _ = self._fuse(feats)
         logits = self.forward_head(emb)
         if sal is None:
             sal = cam_saliency(feats[-1], self.head, logits)
+        return logits, sal, emb
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, S, S) float32 -> logits (B, 3), saliency (B, 1, h, w) >= 0."""
+        logits, sal, _ = self.forward_with_embedding(x)
         return logits, sal
 
 
@@ -388,10 +396,16 @@ class ResNet18(_Contract):
         feats = self.forward_features(x)
         return feats[-1].mean(dim=(2, 3)), feats[2]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One backbone pass -> logits (B, 3), CAM saliency (B, 1, h, w), GAP embedding (B, 512)."""
         feats = self.forward_features(x)
-        logits = self.forward_head(feats[-1].mean(dim=(2, 3)))
-        return logits, cam_saliency(feats[-1], self.head, logits)
+        emb = feats[-1].mean(dim=(2, 3))
+        logits = self.forward_head(emb)
+        return logits, cam_saliency(feats[-1], self.head, logits), emb
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, sal, _ = self.forward_with_embedding(x)
+        return logits, sal
 
 
 # ----------------------------------------------------------------------------- registry
