@@ -405,3 +405,73 @@ class FinetuneAugment:
         if masks is None:
             return y
         return y, warp(masks.to(x.dtype), theta, mode="nearest", flow=flow.to(x.dtype)).to(masks.dtype)
+
+
+# ------------------------------------------------------------------ scanner-variation recipe (lesion kept)
+
+
+def resample(x, generator, p=0.3, factor=(0.4, 0.9)):
+    """Lower acquisition resolution: downsample by a random factor, then back (bilinear)."""
+    B, _, S, _ = x.shape
+    f = float(_uniform(generator, 1, *factor))  # one factor per batch keeps this one interpolate call
+    small = F.interpolate(x, size=max(8, int(S * f)), mode="area")
+    return _apply(x, F.interpolate(small, size=(S, S), mode="bilinear", align_corners=False), p, generator)
+
+
+def border(x, generator, p=0.3, max_frac=0.12):
+    """Letterbox / padding patterns of other screens: black bands of random width on each side."""
+    B, _, S, _ = x.shape
+    w = (_rand(generator, B, 4) * max_frac * S).long()  # (B, 4): left, right, top, bottom
+    t = torch.arange(S, device=x.device)
+    cols = (t[None] >= w[:, 0:1]) & (t[None] < S - w[:, 1:2])  # (B, S)
+    rows = (t[None] >= w[:, 2:3]) & (t[None] < S - w[:, 3:4])
+    keep = (rows[:, :, None] & cols[:, None, :])[:, None].to(x.dtype)  # (B, 1, S, S)
+    return _apply(x, x * keep, p, generator)
+
+
+class ScannerAugment:
+    """Fine-tuning augmentation that varies what scanners vary and never paints pathology.
+
+    Geometry: a square crop (area scale 0.7..1, aspect ratio kept: taller-than-wide is a malignancy
+    sign), rotation <= 10 deg, horizontal flip; a crop that would keep less than `keep_lesion` of the
+    lesion mask's area is replaced by the flip-only view of the whole image (the label stays true).
+    Photometric: speckle, depth attenuation/TGC, gain + gamma (dynamic range), haze, blur, lower
+    resolution, letterbox borders, optional caliper-like marks. No synthetic acoustic shadows
+    (a malignancy cue on benign images) and no elastic warps of the lesion outline.
+    x (B,1,S,S) in [0, 1], masks (B,1,S,S) in {0, 1} -> x', masks' on the same grid.
+    """
+
+    def __init__(self, size: int, scale=(0.7, 1.0), max_rot_deg=10.0, flip_p=0.5, keep_lesion=0.9,
+                 strength=0.8, overlay_p=0.2):
+        self.size, self.scale, self.rot, self.flip_p, self.keep = size, scale, max_rot_deg, flip_p, keep_lesion
+        self.s, self.overlay_p = strength, overlay_p
+
+    def __call__(self, x: torch.Tensor, masks: torch.Tensor, generator: torch.Generator):
+        _check_batch(x)
+        if masks.shape != x.shape:
+            raise ConfigError(f"masks {tuple(masks.shape)} must match images {tuple(x.shape)}")
+        B = x.shape[0]
+        c, h = _boxes(generator, B, self.scale, (1.0, 1.0))
+        theta = _thetas(generator, c, h, self.rot, 0.0, self.flip_p).to(x.dtype)
+        m = warp(masks.to(x.dtype), theta, mode="nearest")
+        area = masks.flatten(1).sum(1)
+        kept = m.flatten(1).sum(1) / area.clamp_min(1)
+        bad = (area > 0) & (kept < self.keep)  # the crop cut the lesion: use the whole image
+        if bad.any():
+            flip = theta[:, 0, 0].sign()
+            whole = torch.zeros_like(theta)
+            whole[:, 0, 0], whole[:, 1, 1] = flip, 1.0
+            theta = torch.where(bad.view(B, 1, 1), whole, theta)
+            m = warp(masks.to(x.dtype), theta, mode="nearest")
+        y = warp(x, theta)
+        s = self.s
+        y = speckle(y, generator, p=0.8 * s)
+        y = depth_gain(y, generator, p=0.7 * s)
+        y = gain_gamma(y, generator, p=0.8 * s)
+        y = haze(y, generator, p=0.3 * s)
+        y = blur(y, generator, p=0.3 * s)
+        y = resample(y, generator, p=0.3 * s)
+        y = border(y, generator, p=0.2 * s)
+        if self.overlay_p > 0:
+            y = add_overlays(y, self.overlay_p, generator)
+        return y.clamp(0, 1), m

