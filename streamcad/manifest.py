@@ -3,6 +3,8 @@
     engines/models/NAME.onnx  +  engines/models/NAME.json  (this module's Manifest)
         --read_manifest--> Manifest --verify_artifact(size, sha256, format)--> ok
         --load_backend--> Backend --input contract vs manifest--> LoadedModel(backend, manifest, spec, ...)
+        manifest `ood` (the out-of-domain gate, train/ood.py) --OodGate.from_dict--> LoadedModel.gate,
+        refused unless the backend has an 'embedding' output of the gate's D; no `ood` -> gate None
 
 The runtime refuses a file it cannot vouch for, and says which check failed: no manifest
 (unknown file), size mismatch (truncated), sha256 mismatch (tampered), unsupported manifest
@@ -82,6 +84,7 @@ class Manifest:
     compute_capability: str | None = None  # e.g. '9.0'
     gate: dict = field(default_factory=dict)  # accuracy gate result vs the ONNX reference
     notes: dict = field(default_factory=dict)  # free-form extras
+    ood: dict = field(default_factory=dict)  # out-of-domain gate (streamcad.gate_ood.OodGate.to_dict); {} = none
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -149,6 +152,7 @@ class LoadedModel:
     spec: PreprocessSpec
     class_names: tuple[str, ...]
     sha256: str
+    gate: Any = None  # streamcad.gate_ood.OodGate from the manifest's `ood`; None = the model has no gate
 
     @property
     def model_id(self) -> str:
@@ -212,7 +216,7 @@ def _format_of(path: Path) -> str:
 
 
 def _onnx_io(path: Path) -> tuple[dict, int | None]:
-    """Input spec and opset of an ONNX file, read through onnxruntime (and onnx for the opset if present)."""
+    """Input spec, opset and output names of an ONNX file, read through onnxruntime (and onnx for the opset if present)."""
     import onnxruntime as ort
 
     from streamcad.backends.onnxruntime import check_contract
@@ -222,6 +226,7 @@ def _onnx_io(path: Path) -> tuple[dict, int | None]:
     except Exception as exc:
         raise ArtifactError(f"onnxruntime cannot load {path.name}: {exc}") from exc
     name, size, fixed = check_contract(sess.get_inputs(), sess.get_outputs(), path.name)
+    outputs = [o.name for o in sess.get_outputs()]
     opset = None
     try:
         import onnx
@@ -230,7 +235,7 @@ def _onnx_io(path: Path) -> tuple[dict, int | None]:
         opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
     except ImportError:
         log.debug("onnx not installed: the opset of %s is not recorded unless given", path.name)
-    return {"name": name, "shape": [fixed or "N", 1, size, size], "dtype": "float32"}, opset
+    return {"name": name, "shape": [fixed or "N", 1, size, size], "dtype": "float32"}, opset, outputs
 
 
 def write_manifest(artifact: str | Path, **fields: Any) -> Manifest:
@@ -251,9 +256,10 @@ def write_manifest(artifact: str | Path, **fields: Any) -> Manifest:
     if unknown:
         raise ArtifactError(f"write_manifest: unknown or computed fields {unknown}; expected some of {sorted(names - computed)}")
     fmt = fields.pop("format", None) or _format_of(path)
-    if fmt == "onnx" and ("input" not in fields or fields.get("format_version") is None):
-        inp, opset = _onnx_io(path)
+    if fmt == "onnx" and ("input" not in fields or fields.get("format_version") is None or "outputs" not in fields):
+        inp, opset, outputs = _onnx_io(path)
         fields.setdefault("input", inp)
+        fields.setdefault("outputs", outputs)
         if fields.get("format_version") is None:
             fields["format_version"] = opset
     if "input" not in fields:
@@ -374,7 +380,29 @@ def load_model(
             raise ArtifactError(
                 f"{p.name}: input contract mismatch: preprocessing size {spec.size} != model input S {be.input_size}"
             )
+        gate = _gate(p.name, manifest, be)
     except Exception:
         be.close()
         raise
-    return LoadedModel(backend=be, manifest=manifest, spec=spec, class_names=class_names, sha256=digest)
+    return LoadedModel(backend=be, manifest=manifest, spec=spec, class_names=class_names, sha256=digest, gate=gate)
+
+
+def _gate(name: str, manifest: Manifest | None, be: Backend) -> Any:
+    """The manifest's out-of-domain gate, checked against the backend's embedding output."""
+    if manifest is None or not manifest.ood:
+        log.info("%s: no out-of-domain gate in the manifest: frames are scored without it (status says 'absent')", name)
+        return None
+    from streamcad.gate_ood import OodGate
+
+    gate = OodGate.from_dict(manifest.ood, where=f"manifest {manifest_path(name).name} ood")
+    if be.embedding_dim is None:
+        raise ArtifactError(
+            f"{name}: the manifest carries an out-of-domain gate (D={gate.dim}) but the model has no 'embedding' output; "
+            "export it again with `streamcad export`, or remove the gate with `streamcad train gate --remove`"
+        )
+    if be.embedding_dim != gate.dim:
+        raise ArtifactError(
+            f"{name}: the out-of-domain gate expects embeddings of D={gate.dim}, the model's 'embedding' output has "
+            f"D={be.embedding_dim}; recalibrate with `streamcad train gate {name}`"
+        )
+    return gate

@@ -2,6 +2,8 @@
 
     artifact file --load_backend(name, path, **options)--> Backend
     float32 (N, 1, S, S) --backend.infer()--> {'logits': (N, 3) float32, 'saliency': (N, 1, h, w) float32}
+                                              + 'embedding': (N, D) float32 when the model has it
+                                                (embedding_dim = D, else None; the out-of-domain gate's input)
 
 Built-in backends live in sibling modules that import their engine (onnxruntime, torch,
 tensorrt) only when a backend is loaded, so importing this package stays cheap and never
@@ -36,6 +38,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("logits", "saliency")  # the model I/O contract's outputs, in this order
+EMBEDDING_NAME = "embedding"  # optional third output (N, D): what streamcad.gate_ood scores
 N_CLASSES = 3  # ("normal", "benign", "malignant")
 
 
@@ -55,6 +58,7 @@ class Backend(ABC):
     device: str = "cpu"
     preprocess: dict | None = None  # only backends whose artifact embeds it (torch checkpoints)
     fixed_batch: int | None = None  # the only batch size the artifact accepts, or None for any N
+    embedding_dim: int | None = None  # D of the 'embedding' output; None = the model has none
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from streamcad.backends.base import N_CLASSES, OUTPUT_NAMES, Backend, register_backend
+from streamcad.backends.base import EMBEDDING_NAME, N_CLASSES, OUTPUT_NAMES, Backend, register_backend
 from streamcad.errors import ArtifactError, BackendError
 
 __all__ = [
@@ -360,8 +360,9 @@ class TrtEngineRunner:
         inputs, outputs = self._io()
         if inputs != [INPUT_NAME]:
             raise ArtifactError(f"{where}: engine inputs {inputs}; expected exactly ['{INPUT_NAME}'] (N, 1, S, S)")
-        if sorted(outputs) != sorted(OUTPUT_NAMES):
-            raise ArtifactError(f"{where}: engine outputs {outputs}; expected {list(OUTPUT_NAMES)}")
+        if sorted(outputs) not in (sorted(OUTPUT_NAMES), sorted((*OUTPUT_NAMES, EMBEDDING_NAME))):
+            raise ArtifactError(f"{where}: engine outputs {outputs}; expected {list(OUTPUT_NAMES)} (+ optional {EMBEDDING_NAME!r})")
+        self._out_names = [*OUTPUT_NAMES, *([EMBEDDING_NAME] if EMBEDDING_NAME in outputs else [])]
         for n in inputs + outputs:
             dt = eng.get_tensor_dtype(n)
             if dt != trt.DataType.FLOAT:
@@ -383,7 +384,7 @@ class TrtEngineRunner:
         if not ctx.set_input_shape(INPUT_NAME, (self.max_batch, 1, S, S)):
             raise BackendError(f"{where}: set_input_shape({INPUT_NAME}, {(self.max_batch, 1, S, S)}) refused")
         self._buffers[INPUT_NAME] = _HostDeviceBuffer(cu, INPUT_NAME, (self.max_batch, 1, S, S), np.float32)
-        for n in OUTPUT_NAMES:
+        for n in self._out_names:
             out_shape = tuple(int(d) for d in ctx.get_tensor_shape(n))  # concrete at max batch
             if any(d < 0 for d in out_shape) or out_shape[0] != self.max_batch:
                 raise ArtifactError(f"{where}: output {n!r} has shape {out_shape} at batch {self.max_batch}; expected a static (N, ...)")
@@ -391,6 +392,11 @@ class TrtEngineRunner:
         lg, sal = self._buffers["logits"].shape, self._buffers["saliency"].shape
         if lg[1:] != (N_CLASSES,) or len(sal) != 4 or sal[1] != 1:
             raise ArtifactError(f"{where}: outputs logits {lg[1:]} / saliency {sal[1:]}; expected (3,) and (1, h, w)")
+        if EMBEDDING_NAME in self._buffers:
+            emb = self._buffers[EMBEDDING_NAME].shape
+            if len(emb) != 2:
+                raise ArtifactError(f"{where}: output {EMBEDDING_NAME!r} has shape {emb}; expected (N, D)")
+            self.embedding_dim = int(emb[1])
         for n, buf in self._buffers.items():
             if not ctx.set_tensor_address(n, buf.device):
                 raise BackendError(f"{where}: set_tensor_address({n!r}) refused")
@@ -406,7 +412,7 @@ class TrtEngineRunner:
         cu("cudaMemcpyAsync", inp.device, inp.host_ptr, n * inp.row_bytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
         if not ctx.execute_async_v3(int(stream)):
             raise BackendError(f"{self._where}: execute_async_v3 failed for a batch of {n} (see the TensorRT log)")
-        for name in OUTPUT_NAMES:
+        for name in self._out_names:
             b = self._buffers[name]
             cu("cudaMemcpyAsync", b.host_ptr, b.device, n * b.row_bytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
 
@@ -465,7 +471,7 @@ class TrtEngineRunner:
                 self._shape_n = n
             self._enqueue(self._context, n)
         cu("cudaStreamSynchronize", self._stream)
-        return {name: self._buffers[name].host[:n].copy() for name in OUTPUT_NAMES}
+        return {name: self._buffers[name].host[:n].copy() for name in self._out_names}
 
     def close(self) -> None:
         """Free the graph, buffers, stream, contexts and engine. Idempotent; errors are logged."""

@@ -117,6 +117,8 @@ class TorchBackend(Backend):
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
         self._model = model
+        # the exported graph's 'embedding' (train.ood.forward_gate): one pass gives all three outputs
+        self.embedding_dim = sum(int(f["num_chs"]) for f in model.feature_info) + int(model.embed_dim)
         self._graph: Any = None
         self._graph_batch = int(cuda_graph_batch) if cuda_graph_batch else None
         if self._graph_batch:
@@ -127,9 +129,11 @@ class TorchBackend(Backend):
         x = x.to(self._dev, dtype=self._dtype, non_blocking=True)
         return x.contiguous(memory_format=self._torch.channels_last) if self._channels_last else x
 
-    def _forward(self, x: Any) -> tuple[Any, Any]:
-        logits, sal = self._model(x)
-        return logits.float() / self.temperature, sal.float()  # same as the exported ONNX: logits / T
+    def _forward(self, x: Any) -> tuple[Any, Any, Any]:
+        from train.ood import forward_gate
+
+        logits, sal, emb = forward_gate(self._model, x)
+        return logits.float() / self.temperature, sal.float(), emb.float()  # same as the exported ONNX: logits / T
 
     def _capture(self, n: int, warmup: int) -> None:
         """Warm up on a side stream, then capture one forward pass into a CUDA graph."""
@@ -159,14 +163,16 @@ class TorchBackend(Backend):
             if self._graph is not None and batch.shape[0] == self._graph_batch:
                 self._static_in.copy_(src.to(self._dev, non_blocking=True))
                 self._graph.replay()
-                logits, sal = self._static_out
+                logits, sal, emb = self._static_out
             else:
-                logits, sal = self._forward(self._prepare(src))
+                logits, sal, emb = self._forward(self._prepare(src))
             logits = logits.cpu().numpy()  # .cpu() synchronizes with the stream
             sal = sal.cpu().numpy()
+            emb = emb.cpu().numpy()
         if logits.shape != (batch.shape[0], N_CLASSES):
             raise BackendError(f"torch: model returned logits {logits.shape}; expected ({batch.shape[0]}, {N_CLASSES})")
-        return {"logits": np.ascontiguousarray(logits, np.float32), "saliency": np.ascontiguousarray(sal, np.float32)}
+        return {"logits": np.ascontiguousarray(logits, np.float32), "saliency": np.ascontiguousarray(sal, np.float32),
+                "embedding": np.ascontiguousarray(emb, np.float32)}
 
     def close(self) -> None:
         self._model = None
