@@ -55,6 +55,9 @@ FORMATS = {".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "
 _ORT_MAX_OPSET = [((1, 17), 20), ((1, 18), 21), ((1, 20), 22), ((1, 22), 23)]
 
 
+SALIENCY_KINDS = ("attention", "lesion_probability")
+
+
 @dataclass
 class Manifest:
     """One artifact's record. JSON keys are exactly these field names."""
@@ -65,6 +68,7 @@ class Manifest:
     format: str  # 'onnx' | 'tensorrt' | 'torch'
     input: dict  # {'name': 'input', 'shape': ['N', 1, S, S], 'dtype': 'float32'}
     outputs: list = field(default_factory=lambda: ["logits", "saliency"])
+    saliency_kind: str = "attention"  # 'attention' (max-normalised map) | 'lesion_probability' (p(lesion) per cell: a lesion box is published)
     class_names: list = field(default_factory=lambda: list(CLASS_NAMES))
     preprocess: dict = field(default_factory=dict)  # PreprocessSpec.to_dict()
     format_version: int | str | None = None  # ONNX opset | TensorRT version | torch version
@@ -141,6 +145,8 @@ class Manifest:
             raise bad(f"precision={self.precision!r}", "'fp32' or 'fp16'")
         if self.operating_threshold is not None and not 0.0 <= float(self.operating_threshold) <= 1.0:
             raise bad(f"operating_threshold={self.operating_threshold!r}", "a probability in [0, 1] or null")
+        if self.saliency_kind not in SALIENCY_KINDS:
+            raise bad(f"saliency_kind={self.saliency_kind!r}", f"one of {list(SALIENCY_KINDS)}")
 
 
 @dataclass

@@ -40,6 +40,7 @@ __all__ = [
     "SOURCE_STATES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "Probs",
+    "Lesion",
     "Score",
     "SourceStatus",
     "Counters",
@@ -86,6 +87,13 @@ class Probs(Struct, forbid_unknown_fields=True, kw_only=True):
     malignant: Unit
 
 
+class Lesion(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The lesion the model outlines in this frame (models with a lesion head; streamcad.lesion)."""
+
+    box: tuple[NonNegInt, NonNegInt, NonNegInt, NonNegInt]  # x, y, w, h in frame pixels
+    confidence: Unit  # highest p(lesion) inside the box
+
+
 class Score(Struct, tag="score", tag_field="type", forbid_unknown_fields=True, kw_only=True):
     """One analysed frame. Times are CLOCK_MONOTONIC nanoseconds of the publishing host."""
 
@@ -98,7 +106,7 @@ class Score(Struct, tag="score", tag_field="type", forbid_unknown_fields=True, k
     t_publish_ns: NonNegInt  # monotonic ns at send
     latency_ms: dict[str, float]  # per stage (STAGES); 'total' = capture -> publish
     probs: Probs | None  # None when the frame is flagged (not scored)
-    malignancy: Unit | None  # smoothed malignant probability; None when not available
+    malignancy: Unit | None  # smoothed p(malignant) over the lesion frames; None when there is no lesion track
     state: Literal["suspicious", "clear", "no_lesion", "flagged"]
     flags: list[Flag]  # quality flags; empty = good frame
     roi: tuple[NonNegInt, NonNegInt, NonNegInt, NonNegInt] | None  # sector box x, y, w, h (px)
@@ -106,6 +114,7 @@ class Score(Struct, tag="score", tag_field="type", forbid_unknown_fields=True, k
     # optional extras
     model: str | None = None  # model name
     saliency_peak: tuple[int, int] | None = None  # (x, y) of the saliency maximum, frame pixels
+    lesion: Lesion | None = None  # lesion box + confidence; None: no lesion seen, flagged, or a model without a lesion head
     label: str | None = None  # ground truth class (sweep/demo sources only)
 
 
@@ -150,6 +159,14 @@ class Status(Struct, tag="status", tag_field="type", forbid_unknown_fields=True,
     model: str | None = None
     model_sha256: str | None = None
     uptime_s: NonNegFloat = 0.0  # seconds since the publisher started
+    # The operating point of the 'suspicious' state (streamcad.smoothing.OperatingPoint): entered
+    # at smoothed p(malignant) >= on_threshold, left below off_threshold. operating_threshold is
+    # the model's validated one (manifest; None: the model has none); threshold_source says
+    # whether on_threshold is that value ('manifest') or a config override ('config').
+    operating_threshold: Unit | None = None
+    on_threshold: Unit | None = None
+    off_threshold: Unit | None = None
+    threshold_source: Literal["manifest", "config"] | None = None
 
 
 Message = Score | Status
