@@ -1,0 +1,543 @@
+"""The streaming pipeline: one process per probe.
+
+    source reader thread (newest frame only; overwrites counted)
+        -> prepare thread:  ROI crop, quality flags, preprocess into a reused buffer
+        -> infer thread:    backend.infer (ONNX Runtime / torch / TensorRT)
+        -> publish thread:  smoothing, then ZeroMQ PUB (score per frame, status >= 1 Hz)
+
+Stages hand over through bounded queues, so a slow stage pushes back to the source, where the
+newest frame wins and the lost ones are counted (never queued: latency stays bounded).
+Smoothing runs on the publish thread: it costs microseconds, and a thread hop would cost more;
+it is still timed as its own stage. Every item carries monotonic timestamps per stage, which
+become the message's `latency_ms`.
+
+`Pipeline.run_sequential` is the naive baseline (read -> prepare -> infer -> publish in one
+thread), built from the very same stage functions, so benchmarks compare like with like and a
+test checks both give the same scores for the same frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from streamcad.config import RunConfig
+from streamcad.errors import StreamcadError
+from streamcad.manifest import CLASS_NAMES
+from streamcad.preprocess import preprocess
+from streamcad.smoothing import Smoother
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Pipeline", "PipelineReport", "Item", "STAGES", "DEFAULT_MODEL"]
+
+STAGES = ("grab", "preprocess", "queue", "infer", "smooth", "publish", "total")
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engines" / "models" / "default.onnx"
+_POLL_S = 0.05  # every blocking wait wakes this often to check for shutdown (< 1 s contract)
+# A status is due this much before heartbeat_s: the publish loop may wait one poll before it
+# looks, and the publisher's own heartbeat (same period) must never go out first with old fields.
+_STATUS_LEAD_S = _POLL_S + 0.02
+
+
+@dataclass(slots=True)
+class Item:
+    """One frame on its way through the stages (also a 'no_signal' marker with frame=None)."""
+
+    index: int
+    t_capture_ns: int
+    label: str | None = None
+    roi: tuple[int, int, int, int] | None = None
+    flags: frozenset = frozenset()
+    x: np.ndarray | None = None  # (1, S, S) float32 view into a reused buffer
+    logits: np.ndarray | None = None  # (3,) raw model output, set by infer(), turned into probs by postprocess()
+    saliency: np.ndarray | None = None  # (h, w) saliency map (a copy: the backend may reuse its buffers)
+    probs: tuple[float, float, float] | None = None
+    saliency_peak: tuple[int, int] | None = None
+    t: dict = field(default_factory=dict)  # stage -> monotonic ns at the stage's end
+
+
+@dataclass
+class PipelineReport:
+    frames_in: int = 0
+    frames_out: int = 0
+    flagged: int = 0
+    overwritten: int = 0
+    rejected: int = 0
+    dropped_publish: int = 0
+    reconnects: int = 0
+    wall_s: float = 0.0
+    latency_ms: dict = field(default_factory=dict)  # stage -> {p50, p99, ...}
+    errors: list = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class _Stats:
+    """Ring buffers of per-stage latencies (ms) and the recent scores, for the dashboard."""
+
+    def __init__(self, n: int = 2048) -> None:
+        self.lat = {s: deque(maxlen=n) for s in STAGES}
+        self.malignancy = deque(maxlen=120)
+        self.last_probs: tuple | None = None
+        self.last_state = "no_lesion"
+        self.last_flags: frozenset = frozenset()
+        self.t_out = deque(maxlen=n)  # publish times (ns) for fps_out
+
+    def percentiles(self, qs=(50, 90, 99)) -> dict:
+        out = {}
+        for s, d in self.lat.items():
+            if d:
+                a = np.fromiter(d, float)
+                out[s] = {f"p{q}": float(np.percentile(a, q)) for q in qs}
+        return out
+
+    def fps_out(self) -> float:
+        if len(self.t_out) < 2:
+            return 0.0
+        return (len(self.t_out) - 1) / ((self.t_out[-1] - self.t_out[0]) / 1e9)
+
+
+class Pipeline:
+    """Build from a RunConfig; components may be injected (tests, benchmarks)."""
+
+    def __init__(self, config: RunConfig, *, model=None, source=None, publisher=None) -> None:
+        from streamcad.quality import QualityChecker, QualityConfig
+        from streamcad.roi import RoiTracker
+
+        self.config = config
+        self.model = model if model is not None else _load_model(config)
+        try:
+            # the 'suspicious' state on the model's validated operating point (before the source
+            # and the socket open: a model without a threshold and no config value stops here)
+            self.smoother = Smoother(config.smoothing, self.model.threshold, self.model.model_id)
+        except StreamcadError:
+            if model is None:
+                self.model.close()
+            raise
+        self.spec = self.model.spec
+        self.source = source if source is not None else _open_source(config)
+        self.publisher = publisher if publisher is not None else _open_publisher(config)
+        box = tuple(config.roi.box) if config.roi.box else None
+        self.roi_tracker = RoiTracker(override=box, warmup_frames=config.roi.warmup_frames)
+        try:
+            qcfg = QualityConfig(**config.quality.thresholds)
+        except TypeError as exc:
+            raise StreamcadError(f"quality.thresholds: {exc}") from exc
+        self.quality = QualityChecker(qcfg) if config.quality.enabled else None
+        self.stats = _Stats()
+        self.report = PipelineReport()
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        S = self.spec.size
+        # input buffers reused round-robin: queue capacity + one per stage in flight
+        self._buffers = np.zeros((6, 1, S, S), np.float32)
+        self._buf_i = 0
+        self._q_infer: queue.Queue = queue.Queue(maxsize=2)
+        self._q_pub: queue.Queue = queue.Queue(maxsize=2)
+        self._stale_reported = False
+        self._last_index = -1
+        self._outage_published = False
+        self._t_start_ns = 0
+        self._t_status_ns = 0
+
+    # ---------------------------------------------------------------- stage functions
+    def prepare(self, frame) -> Item:
+        """ROI + quality + preprocess of one Frame (prepare thread)."""
+        t0 = time.monotonic_ns()
+        item = Item(index=frame.index, t_capture_ns=frame.t_capture_ns, label=frame.label)
+        item.t["grab"] = t0
+        image = frame.image
+        roi = self.roi_tracker.update(image)
+        item.roi = roi.as_tuple()
+        x, y, w, h = item.roi
+        if roi.confidence == 0.0:
+            # no image sector anywhere on the screen (tracker returned the whole frame)
+            item.flags = frozenset({"not_ultrasound"})
+        elif self.quality is not None:
+            # stale=False: this frame did arrive; staleness is reported by _no_signal_item
+            item.flags = self.quality.check(image[y : y + h, x : x + w], frame.chroma, False)
+        if not item.flags:
+            buf = self._buffers[self._buf_i]
+            self._buf_i = (self._buf_i + 1) % len(self._buffers)
+            item.x = preprocess(image, self.spec, item.roi, out=buf)
+        item.t["preprocess"] = time.monotonic_ns()
+        return item
+
+    def infer(self, item: Item) -> Item:
+        """Model outputs for one prepared item (infer thread). Flagged items pass through.
+
+        Only the model runs here: the infer thread is the pipeline's slowest stage, so the
+        softmax and the saliency peak (Python-level work that holds the GIL) are left to
+        postprocess() on the publish thread (measured with benchmarks.profile)."""
+        item.t["queue"] = time.monotonic_ns()
+        if item.x is not None:
+            out = self.model.backend.infer(item.x[None])
+            item.logits = np.array(out["logits"][0], np.float64)
+            item.saliency = np.array(out["saliency"][0, 0])
+            item.x = None  # the buffer may be reused from here on
+        item.t["infer"] = time.monotonic_ns()
+        return item
+
+    def postprocess(self, item: Item) -> None:
+        """Logits -> class probabilities; saliency map -> its peak in frame pixels."""
+        if item.logits is not None:
+            e = np.exp(item.logits - item.logits.max())
+            p = e / e.sum()
+            item.probs = (float(p[0]), float(p[1]), float(p[2]))
+            item.saliency_peak = self._saliency_peak(item.saliency, item.roi)
+            item.logits = item.saliency = None
+
+    def finish(self, item: Item) -> None:
+        """Post-processing, smoothing and publishing (publish thread)."""
+        t_pick = time.monotonic_ns()  # the publish thread has the item: waits before this are queueing
+        self.postprocess(item)
+        res = self.smoother.update(item.probs, item.t["infer"], item.flags)
+        t_smooth = time.monotonic_ns()
+        lat = {
+            "grab": (item.t["grab"] - item.t_capture_ns) / 1e6,
+            "preprocess": (item.t["preprocess"] - item.t["grab"]) / 1e6,
+            "queue": (item.t["queue"] - item.t["preprocess"] + t_pick - item.t["infer"]) / 1e6,
+            "infer": (item.t["infer"] - item.t["queue"]) / 1e6,
+            "smooth": (t_smooth - t_pick) / 1e6,
+        }
+        probs = None
+        if item.probs is not None:
+            probs = dict(zip(CLASS_NAMES, item.probs, strict=True))
+        if self._status_due():  # before publish_score, whose own heartbeat would carry old fields
+            self.publish_status()
+        t_pub = time.monotonic_ns()
+        lat["publish"] = (t_pub - t_smooth) / 1e6
+        lat["total"] = (t_pub - item.t_capture_ns) / 1e6
+        self.publisher.publish_score(
+            frame_index=item.index,
+            t_capture_ns=item.t_capture_ns,
+            t_publish_ns=t_pub,
+            latency_ms=lat,
+            probs=probs,
+            malignancy=res.malignancy,
+            state=res.state,
+            flags=sorted(item.flags),
+            roi=item.roi,
+            model_sha256=self.model.sha256,
+            model=self.model.model_id,
+            saliency_peak=item.saliency_peak,
+            label=item.label,
+        )
+        st = self.stats
+        for k, v in lat.items():
+            st.lat[k].append(v)
+        st.t_out.append(t_pub)
+        st.last_state, st.last_flags = res.state, item.flags
+        if item.probs is not None:
+            st.last_probs = item.probs
+        if res.malignancy is not None:
+            st.malignancy.append(res.malignancy)
+        self.report.frames_out += 1
+        if item.flags:
+            self.report.flagged += 1
+        self._last_index = item.index
+        outage = "no_signal" in item.flags
+        if outage != self._outage_published:  # the source went away or came back: say so now
+            self._outage_published = outage
+            self.publish_status()
+
+    # ---------------------------------------------------------------- helpers
+    def _saliency_peak(self, sal: np.ndarray, roi) -> tuple[int, int]:
+        """argmax of the (h, w) saliency map -> (x, y) in frame pixels (undo letterbox + ROI)."""
+        h, w = sal.shape
+        iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
+        S = self.spec.size
+        u, v = (ix + 0.5) * S / w, (iy + 0.5) * S / h  # model-input pixels
+        rx, ry, rw, rh = roi
+        scale = S / max(rw, rh)
+        left, top = (S - round(rw * scale)) // 2, (S - round(rh * scale)) // 2
+        fx = min(max(int(rx + (u - left) / scale), rx), rx + rw - 1)
+        fy = min(max(int(ry + (v - top) / scale), ry), ry + rh - 1)
+        return fx, fy
+
+    def _no_signal_item(self) -> Item:
+        now = time.monotonic_ns()
+        it = Item(index=max(self._last_index, 0), t_capture_ns=now, flags=frozenset({"no_signal"}))
+        it.t.update(grab=now, preprocess=now, queue=now, infer=now)
+        return it
+
+    def _read(self):
+        """Newest frame or None; reports a stale source once per outage as a no_signal item."""
+        frame = self.source.read(timeout=_POLL_S)
+        if frame is not None:
+            self._stale_reported = False
+            self.report.frames_in += 1
+            return frame
+        state = str(self.source.state)
+        if state in ("stale", "reconnecting", "error") and not self._stale_reported:
+            self._stale_reported = True
+            return self._no_signal_item()
+        return None
+
+    def _status_due(self) -> bool:
+        # due slightly before the publisher's own heartbeat timer, so the publisher never
+        # re-sends the remembered (older) source state and counters in our place
+        lead_ns = _STATUS_LEAD_S * 1e9
+        return time.monotonic_ns() - self._t_status_ns >= self.config.publish.heartbeat_s * 1e9 - lead_ns
+
+    def publish_status(self) -> None:
+        self._t_status_ns = time.monotonic_ns()
+        src = self.source
+        stats = src.stats
+        info = src.info
+        state = str(src.state)
+        self.report.overwritten = stats.frames_overwritten
+        self.report.rejected = stats.frames_rejected
+        self.report.reconnects = stats.reconnects
+        self.report.dropped_publish = self.publisher.dropped
+        uptime = (time.monotonic_ns() - self._t_start_ns) / 1e9
+        self.publisher.publish_status(
+            source={
+                "uri": getattr(info, "uri", None) or self.config.source.uri,
+                "state": state,
+                "width": getattr(info, "width", None),
+                "height": getattr(info, "height", None),
+                "fps": getattr(info, "fps", None),
+                "fourcc": getattr(info, "fourcc", None),
+                "backend": getattr(info, "backend", None),
+            },
+            counters={
+                "frames_in": stats.frames_grabbed,
+                "frames_out": self.report.frames_out,
+                "overwritten": stats.frames_overwritten,
+                "rejected": stats.frames_rejected,
+                "flagged": self.report.flagged,
+                "dropped_publish": self.publisher.dropped,
+                "reconnects": stats.reconnects,
+            },
+            fps_in=self.report.frames_in / uptime if uptime > 0 else 0.0,
+            fps_out=self.stats.fps_out(),
+            backend=self.model.backend.name,
+            model=self.model.model_id,
+            model_sha256=self.model.sha256,
+            uptime_s=uptime,
+            operating_threshold=self.smoother.point.operating_threshold,
+            on_threshold=self.smoother.point.on,
+            off_threshold=self.smoother.point.off,
+            threshold_source=self.smoother.point.source,
+        )
+
+    def _target_reached(self) -> bool:
+        n = self.config.frames
+        return n is not None and self.report.frames_out >= n
+
+    def _finished(self) -> bool:
+        return self._stop.is_set() or self._target_reached()
+
+    # ---------------------------------------------------------------- threads
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, q: queue.Queue, timeout: float = _POLL_S):
+        try:
+            return q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _guard(self, name, fn) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # a stage died: record it, stop the others, re-raise in run()
+            if isinstance(exc, StreamcadError):  # our own, already worded error: the caller prints it
+                log.debug("pipeline %s thread stopped: %s", name, exc, exc_info=True)
+            else:
+                log.exception("pipeline %s thread failed", name)
+            self.report.errors.append(exc)
+            self._stop.set()
+
+    def _prepare_loop(self) -> None:
+        while not self._stop.is_set():
+            got = self._read()
+            if got is None:
+                if self.source.ended:
+                    self._put(self._q_infer, None)  # end-of-stream marker
+                    return
+                continue
+            item = got if isinstance(got, Item) else self.prepare(got)
+            if not self._put(self._q_infer, item):
+                return
+
+    def _infer_loop(self) -> None:
+        while not self._stop.is_set():
+            item = self._get(self._q_infer)
+            if item is None:
+                if self._q_infer_ended():
+                    self._put(self._q_pub, None)
+                    return
+                continue
+            if not self._put(self._q_pub, self.infer(item)):
+                return
+
+    def _q_infer_ended(self) -> bool:
+        return self.source.ended and self._q_infer.empty() and not self._threads[0].is_alive()
+
+    def _publish_loop(self) -> None:
+        while not self._finished():
+            if self._status_due():
+                self.publish_status()
+            item = self._get(self._q_pub)
+            if item is None:
+                if self.source.ended and not self._threads[1].is_alive() and self._q_pub.empty():
+                    break
+                continue
+            self.finish(item)
+        self._done.set()
+
+    # ---------------------------------------------------------------- entry points
+    def run(self, on_tick=None, tick_s: float = 0.25) -> PipelineReport:
+        """Threaded run until config.frames, source end, or stop(). Returns the report."""
+        self._begin()
+        self._threads = [
+            threading.Thread(target=self._guard, args=(n, f), name=f"streamcad-{n}", daemon=True)
+            for n, f in (("prepare", self._prepare_loop), ("infer", self._infer_loop), ("publish", self._publish_loop))
+        ]
+        for t in self._threads:
+            t.start()
+        try:
+            while not self._done.wait(tick_s):
+                if self._stop.is_set():
+                    break
+                if on_tick is not None:
+                    on_tick(self)
+        finally:
+            self._stop.set()
+            for t in self._threads:
+                t.join(timeout=1.0)
+            self._end()
+        return self.report
+
+    def run_sequential(self) -> PipelineReport:
+        """The naive baseline: one thread does read -> prepare -> infer -> publish."""
+        self._begin()
+        try:
+            while not self._finished():
+                if self._status_due():
+                    self.publish_status()
+                got = self._read()
+                if got is None:
+                    if self.source.ended:
+                        break
+                    continue
+                item = got if isinstance(got, Item) else self.prepare(got)
+                self.finish(self.infer(item))
+        finally:
+            self._end()
+        return self.report
+
+    def stop(self) -> None:
+        """Ask every stage to end (signal handlers call this); run() returns within ~0.1 s."""
+        self._stop.set()
+
+    def _begin(self) -> None:
+        self._t_start_ns = time.monotonic_ns()
+        if self.source.info is None:
+            self.source.start()
+        self.publish_status()
+
+    def _end(self) -> None:
+        self.report.wall_s = (time.monotonic_ns() - self._t_start_ns) / 1e9
+        self.report.latency_ms = self.stats.percentiles((50, 90, 99))
+        try:
+            self.publish_status()  # last word: final counters
+        except StreamcadError:
+            log.warning("final status could not be published")
+        if self.report.errors:
+            raise self.report.errors[0]
+
+    def close(self) -> None:
+        """Release source, publisher and backend (each bounded in time)."""
+        self._stop.set()
+        for part in (self.source, self.publisher, self.model.backend):
+            try:
+                part.close()
+            except StreamcadError:
+                log.exception("error while closing %s", type(part).__name__)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------- factories
+def _load_model(config: RunConfig):
+    from streamcad.manifest import load_model
+
+    m = config.model
+    path = Path(m.path) if m.path else DEFAULT_MODEL
+    options = {}
+    if m.backend == "onnxruntime":
+        options["intra_op_threads"] = m.threads
+    elif m.backend == "torch":
+        options.update(device=m.device, precision=m.precision, cuda_graph_batch=1 if m.cuda_graph else None)
+    elif m.backend == "tensorrt":
+        options.update(cuda_graph_batch=1 if m.cuda_graph else None)
+    return load_model(path, backend=m.backend, allow_unverified=m.allow_unverified, **options)
+
+
+def _open_source(config: RunConfig):
+    from streamcad.sources import ReconnectPolicy, open_source
+
+    s = config.source
+    uri = s.uri
+    scheme = uri.split(":", 1)[0]
+    opts: dict = {}
+    if scheme in ("file", "sweep"):
+        opts.update(loop=s.loop, pace=s.pace)
+    if scheme == "sweep":
+        opts["seed"] = s.seed
+        if s.fps is not None:
+            opts["fps"] = s.fps
+    if scheme == "device":
+        opts.update({k: getattr(s, k) for k in ("fps", "width", "height", "fourcc") if getattr(s, k) is not None})
+    opts["reconnect"] = ReconnectPolicy(
+        initial_s=s.reconnect_initial_s, max_s=s.reconnect_max_s, max_attempts=s.reconnect_max_attempts
+    )
+    return open_source(uri, **opts)
+
+
+def _open_publisher(config: RunConfig):
+    from streamcad.transport import Publisher
+
+    p = config.publish
+    curve = None
+    if p.curve_secret_key:
+        from streamcad.security import ClientCurve, ServerCurve
+
+        if p.connect:  # a CURVE client of the proxy's frontend (config checked both keys are set)
+            curve = ClientCurve.from_files(p.curve_secret_key, p.curve_server_key)
+        else:
+            curve = ServerCurve.from_files(p.curve_secret_key, p.curve_allowed_dir)
+    return Publisher(
+        p.endpoint,
+        stream=p.stream,
+        encoding=p.encoding,
+        hwm_seconds=p.hwm_seconds,
+        fps=config.source.fps or 30.0,
+        connect=p.connect,
+        allow_remote=p.allow_remote,
+        curve=curve,
+        heartbeat_s=p.heartbeat_s,
+    )
