@@ -4,16 +4,28 @@ Data flow::
 
     pipeline publish thread ──► Publisher.publish_score(**fields)
         ──► fills schema/stream/publisher/seq/t_publish_ns, validates (msgspec, strict)
-        ──► encode_frame ──► XPUB.send(NOBLOCK)   (XPUB_NODROP: a full HWM raises EAGAIN)
-              sent ──► self.sent += 1             full ──► self.dropped += 1 (seq still consumed,
-                                                           so every subscriber sees the gap)
+        ──► encode_frame ──► XPUB.send(NOBLOCK)
+              bound (UIs connect here): each subscriber has its own queue of ``hwm`` messages; a
+                  full queue drops THAT subscriber's message only (libzmq PUB semantics), which it
+                  sees as a seq gap; every other subscriber is unaffected
+              connected to a proxy (connect=True): one peer, XPUB_NODROP: a full queue raises
+                  EAGAIN ──► self.dropped += 1 (seq still consumed, so every subscriber sees the gap)
         ◄── subscription messages (XPUB_VERBOSE) ──► log + send a Status at once
         ──► a Status heartbeat whenever heartbeat_s passed since the last one
 
 One XPUB socket, bound (default ``tcp://127.0.0.1:5555``) or connected to a proxy's XSUB frontend
-(``connect=True``). The high-water mark is ``hwm_seconds * fps`` messages: a subscriber more than
-that far behind makes sends fail with EAGAIN, counted in ``dropped``; with XPUB_NODROP the message
-then goes to no subscriber (ZeroMQ checks every matching pipe), so fast subscribers see the same gap.
+(``connect=True``). ``hwm_seconds`` is time: the queue per subscriber holds
+``ceil(hwm_seconds * (fps + 1/heartbeat_s))`` messages, where ``fps`` is the stream's score rate
+(scores) plus the status heartbeat. The pipeline passes the source's nominal rate and raises it
+with ``set_rate()`` to the measured publish rate when that is higher (unpaced recorded media), so
+a subscriber may lag at least hwm_seconds before it loses messages. (Kernel socket buffers on
+the way hold more on top; they only ever make the allowed lag longer.)
+
+Why not XPUB_NODROP on a bound socket: with it, ONE subscriber that stops reading makes every send
+fail, and every other subscriber then receives nothing (measured: 0 messages to a healthy UI
+from ~20 s on at 240 fps; docs/RELIABILITY.md). On the one-peer proxy link it is kept: the proxy
+reads promptly and does the per-subscriber dropping itself, so a drop there is a real loss
+worth counting.
 
 Not thread-safe, by design (ZeroMQ sockets are not): one thread, the pipeline's publish thread,
 creates, uses and closes a Publisher. If nothing is published for a while, call ``service()``
@@ -47,6 +59,7 @@ from streamcad.messages import (
     check_stream_name,
     encode_frame,
 )
+from streamcad.ratelimit import LogLimiter
 from streamcad.security import ServerCurve, apply_server, start_authenticator
 
 __all__ = ["DEFAULT_ENDPOINT", "Publisher", "check_bind_endpoint", "bind_socket"]
@@ -177,17 +190,20 @@ class Publisher:
             check_stream_name(stream)
         except MessageError as exc:
             raise TransportError(str(exc)) from exc
-        if not (hwm_seconds > 0 and fps > 0):
-            raise TransportError(f"hwm_seconds and fps must be > 0, got {hwm_seconds} and {fps}")
-        if heartbeat_s <= 0:
-            raise TransportError(f"heartbeat_s must be > 0, got {heartbeat_s}")
+        if not (0 < hwm_seconds < math.inf and 0 < fps < math.inf):
+            raise TransportError(f"hwm_seconds and fps must be finite and > 0, got {hwm_seconds} and {fps}")
+        if not 0 < heartbeat_s < math.inf:
+            raise TransportError(f"heartbeat_s must be finite and > 0, got {heartbeat_s}")
         if curve is not None and connect:
             raise TransportError("curve with connect=True is not supported: secure the proxy's backend instead")
         self.stream = stream
         self.encoding = encoding
-        self.hwm = max(1, int(round(hwm_seconds * fps)))
+        self.hwm_seconds = float(hwm_seconds)
+        self.connect = bool(connect)
         self.linger_ms = int(linger_ms)
         self.heartbeat_s = float(heartbeat_s)
+        self.rate = float(fps)  # scores per second each subscriber's queue is sized for
+        self.hwm = self._hwm_for(self.rate)  # messages per subscriber queue (set_rate() resizes)
         self.publisher_id = secrets.token_hex(8)
         self.sent = 0
         self.dropped = 0
@@ -200,12 +216,14 @@ class Publisher:
         self._closed = False
         self._auth = None
         self._monitor = None
+        self._limiter = LogLimiter(10.0)
 
         self._ctx = zmq.Context()
         try:
             sock = self._sock = self._ctx.socket(zmq.XPUB)
             sock.setsockopt(zmq.SNDHWM, self.hwm)
-            sock.setsockopt(zmq.XPUB_NODROP, 1)  # full HWM -> EAGAIN (counted), not a silent drop
+            if connect:  # one peer, the proxy: a full HWM -> EAGAIN (counted), not a silent drop
+                sock.setsockopt(zmq.XPUB_NODROP, 1)
             sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscribe, so each new UI gets a status
             sock.setsockopt(zmq.LINGER, self.linger_ms)
             if curve is not None:
@@ -225,9 +243,31 @@ class Publisher:
             self._teardown(linger_ms=0)
             raise
         log.info(
-            "publisher %s stream=%s %s %s (hwm=%d msgs, %s)",
-            self.publisher_id, stream, "connected to" if connect else "bound", self.endpoint, self.hwm, encoding,
+            "publisher %s stream=%s %s %s (hwm=%d msgs = %.1f s at %.1f msgs/s, %s)",
+            self.publisher_id, stream, "connected to" if connect else "bound", self.endpoint, self.hwm,
+            self.hwm_seconds, self.rate + 1.0 / self.heartbeat_s, encoding,
         )
+
+    # --- queue size ---------------------------------------------------------------------------
+    def _hwm_for(self, fps: float) -> int:
+        """Messages in hwm_seconds at `fps` scores/s plus the status heartbeat."""
+        return max(1, math.ceil(self.hwm_seconds * (fps + 1.0 / self.heartbeat_s)))
+
+    def set_rate(self, fps: float) -> int:
+        """Size every subscriber's queue for `fps` scores per second (the stream's real rate),
+        so hwm_seconds stays seconds. Applies to connected subscribers at once (libzmq updates
+        live pipes) and to later ones (re-applied on each new subscription). Returns the HWM."""
+        self._check_open()
+        if not (0 < fps < math.inf):
+            raise TransportError(f"publisher rate must be finite and > 0 frames/s, got {fps}")
+        hwm = self._hwm_for(float(fps))
+        if hwm != self.hwm:
+            log.info("stream %s: subscriber queue %d -> %d messages (%.1f s at %.1f scores/s)",
+                     self.stream, self.hwm, hwm, self.hwm_seconds, fps)
+            self.hwm = hwm
+            self._sock.setsockopt(zmq.SNDHWM, hwm)
+        self.rate = float(fps)
+        return hwm
 
     # --- publishing ---------------------------------------------------------------------------
     @property
@@ -241,7 +281,8 @@ class Publisher:
         (filled here). t_publish_ns defaults to now (pass your own monotonic stamp if your
         latency_ms was computed against it). latency_ms['total'] is set from the timestamps when
         absent; latency_ms['publish'] from t_ready_ns (monotonic ns when the result was ready).
-        Returns True if sent, False if dropped (subscriber HWM full). Raises MessageError on bad fields.
+        Returns True if sent, False if dropped (connect mode: the proxy link's HWM full; a bound
+        publisher drops per subscriber instead, seen there as a gap). Raises MessageError on bad fields.
         """
         self._check_open()
         self._check_owned(fields)
@@ -327,9 +368,8 @@ class Publisher:
             self._sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("stream %s: subscriber queue full (hwm %d), %d messages dropped so far",
-                            self.stream, self.hwm, self.dropped)
+            self._limiter.warning(log, "dropped", "stream %s: proxy link queue full (hwm %d), %d messages dropped so far",
+                                  self.stream, self.hwm, self.dropped)
             return False
         except zmq.ZMQError as exc:
             raise TransportError(f"send on {self.endpoint} failed: {exc}") from exc
@@ -366,6 +406,10 @@ class Publisher:
             elif ev[:1] == b"\x00":
                 log.info("stream %s: subscription to %r ended", self.stream, ev[1:])
         self._drain_monitor()
+        if new:
+            # a bound listener hands new pipes the HWM it had at bind(); setting it again
+            # resizes every live pipe, the new one included
+            self._sock.setsockopt(zmq.SNDHWM, self.hwm)
         if new or self._t_last_status is None or now - self._t_last_status >= self.heartbeat_s:
             self._send_status(now)
         return new

@@ -33,7 +33,7 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_four_pipeline_processes_through_proxy_process(tmp_path):
     model = make_contract_onnx(tmp_path / "m.onnx", size=32, saliency_hw=(4, 4))
-    write_manifest(model, class_names=["normal", "benign", "malignant"])
+    write_manifest(model, class_names=["normal", "benign", "malignant"], operating_threshold=0.5)
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "streamcad.cli"]
@@ -123,10 +123,11 @@ def _drain(sub, seconds=1.0) -> list:
 
 
 @pytest.mark.slow
-def test_one_stalled_subscriber_costs_every_subscriber_but_not_through_the_proxy():
-    """The known limitation of XPUB_NODROP, measured: a UI that stops reading fills its queue,
-    sends then fail for EVERYONE (the same seq gap at the healthy UI). Through the proxy (plain
-    XPUB, drops per subscriber) the healthy UI loses nothing and the publisher drops nothing."""
+def test_one_stalled_subscriber_costs_only_itself_direct_and_through_the_proxy():
+    """A UI that stops reading fills its own queue and loses its own messages; the healthy UI
+    loses nothing and the publisher drops nothing, connected straight to the publisher (per-pipe
+    drops on the bound XPUB) and through the proxy alike. (Before: XPUB_NODROP on the bound
+    socket made every send fail for EVERYONE once one queue was full.)"""
     from streamcad.proxy import Proxy
     from streamcad.transport import Publisher
 
@@ -169,15 +170,10 @@ def test_one_stalled_subscriber_costs_every_subscriber_but_not_through_the_proxy
             if proxy is not None:
                 proxy.stop()
     print("SLOW_SUBSCRIBER", results)
-    direct, via = results["direct"], results["proxy"]
-    # direct: the stalled UI's full queue makes the publisher drop, and the healthy UI sees it all
-    assert direct["publisher_dropped"] > 0
-    assert direct["healthy_received_scores"] == n - direct["publisher_dropped"]
-    assert direct["healthy_gaps"] == direct["publisher_dropped"]
-    # proxy: the healthy UI gets every message; only the stalled one loses (per-subscriber drop)
-    assert via["publisher_dropped"] == 0 and via["healthy_gaps"] == 0
-    assert via["healthy_received_scores"] == n
-    assert via["stalled_received"] < n
+    for mode, r in results.items():  # the healthy UI gets every message; only the stalled one loses
+        assert r["publisher_dropped"] == 0 and r["healthy_gaps"] == 0, mode
+        assert r["healthy_received_scores"] == n, mode
+        assert r["stalled_received"] < n, mode
 
 
 @pytest.mark.slow
@@ -188,7 +184,7 @@ def test_proxy_killed_and_restarted_stream_resumes(tmp_path):
     outage shorter than publish.hwm_seconds (4 s) may lose nothing; whatever is lost shows as a seq
     gap at the UI (the publisher counts only what it could not queue): never silent."""
     model = make_contract_onnx(tmp_path / "m.onnx", size=32, saliency_hw=(4, 4))
-    write_manifest(model, class_names=["normal", "benign", "malignant"])
+    write_manifest(model, class_names=["normal", "benign", "malignant"], operating_threshold=0.5)
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "streamcad.cli"]
