@@ -13,6 +13,10 @@
     streamcad bench --long          # >= 100,000 frames, RSS sampled every second
     streamcad bench --report        # regenerate benchmarks/README.md
 
+Progress: one line on stderr per finished run (count, elapsed time, configuration, result),
+at the default log level. Needs the train extra (torch builds the random-init models and
+runs the torch rows); without it the command says so in one line before measuring anything.
+
 Sources: 'sweep' is the real simulator source (renders 1024x768 frames in its reader thread);
 'replay' delivers the same frames pre-rendered into memory on an exact clock (the pipeline
 alone; benchmarks.replay); 'video' is a real recording from /work/shared/data/video at its own
@@ -24,18 +28,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import json
 import logging
 import os
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.stats import summarize
 from streamcad.errors import ConfigError, StreamcadError
+from streamcad.extras import missing_module_message
 
 __all__ = ["HELP", "add_arguments", "run", "run_suite", "RESULTS_DIR"]
 
@@ -80,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         path = report.write_readme(args.out)
         print(f"wrote {path}")
         return 0
+    if importlib.util.find_spec("torch") is None:
+        raise StreamcadError(missing_module_message("torch", "train"))
     if args.frames is not None and args.frames < 10:
         raise ConfigError(f"--frames {args.frames}: expected >= 10")
     if args.runs is not None and args.runs < 1:
@@ -97,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         "labels": args.labels.split(",") if args.labels else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    global _PROGRESS
+    _PROGRESS = _progress_printer()
     if args.long:
         res = run_long(args.long_frames, args.long_fps, size=args.size, cache=args.cache, source=args.long_source)
         name = args.name or "long"
@@ -183,10 +194,41 @@ def _aggregate(name: str, runs: list[dict], extra: dict) -> dict:
     return out
 
 
+# called after each finished end-to-end run with (config, result); set by run() for the CLI
+_PROGRESS: Callable[[object, dict], None] | None = None
+
+
+def _progress_printer() -> Callable[[object, dict], None]:
+    """-> a callback printing `bench: run N (elapsed): configuration -> fps, e2e p50/p99, drops`
+    on stderr (rich, so a terminal gets colour and a log file plain lines)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    con = Console(stderr=True, highlight=False)
+    t0 = time.monotonic()
+    count = [0]
+
+    def show(cfg, r: dict) -> None:
+        count[0] += 1
+        m, sec = divmod(int(time.monotonic() - t0), 60)
+        e2e = r.get("e2e_ms", {})
+        src = "replay" if cfg.replay else "sweep" if cfg.source.startswith("sweep") else Path(cfg.source[5:]).name
+        con.print(escape(
+            f"bench: run {count[0]} ({m}m{sec:02d}s): {cfg.label} {cfg.model_name} "
+            f"{src}{'' if cfg.fps is None else f'@{cfg.fps:g}fps'} {cfg.mode} "
+            f"-> {r['fps']:.1f} fps, e2e p50 {e2e.get('p50', float('nan')):.1f} ms, "
+            f"p99 {e2e.get('p99', float('nan')):.1f} ms, dropped {r['dropped']['total']}"
+        ))
+
+    return show
+
+
 def _one(cfg, sample_rss: bool = False) -> dict:
     from benchmarks.e2e import run_e2e
 
     r = run_e2e(cfg, sample_rss=sample_rss, keep_raw=True)
+    if _PROGRESS is not None:
+        _PROGRESS(cfg, r)
     raw = r.pop("raw")
     w = min(cfg.warmup, max(raw["t_recv_ns"].size - 2, 0))
     r["_e2e"] = (raw["t_recv_ns"][w:] - raw["t_capture_ns"][w:]) / 1e6

@@ -11,7 +11,16 @@ publishes (NOT renormalised over benign + malignant); normal images are left out
 Sensitivity / specificity / F1 binarise p(malignant) >= threshold, where threshold is
 --threshold, else the manifest's operating_threshold. ECE uses 15 equal-width bins. CIs are a
 stratified percentile bootstrap (--bootstrap resamples). With normals present (BUSI) the
-3-class macro one-vs-rest AUC is added. Needs scikit-learn: `pip install streamcad[train]`.
+3-class macro one-vs-rest AUC is added.
+
+Needs the `eval` extra (scikit-learn, scipy, matplotlib), no torch. From the checkout, one command
+builds .venv with it and runs the check: `make evaluate DATA=DIR` (MODEL=... for another model).
+
+With --json OUT it also writes the ROC curve and the reliability diagram beside OUT
+(OUT.roc.png, OUT.reliability.png). When DATA_DIR holds images the model was trained on (by
+the manifest's `training_data`: datasets + training folds of the committed splits in
+train/splits/, matched by file name) it warns, counts them in the result, and the metrics
+are optimistic: a renamed copy of a training image is not recognised.
 
 Layouts recognised:
 - BUS-BRA: DATA_DIR/Images/*.png + DATA_DIR/bus_data.csv (columns ID, Pathology)
@@ -32,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from streamcad.errors import ConfigError, FrameError, StreamcadError
+from streamcad.extras import missing_module_message
 from streamcad.manifest import CLASS_NAMES as CLASSES
 
 log = logging.getLogger(__name__)
@@ -166,8 +176,11 @@ def evaluate(
     """Score `model_path` on `data_dir` -> a JSON-ready dict (metrics with CIs, per-image probs)."""
     try:
         from train.evaluate import bootstrap_metrics
-    except ImportError as exc:
-        raise StreamcadError(f"`streamcad evaluate` needs scikit-learn: pip install streamcad[train] ({exc})") from exc
+    except ModuleNotFoundError as exc:
+        msg = missing_module_message(exc.name or "", "eval")
+        if msg is None:
+            raise
+        raise StreamcadError(msg) from exc
     from streamcad.manifest import load_model
 
     if n_boot < 1:
@@ -187,6 +200,7 @@ def evaluate(
             raise ConfigError(f"threshold {thr}; expected a probability in [0, 1]")
         log.info("scoring %d images (%s layout) with %r on %s", len(paths), layout, model.backend, Path(model_path).name)
         probs = predict(model, paths)
+        overlap = training_overlap(model.manifest.training_data if model.manifest else {}, ids)
         info = {
             "model": str(model_path),
             "sha256": model.sha256,
@@ -206,11 +220,91 @@ def evaluate(
         "n_boot": n_boot,
         "seed": seed,
         "metrics": metrics,
+        "training_overlap": overlap,
         "predictions": [
             {"id": i, "label": CLASSES[int(y)], **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASSES)}}
             for i, y, p in zip(ids, labels, probs, strict=True)
         ],
     }
+
+
+def _split_rows(dataset: str) -> tuple[Path, list[dict[str, str]]]:
+    """The committed 5-fold split of `dataset` (train/splits/DATASET_5fold.csv): path, rows."""
+    import train
+
+    path = Path(train.__file__).parent / "splits" / f"{dataset}_5fold.csv"
+    return path, _read_csv(path)
+
+
+def training_overlap(training_data: dict, ids: list[str]) -> dict | None:
+    """The images of `ids` that the model was trained or validated on, per its manifest.
+
+    training_data (manifest): {'datasets': ['BUSI', 'BUS-BRA'], 'train_folds': [1, 2, 3, 4],
+    'test_fold': 0, 'split_sha256': {'busi': hex, ...}}. An id's file name (the part after the
+    last '/') is looked up in each named dataset's committed split; rows of a training fold count.
+    -> None when the manifest records no datasets, else {'n_overlap', 'n_images', 'n_held_out',
+    'per_dataset', 'examples', 'split_matches_manifest'}; logs a warning when n_overlap > 0.
+    """
+    import hashlib
+
+    datasets = [str(d).lower().replace("-", "").replace("_", "") for d in training_data.get("datasets", [])]
+    if not datasets:
+        return None
+    train_folds = {int(f) for f in training_data.get("train_folds", [])}
+    test_fold = training_data.get("test_fold")
+    names = {i: i.rsplit("/", 1)[-1] for i in ids}
+    hits: dict[str, list[str]] = {}
+    held_out = 0
+    split_ok: dict[str, bool] = {}
+    for ds in datasets:
+        try:
+            path, rows = _split_rows(ds)
+        except ConfigError:
+            log.warning("the model was trained on %s, but its split file is not in this install: "
+                        "training-data overlap not checked for it", ds)
+            continue
+        want = (training_data.get("split_sha256") or {}).get(ds)
+        split_ok[ds] = want is None or hashlib.sha256(path.read_bytes()).hexdigest() == want
+        fold_of = {r["image_id"]: int(r["fold"]) for r in rows}
+        hits[ds] = [i for i, n in names.items() if fold_of.get(n, -1) in train_folds]
+        held_out += sum(1 for n in names.values() if test_fold is not None and fold_of.get(n) == int(test_fold))
+    overlap = sorted({i for v in hits.values() for i in v})
+    out = {
+        "n_overlap": len(overlap),
+        "n_images": len(ids),
+        "n_held_out": held_out,
+        "per_dataset": {ds: len(v) for ds, v in hits.items()},
+        "train_folds": sorted(train_folds),
+        "examples": overlap[:5],
+        "split_matches_manifest": split_ok,
+        "matched_by": "file name against the committed splits (a renamed copy is not recognised)",
+    }
+    if overlap:
+        log.warning(
+            "%d of %d images are in this model's training data (%s, folds %s, per its manifest; e.g. %s): "
+            "the metrics below are optimistic; evaluate on images the model has never seen",
+            len(overlap), len(ids), ", ".join(f"{ds}: {n}" for ds, n in out["per_dataset"].items() if n),
+            sorted(train_folds), overlap[0],
+        )
+    for ds, ok in split_ok.items():
+        if not ok:
+            log.warning("train/splits/%s_5fold.csv differs from the split this model was trained with "
+                        "(sha256 in its manifest): the overlap count is against the committed split", ds)
+    return out
+
+
+def write_plots(result: dict, json_path: str | Path) -> list[Path]:
+    """ROC curve and reliability diagram of `result` (evaluate()'s dict) beside `json_path`:
+    OUT.roc.png and OUT.reliability.png."""
+    from train.evaluate import plot_reliability, plot_roc
+
+    labels = np.array([CLASSES.index(p["label"]) for p in result["predictions"]], np.int64)
+    probs = np.array([[p[f"p_{c}"] for c in CLASSES] for p in result["predictions"]], np.float64)
+    base = Path(json_path)
+    title = f"{Path(result['model']).name} on {Path(result['data_dir']).name}"
+    roc = plot_roc({Path(result["model"]).stem: (labels, probs)}, base.with_suffix(".roc.png"), title=title)
+    rel = plot_reliability(labels, probs, base.with_suffix(".reliability.png"), title=title)
+    return [roc, rel]
 
 
 def _options(backend: str, device: str | None) -> dict:
@@ -235,6 +329,10 @@ def run(args: argparse.Namespace) -> int:
         **_options(args.backend, args.device),
     )
     if args.json_out:
+        try:
+            result["plots"] = [str(p) for p in write_plots(result, args.json_out)]
+        except ModuleNotFoundError as exc:
+            raise StreamcadError(missing_module_message(exc.name or "", "eval") or str(exc)) from exc
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     from rich.console import Console
     from rich.markup import escape

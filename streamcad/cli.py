@@ -3,7 +3,10 @@
 Each subcommand lives in its own module exposing `HELP`, `add_arguments(parser)` and
 `run(args) -> int`. Only the chosen subcommand's module is imported, so `streamcad run`
 never imports torch, and `streamcad train ...` imports it only when it starts.
-Errors of our own (StreamcadError) are printed as one line with a non-zero exit, no traceback.
+Errors of our own (StreamcadError) are printed as one line with a non-zero exit, no traceback,
+and so is a missing optional dependency (torch for `train`, scikit-learn for `evaluate`, ...):
+the line names the extra and the pip command that installs it from this checkout
+(streamcad.extras).
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from streamcad.errors import StreamcadError
+from streamcad.extras import missing_module_message
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,8 +33,60 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("engines.export", "export a training checkpoint to ONNX with a parity check"),
     "convert": ("engines.convert", "build a TensorRT engine from ONNX with an accuracy gate"),
     "bench": ("benchmarks.cli", "latency / throughput benchmarks of the real pipeline"),
-    "train": ("train.cli", "training: splits, pretrain, finetune, evaluate, experiment"),
+    "train": ("train.cli", "training (the train extra): splits, pretrain, finetune, experiment, ship, ... (train --help)"),
 }
+# the extra a command needs beyond the runtime; a missing module of it is reported as this extra
+NEEDS_EXTRA: dict[str, str] = {"evaluate": "eval", "export": "train", "bench": "train", "train": "train",
+                               "convert": "tensorrt"}
+
+
+class _MissingModule(Exception):
+    def __init__(self, command: str, message: str):
+        super().__init__(message)
+        self.command = command
+
+
+def _missing(command: str | None, exc: ModuleNotFoundError) -> _MissingModule:
+    """A missing optional module -> _MissingModule with the one line to print; else re-raise."""
+    msg = missing_module_message(exc.name or "", NEEDS_EXTRA.get(command or ""))
+    if msg is None:
+        raise exc
+    return _MissingModule(command or "", msg)
+
+
+class _StartupInterrupt:
+    """Ctrl-C while a command starts (imports of OpenCV / ONNX Runtime / ZeroMQ, config, model
+    loading) would surface as a traceback from inside an import, or as the ImportError of a
+    half-initialised extension. Until the command can stop cleanly, a first Ctrl-C is noted (and
+    acted on then: exit 130); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._previous = None
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def release(self) -> bool:
+        """Put the previous SIGINT handler back; True if Ctrl-C was pressed meanwhile."""
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+        return self.pending
+
+
+_STARTUP: _StartupInterrupt | None = None
+
+
+def startup_interrupted() -> bool:
+    """For commands that install their own SIGINT handler (HANDLES_SIGINT = True, e.g. `run`):
+    was Ctrl-C pressed before they did? They call this right after installing it."""
+    return _STARTUP is not None and _STARTUP.pending
 
 
 def _build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
@@ -40,24 +98,48 @@ def _build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | No
     for name, (mod_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            module = importlib.import_module(mod_name)
+            try:
+                module = importlib.import_module(mod_name)
+            except ModuleNotFoundError as exc:
+                raise _missing(name, exc) from exc
             module.add_arguments(p)
     return parser, module
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _STARTUP
+    previous, _STARTUP = _STARTUP, _StartupInterrupt()
+    try:
+        return _main(argv, _STARTUP)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        _STARTUP.release()
+        _STARTUP = previous
+
+
+def _main(argv: list[str] | None, startup: _StartupInterrupt) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, module = _build_parser(argv)
+    try:
+        parser, module = _build_parser(argv)
+    except _MissingModule as exc:
+        print(f"streamcad {exc.command}: error: {exc}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if module is None:
         parser.print_help()
         return 2
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if startup.pending or (not getattr(module, "HANDLES_SIGINT", False) and startup.release()):
+        return 130  # Ctrl-C while starting: nothing was done yet
     try:
         return int(module.run(args) or 0)
     except StreamcadError as exc:
         print(f"streamcad {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        print(f"streamcad {args.command}: error: {_missing(args.command, exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

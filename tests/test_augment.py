@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
-from train.augment import (
+torch = pytest.importorskip("torch", reason="training test: needs the train extra")
+import torch.nn.functional as F  # noqa: E402
+
+from train.augment import (  # noqa: E402
     FinetuneAugment,
     TwoViewAugment,
     add_overlays,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcad.manifest import manifest_path, write_manifest
+from streamcad.manifest import contract_digest, manifest_path, write_manifest
 from tests.helpers_onnx import make_bad_onnx, make_contract_onnx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,14 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 def _model(d: Path, name: str = "m.onnx") -> Path:
     d.mkdir(parents=True, exist_ok=True)
     p = make_contract_onnx(d / name, size=32, saliency_hw=(4, 4))
-    write_manifest(p, class_names=["normal", "benign", "malignant"])
+    write_manifest(p, class_names=["normal", "benign", "malignant"], operating_threshold=0.5)
     return p
 
 
 def _edit_manifest(model: Path, **changes) -> None:
+    """Edit and re-seal (contract_sha256): a consistent manifest that is wrong about its model."""
     mp = manifest_path(model)
     d = json.loads(mp.read_text())
     d.update(changes)
+    d["contract_sha256"] = contract_digest(d)
     mp.write_text(json.dumps(d))
 
 

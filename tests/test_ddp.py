@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from streamcad.preprocess import letterbox
-from train.common import load_checkpoint
+torch = pytest.importorskip("torch", reason="training test: needs the train extra")
+
+from streamcad.preprocess import letterbox  # noqa: E402
+from train.common import load_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "streamcad" / "data" / "sample" / "images"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-from streamcad.errors import ConfigError
-from train.evaluate import (
+pytest.importorskip("sklearn", reason="needs the eval extra (scikit-learn)")
+from sklearn.calibration import calibration_curve  # noqa: E402
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score  # noqa: E402
+
+from streamcad.errors import ConfigError  # noqa: E402
+from train.evaluate import (  # noqa: E402
     binary_view,
     bootstrap_metrics,
     choose_threshold,

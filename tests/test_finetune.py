@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from streamcad.errors import ConfigError
-from streamcad.preprocess import PreprocessSpec
-from train.common import save_checkpoint
-from train.finetune import (
+torch = pytest.importorskip("torch", reason="training test: needs the train extra")
+
+from streamcad.errors import ConfigError  # noqa: E402
+from streamcad.preprocess import PreprocessSpec  # noqa: E402
+from train.common import save_checkpoint  # noqa: E402
+from train.finetune import (  # noqa: E402
     FinetuneConfig,
     apply_overlay,
     build_classifier,

@@ -10,9 +10,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from streamcad.preprocess import letterbox
+torch = pytest.importorskip("torch", reason="training test: needs the train extra")
+
+from streamcad.preprocess import letterbox  # noqa: E402
 
 S = 64
 
