@@ -18,6 +18,8 @@ Example (all keys optional):
 
 from __future__ import annotations
 
+import math
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -42,7 +44,18 @@ __all__ = [
 CONFIG_VERSION = 1
 
 PosFloat = Annotated[float, msgspec.Meta(gt=0)]
+# Upper bounds: a value past them is a typo or `inf`, never a setting (each one said why below).
+Fps = Annotated[float, msgspec.Meta(gt=0, le=1000.0)]  # no capture or sweep runs faster; inf/1e308 mean nothing
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600.0)]  # an hour: any longer wait is a stuck source
+MAX_THREADS = 256  # ORT intra-op threads; also capped by the CPUs this process may use (ModelConfig)
 Prob = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -53,13 +66,13 @@ class SourceConfig(_Section):
     uri: str = "sweep:"  # the repo's BUS-BRA sample images: runs on a fresh machine
     loop: bool = False
     pace: Literal["native", "none"] = "native"  # 'none' = every frame, as fast as the pipeline scores them
-    fps: PosFloat | None = None  # sweep frame rate / requested device fps; None = source default
-    seed: int = 0  # sweep: deterministic content per seed
-    width: Annotated[int, msgspec.Meta(gt=0)] | None = None  # device: requested capture size
-    height: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    fps: Fps | None = None  # sweep frame rate / requested device fps; None = source default
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0  # sweep: deterministic content per seed (numpy seed range)
+    width: Annotated[int, msgspec.Meta(gt=0, le=16384)] | None = None  # device: requested capture size
+    height: Annotated[int, msgspec.Meta(gt=0, le=16384)] | None = None
     fourcc: Annotated[str, msgspec.Meta(min_length=4, max_length=4)] | None = None
-    reconnect_initial_s: PosFloat = 0.1  # first back-off after a dropped source
-    reconnect_max_s: PosFloat = 2.0  # back-off cap: a replugged cable is picked up within ~2 s
+    reconnect_initial_s: Seconds = 0.1  # first back-off after a dropped source
+    reconnect_max_s: Seconds = 2.0  # back-off cap: a replugged cable is picked up within ~2 s
     reconnect_max_attempts: Annotated[int, msgspec.Meta(ge=0)] | None = None  # None = forever
 
 
@@ -69,27 +82,38 @@ class RoiConfig(_Section):
 
 
 class ModelConfig(_Section):
-    path: str | None = None  # None = the shipped engines/models/default.onnx
+    # None = the shipped engines/models/default.onnx; "" is refused (it would silently mean the default)
+    path: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     backend: str = "onnxruntime"
     allow_unverified: bool = False  # a bare ONNX file without manifest needs this, explicitly
     # ORT intra-op threads. 1: on a 2-core box the decode, prepare and publish threads need the
     # other core; 2 ORT threads measured 50 fps vs 128 fps with 1 (benchmarks/README.md)
-    threads: Annotated[int, msgspec.Meta(ge=1)] = 1
+    threads: Annotated[int, msgspec.Meta(ge=1, le=MAX_THREADS)] = 1
     device: str | None = None  # torch backend: 'cpu' or 'cuda[:i]', never guessed
     precision: Literal["fp32", "fp16"] = "fp32"
     cuda_graph: bool = False  # torch / tensorrt: replay a captured graph (fixed batch 1)
 
+    def __post_init__(self) -> None:
+        cpus = _usable_cpus()
+        if self.threads > cpus:
+            # more ORT threads than CPUs only starves the other stages (1000 gave no frame for 25 s)
+            raise ValueError(f"threads = {self.threads} exceeds the {cpus} CPUs this process may use; expected 1..{cpus}")
+
 
 class SmoothingConfig(_Section):
-    # EMA of p(malignant | lesion) with a time constant, so behaviour does not depend on fps.
-    tau_s: Annotated[float, msgspec.Meta(ge=0.01)] = 0.5  # ~15 frames at 30 fps: steady, still responsive
+    # EMA of p(malignant) over lesion frames with a time constant, so behaviour does not depend on fps.
+    tau_s: Annotated[float, msgspec.Meta(ge=0.01, le=60.0)] = 0.5  # ~15 frames at 30 fps: steady, still responsive
     lesion_threshold: Prob = 0.5  # p(benign) + p(malignant) above this = the frame shows a lesion
-    leave_after_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.5  # no lesion this long = probe left it: reset
-    on_threshold: Prob = 0.6  # hysteresis: enter 'suspicious' at or above ...
-    off_threshold: Prob = 0.4  # ... leave it below this (no flicker around one threshold)
+    leave_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 0.5  # no lesion this long = probe left it: reset
+    # 'suspicious' is entered when the smoothed p(malignant) reaches the model's validated
+    # operating threshold (its manifest's operating_threshold) and left when it falls below
+    # that minus `band` (hysteresis: no flicker around one threshold). See streamcad.smoothing.
+    band: Annotated[float, msgspec.Meta(ge=0.0, le=0.5)] = 0.05  # ~3x the frame-to-frame wobble of the EMA
+    on_threshold: Prob | None = None  # override of the manifest's threshold (logged, shown in status)
+    off_threshold: Prob | None = None  # override of on_threshold - band
 
     def __post_init__(self) -> None:
-        if self.off_threshold > self.on_threshold:
+        if self.on_threshold is not None and self.off_threshold is not None and self.off_threshold > self.on_threshold:
             raise ValueError(
                 f"off_threshold ({self.off_threshold}) must not exceed on_threshold ({self.on_threshold})"
             )
@@ -100,6 +124,11 @@ class QualitySection(_Section):
     # Threshold overrides passed to streamcad.quality.QualityConfig (names checked there).
     thresholds: dict[str, float] = {}
 
+    def __post_init__(self) -> None:
+        bad = sorted(k for k, v in self.thresholds.items() if not math.isfinite(v))
+        if bad:
+            raise ValueError(f"thresholds.{bad[0]} = {self.thresholds[bad[0]]}; expected a finite number")
+
 
 class PublishConfig(_Section):
     endpoint: str = "tcp://127.0.0.1:5555"  # loopback by default: binding wider must be explicit
@@ -107,10 +136,30 @@ class PublishConfig(_Section):
     stream: str = "probe0"
     encoding: Literal["json", "msgpack"] = "json"
     heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=1.0)] = 1.0  # the contract: >= 1 status per second
-    hwm_seconds: PosFloat = 4.0  # a slow UI may lag this much before frames are dropped (and counted)
+    hwm_seconds: Annotated[float, msgspec.Meta(gt=0, le=60.0)] = 4.0  # a slow UI may lag this much before frames are dropped (and counted)
     connect: bool = False  # connect to a proxy's XSUB instead of binding
-    curve_secret_key: str | None = None  # server .key_secret file: enables CURVE encryption
-    curve_allowed_dir: str | None = None  # directory of allowed client .key files
+    # CURVE. Bind mode: this is the server's .key_secret and curve_allowed_dir the allowed UI keys.
+    # Connect mode (a proxy frontend): this is the pipeline's own .key_secret, curve_server_key the
+    # proxy's public .key, and the proxy lists the pipeline's public key in --curve-allow-publishers.
+    curve_secret_key: str | None = None
+    curve_allowed_dir: str | None = None  # bind mode: directory of allowed client .key files
+    curve_server_key: str | None = None  # connect mode: the proxy's public NAME.key
+
+    def __post_init__(self) -> None:
+        # an allow-list without a secret key would run in plaintext: refuse, never fall back
+        if self.curve_allowed_dir and not self.curve_secret_key:
+            raise ValueError("curve_allowed_dir is set but curve_secret_key is not: an allow-list needs CURVE; "
+                             "set curve_secret_key to the server's NAME.key_secret")
+        if self.connect:
+            if self.curve_allowed_dir:
+                raise ValueError("curve_allowed_dir applies to a bound publisher; with connect = true the proxy "
+                                 "keeps the allow-list (streamcad proxy --curve-allow-publishers DIR)")
+            if bool(self.curve_secret_key) != bool(self.curve_server_key):
+                raise ValueError("connect = true with CURVE needs both curve_secret_key (this pipeline's "
+                                 "NAME.key_secret) and curve_server_key (the proxy's public NAME.key)")
+        elif self.curve_server_key:
+            raise ValueError("curve_server_key applies to connect = true (a proxy frontend); a bound publisher is "
+                             "the CURVE server: set curve_secret_key and curve_allowed_dir")
 
 
 class RunConfig(_Section):
@@ -140,6 +189,8 @@ def config_from_dict(data: dict) -> RunConfig:
         raise ConfigError(f"version: unsupported config version {version!r}; expected {CONFIG_VERSION}")
     try:
         return msgspec.convert(data, RunConfig)
+    except RecursionError:
+        raise ConfigError("(top level): nested too deeply to be a streamcad config") from None
     except msgspec.ValidationError as exc:
         where, what = _path_of(str(exc))
         if what.startswith("Object contains unknown field"):
@@ -172,6 +223,8 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> RunCo
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        except RecursionError:  # tomllib recurses per nesting level; a config is 2 levels deep
+            raise ConfigError(f"{p}: nested too deeply to be a streamcad config; expected [section] tables of plain values") from None
     if overrides:
         data = _merge(data, overrides)
     return config_from_dict(data)

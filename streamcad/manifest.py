@@ -8,8 +8,21 @@
 
 The runtime refuses a file it cannot vouch for, and says which check failed: no manifest
 (unknown file), size mismatch (truncated), sha256 mismatch (tampered), unsupported manifest
-schema or format version, or an input contract that differs from the manifest. A bare model
-is loaded only with allow_unverified=True (CLI: --allow-unverified), with a warning.
+schema or format version, a contract_sha256 mismatch (a field that changes scores was edited),
+non-finite or mistyped numbers, or an input contract that differs from the manifest. A bare
+model is loaded only with allow_unverified=True (CLI: --allow-unverified), with a warning.
+
+Integrity covers every field that changes scores, not just the model bytes:
+
+    contract_sha256 = sha256("streamcad-manifest-contract/2\n" + canonical JSON of every field
+                             except DESCRIPTIVE_FIELDS)        # includes sha256 = the model bytes
+
+so preprocess (size, mean, std, resize), class_names, operating_threshold, temperature, input,
+outputs, format, precision, the ood gate, ... and any field added later are covered unless
+listed as descriptive (provenance: created, versions, metrics, notes, ...). write_manifest()
+computes it; a version-1 manifest (before it) is refused with the command that upgrades it
+(``python -m engines.upgrade_manifest PATH``). A hash, not a signature: it catches edits and
+corruption, not someone who recomputes it on purpose (file permissions guard against that).
 """
 
 from __future__ import annotations
@@ -20,6 +33,8 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
+import numbers
 import os
 import platform
 import subprocess
@@ -44,11 +59,23 @@ __all__ = [
     "read_manifest",
     "verify_artifact",
     "load_model",
+    "DESCRIPTIVE_FIELDS",
+    "contract_digest",
+    "upgrade_manifest",
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1  # bump when a field changes meaning; readers refuse versions they do not know
+SCHEMA_VERSION = 2  # bump when a field changes meaning; readers refuse versions they do not know
+# 2: contract_sha256 over every field that changes scores (1 covered the model bytes only)
+# Fields that describe an artifact without changing one score: left out of contract_sha256, so
+# metrics or notes may be added later. Every other field, present or future, is covered.
+DESCRIPTIVE_FIELDS = frozenset(
+    {"contract_sha256", "created", "versions", "git_commit", "model", "training_data", "metrics", "source", "gate", "notes"}
+)
+_CONTRACT_TAG = b"streamcad-manifest-contract/2\n"
+_MAX_MANIFEST_BYTES = 4 << 20  # a manifest is a few KB; refuse a huge file before parsing it
+_UPGRADE_HINT = "python -m engines.upgrade_manifest"
 CLASS_NAMES = ("normal", "benign", "malignant")
 FORMATS = {".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch", ".pth": "torch"}
 # newest ONNX opset each onnxruntime release runs (onnxruntime's own compatibility table)
@@ -90,6 +117,7 @@ class Manifest:
     notes: dict = field(default_factory=dict)  # free-form extras
     ood: dict = field(default_factory=dict)  # out-of-domain gate (streamcad.gate_ood.OodGate.to_dict); {} = none
     schema_version: int = SCHEMA_VERSION
+    contract_sha256: str = ""  # contract_digest(): every field but DESCRIPTIVE_FIELDS, model sha256 included
 
     @property
     def input_size(self) -> int:
@@ -109,6 +137,12 @@ class Manifest:
         if not isinstance(d, dict):
             raise ArtifactError(f"{where}: expected a JSON object; got {type(d).__name__}")
         version = d.get("schema_version")
+        if version == 1:
+            raise ArtifactError(
+                f"{where}: schema version 1 predates the integrity hash over preprocess, class names and threshold "
+                f"(contract_sha256); check its fields and upgrade it with `{_UPGRADE_HINT} {d.get('file') or 'MODEL'}` "
+                "(beside the model), or re-export the model"
+            )
         if version != SCHEMA_VERSION:
             raise ArtifactError(
                 f"{where}: unsupported manifest schema version {version!r}; this streamcad reads version {SCHEMA_VERSION}"
@@ -122,7 +156,18 @@ class Manifest:
         except TypeError as exc:
             raise ArtifactError(f"{where}: {exc}") from exc
         m._validate(where)
+        if not (isinstance(m.contract_sha256, str) and len(m.contract_sha256) == 64):
+            raise ArtifactError(f"{where}: contract_sha256={m.contract_sha256!r}; expected 64 hex digits")
         return m
+
+    def check_contract(self, where: str) -> None:
+        """contract_sha256 must match the fields as they are now (see the module docstring)."""
+        if contract_digest(self.to_dict()) != self.contract_sha256:
+            raise ArtifactError(
+                f"{where}: contract_sha256 mismatch: a field that changes scores (preprocess, class_names, "
+                "operating_threshold, temperature, input, ...) was edited after export; re-export the model, or if the "
+                f"edit is intended re-seal it with `{_UPGRADE_HINT} --reseal {self.file}`"
+            )
 
     def _validate(self, where: str) -> None:
         def bad(what: str, expected: str) -> ArtifactError:
@@ -143,10 +188,53 @@ class Manifest:
             raise bad(f"class_names={self.class_names!r}", f"{list(CLASS_NAMES)}")
         if self.precision not in ("fp32", "fp16"):
             raise bad(f"precision={self.precision!r}", "'fp32' or 'fp16'")
-        if self.operating_threshold is not None and not 0.0 <= float(self.operating_threshold) <= 1.0:
+        if self.operating_threshold is not None and not (_finite(self.operating_threshold) and 0.0 <= self.operating_threshold <= 1.0):
             raise bad(f"operating_threshold={self.operating_threshold!r}", "a probability in [0, 1] or null")
+        if self.temperature is not None and not (_finite(self.temperature) and self.temperature > 0):
+            raise bad(f"temperature={self.temperature!r}", "a finite number > 0 or null")
+        pre = self.preprocess
+        if not isinstance(pre, dict):
+            raise bad(f"preprocess={pre!r}", "an object {size, mean, std, resize}")
+        for key in ("mean", "std"):
+            if key in pre and not _finite(pre[key]):
+                raise bad(f"preprocess.{key}={pre[key]!r}", "a finite number")
+        if "std" in pre and not pre["std"] > 0:
+            raise bad(f"preprocess.std={pre['std']!r}", "a number > 0")
+        if "size" in pre and not (isinstance(pre["size"], int) and not isinstance(pre["size"], bool)):
+            raise bad(f"preprocess.size={pre['size']!r}", "an int")
+        if "resize" in pre and not isinstance(pre["resize"], str):
+            raise bad(f"preprocess.resize={pre['resize']!r}", "a string ('letterbox')")
         if self.saliency_kind not in SALIENCY_KINDS:
             raise bad(f"saliency_kind={self.saliency_kind!r}", f"one of {list(SALIENCY_KINDS)}")
+
+
+def _finite(x: Any) -> bool:
+    """A real, finite number (not a bool, not a string)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _field_defaults() -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(Manifest):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def contract_digest(d: dict) -> str:
+    """sha256 over the canonical JSON of every manifest field but DESCRIPTIVE_FIELDS (the model's
+    own sha256 included): what contract_sha256 must equal. A field at its default value is left
+    out (still determined: absent = default), so a field added to Manifest later, with a default,
+    does not break manifests sealed before it."""
+    defaults = _field_defaults()
+    payload = {k: v for k, v in d.items() if k not in DESCRIPTIVE_FIELDS and not (k in defaults and v == defaults[k])}
+    try:
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"manifest fields cannot be hashed: {exc}; expected JSON values with finite numbers") from exc
+    return hashlib.sha256(_CONTRACT_TAG + text.encode("ascii")).hexdigest()
 
 
 @dataclass
@@ -257,7 +345,8 @@ def write_manifest(artifact: str | Path, **fields: Any) -> Manifest:
     if not path.is_file():
         raise ArtifactError(f"cannot write a manifest: {path} does not exist")
     names = {f.name for f in dataclasses.fields(Manifest)}
-    computed = {"file", "sha256", "size_bytes", "schema_version"}
+    computed = {"file", "sha256", "size_bytes", "schema_version", "contract_sha256"}
+    fields.pop("contract_sha256", None)  # always recomputed here (a read-modify-write passes the old one)
     unknown = sorted(set(fields) - (names - computed))
     if unknown:
         raise ArtifactError(f"write_manifest: unknown or computed fields {unknown}; expected some of {sorted(names - computed)}")
@@ -282,12 +371,61 @@ def write_manifest(artifact: str | Path, **fields: Any) -> Manifest:
     m._validate(f"write_manifest({path.name})")
     if m.preprocess.get("size") != m.input_size:
         raise ArtifactError(f"write_manifest({path.name}): preprocess size {m.preprocess.get('size')} != model input S {m.input_size}")
-    out = manifest_path(path)
+    m.spec()  # the preprocess block must be one the runtime accepts
+    return _seal_and_write(m, manifest_path(path))
+
+
+def _seal_and_write(m: Manifest, out: Path) -> Manifest:
+    m.contract_sha256 = contract_digest(m.to_dict())
     tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(m.to_dict(), indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(m.to_dict(), indent=2, sort_keys=False, allow_nan=False) + "\n")
     os.replace(tmp, out)  # atomic: a reader never sees half a manifest
-    log.info("wrote %s (sha256 %s…)", out, m.sha256[:12])
+    log.info("wrote %s (sha256 %s…, contract %s…)", out, m.sha256[:12], m.contract_sha256[:12])
     return m
+
+
+def _read_json(mp: Path) -> Any:
+    """Parse a manifest file: bounded in size and nesting, finite numbers only."""
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"non-finite number {name}")
+
+    try:
+        size = mp.stat().st_size
+        if size > _MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"manifest {mp.name} is {size} bytes; expected a few KB (at most {_MAX_MANIFEST_BYTES})")
+        return json.loads(mp.read_text(encoding="utf-8"), parse_constant=refuse_constant)
+    except RecursionError:
+        raise ArtifactError(f"manifest {mp.name} is nested too deeply to be a manifest; expected a flat JSON object") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ArtifactError(f"manifest {mp.name} is not readable JSON: {exc}; expected finite numbers only") from exc
+
+
+def upgrade_manifest(path: str | Path, reseal: bool = False) -> Manifest:
+    """Bring a version-1 manifest to this schema (or, reseal=True, re-seal a current one whose
+    fields were edited on purpose): check the model file against its sha256 and size, validate
+    every field, compute contract_sha256, write it atomically. Whoever runs this vouches for the
+    fields as they stand: check preprocess, class_names, operating_threshold first."""
+    mp = manifest_path(path)
+    if not mp.is_file():
+        raise ArtifactError(f"no manifest {mp}")
+    d = _read_json(mp)
+    where = f"manifest {mp.name}"
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{where}: expected a JSON object; got {type(d).__name__}")
+    version = d.get("schema_version")
+    if version == SCHEMA_VERSION and not reseal:
+        raise ArtifactError(f"{where} is already schema version {SCHEMA_VERSION}; pass --reseal to re-seal edited fields")
+    if version not in (1, SCHEMA_VERSION):
+        raise ArtifactError(f"{where}: schema version {version!r}; this upgrades version 1 (or re-seals {SCHEMA_VERSION})")
+    d = {**d, "schema_version": SCHEMA_VERSION, "contract_sha256": "0" * 64}
+    m = Manifest.from_dict(d, where=where)
+    model = mp.with_name(m.file)
+    size = model.stat().st_size if model.is_file() else None
+    if size != m.size_bytes or sha256_file(model) != m.sha256:
+        raise ArtifactError(f"{where}: the model file {model} is missing or does not match the manifest's size/sha256; "
+                            "re-export instead of upgrading")
+    m.spec()
+    return _seal_and_write(m, mp)
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -298,11 +436,7 @@ def read_manifest(path: str | Path) -> Manifest:
             f"missing manifest: no {mp.name} beside {Path(path).name}, so this is an unknown file; "
             "export it with `streamcad export` or pass --allow-unverified"
         )
-    try:
-        d = json.loads(mp.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"manifest {mp.name} is not readable JSON: {exc}") from exc
-    return Manifest.from_dict(d, where=f"manifest {mp.name}")
+    return Manifest.from_dict(_read_json(mp), where=f"manifest {mp.name}")
 
 
 def _ort_max_opset() -> int | None:
@@ -347,6 +481,7 @@ def verify_artifact(path: str | Path, manifest: Manifest) -> str:
         raise ArtifactError(
             f"{p.name}: sha256 mismatch: file {digest[:16]}…, manifest {manifest.sha256[:16]}… (tampered or corrupt file)"
         )
+    manifest.check_contract(f"manifest of {p.name}")
     return digest
 
 

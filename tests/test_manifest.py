@@ -14,11 +14,13 @@ from streamcad.errors import ArtifactError
 from streamcad.manifest import (
     SCHEMA_VERSION,
     LoadedModel,
+    contract_digest,
     load_model,
     manifest_path,
     read_manifest,
     sha256_file,
     verify_artifact,
+    upgrade_manifest,
     write_manifest,
 )
 from streamcad.preprocess import PreprocessSpec
@@ -72,17 +74,21 @@ def test_missing_manifest_refused_unless_allowed(model, caplog):
     assert any("WITHOUT a manifest" in r.getMessage() for r in caplog.records)
 
 
-def _edit(model, **changes):
+def _edit(model, reseal=False, **changes):
+    """Edit manifest fields; reseal=True also recomputes contract_sha256 (a consistent manifest
+    that is wrong about its model, as an exporter bug would write it)."""
     mp = manifest_path(model)
     d = json.loads(mp.read_text())
     d.update(changes)
+    if reseal:
+        d["contract_sha256"] = contract_digest(d)
     mp.write_text(json.dumps(d))
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"schema_version": SCHEMA_VERSION + 1}, "unsupported manifest schema version 2"),
+        ({"schema_version": SCHEMA_VERSION + 1}, f"unsupported manifest schema version {SCHEMA_VERSION + 1}"),
         ({"schema_version": None}, "unsupported manifest schema version None"),
         ({"format_version": 99}, "unsupported format version: ONNX opset 99"),
         ({"format": "tensorrt"}, "manifest format 'tensorrt' but the file suffix means 'onnx'"),
@@ -95,7 +101,7 @@ def _edit(model, **changes):
     ],
 )
 def test_bad_manifest_refused(model, changes, message):
-    _edit(model, **changes)
+    _edit(model, reseal=True, **changes)
     with pytest.raises(ArtifactError, match=message):
         load_model(model)
 
@@ -126,3 +132,100 @@ def test_write_manifest_rejects_unknown_fields_and_contract_breakers(tmp_path):
                        gate={"passed": True, "max_abs_prob_diff": 0.001}, format_version="10.3.0")
     back = read_manifest(eng)
     assert back == m and back.format == "tensorrt" and back.precision == "fp16" and back.gate["passed"] is True
+
+
+# --- integrity of the fields that change scores (issue: editing mean/std moved p(malignant)) ---
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"preprocess": {"size": 48, "mean": 0.5, "std": 0.25, "resize": "letterbox"}},  # mean edited
+        {"preprocess": {"size": 48, "mean": 0.2, "std": 0.5, "resize": "letterbox"}},  # std edited
+        {"operating_threshold": 0.9},
+        {"temperature": 2.0},
+        {"outputs": ["logits"]},
+        {"ood": {"kind": "anything"}},  # a gate added under its own key is covered too
+    ],
+)
+def test_edited_scoring_field_refused(model, changes):
+    with load_model(model):
+        pass  # loads before the edit
+    _edit(model, **changes)
+    with pytest.raises(ArtifactError, match="contract_sha256 mismatch.*re-export"):
+        load_model(model)
+
+
+def test_descriptive_fields_stay_editable(model):
+    _edit(model, metrics={"auc": {"value": 0.1}}, notes={"checked by": "hospital"})
+    with load_model(model) as lm:
+        assert lm.threshold == 0.35
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('"std": Infinity', "non-finite number Infinity"),
+        ('"std": NaN', "non-finite number NaN"),
+        ('"mean": "0.2"', "preprocess.mean='0.2'.*a finite number"),
+        ('"std": 0', "preprocess.std=0.*> 0"),
+    ],
+)
+def test_non_finite_or_mistyped_preprocess_refused(model, text, message):
+    mp = manifest_path(model)
+    raw = mp.read_text()
+    old = '"mean": 0.2' if text.startswith('"mean"') else '"std": 0.25'
+    assert raw.count(old) == 1
+    mp.write_text(raw.replace(old, text))  # as a hand edit would, so the JSON parser sees the token
+    with pytest.raises(ArtifactError, match=message):
+        load_model(model)
+
+
+def test_deep_or_huge_manifest_json_refused(model):
+    mp = manifest_path(model)
+    mp.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match="nested too deeply"):
+        read_manifest(model)
+    mp.write_text(" " * (5 << 20) + "{}")
+    with pytest.raises(ArtifactError, match="expected a few KB"):
+        read_manifest(model)
+
+
+def test_version_1_manifest_refused_then_upgraded(model):
+    mp = manifest_path(model)
+    d = json.loads(mp.read_text())
+    sealed = d.pop("contract_sha256")
+    d["schema_version"] = 1
+    mp.write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match=r"schema version 1 predates.*python -m engines.upgrade_manifest net.onnx"):
+        load_model(model)
+    m = upgrade_manifest(model)
+    assert m.schema_version == SCHEMA_VERSION and m.contract_sha256 == sealed  # same fields, same seal
+    with load_model(model) as lm:
+        assert lm.spec == PreprocessSpec(size=48, mean=0.2, std=0.25)
+    with pytest.raises(ArtifactError, match="already schema version"):
+        upgrade_manifest(model)
+    _edit(model, operating_threshold=0.5)
+    with pytest.raises(ArtifactError, match="contract_sha256 mismatch"):
+        load_model(model)
+    upgrade_manifest(model, reseal=True)  # an intended edit, vouched for
+    with load_model(model) as lm:
+        assert lm.threshold == 0.5
+
+
+def test_upgrade_refuses_a_model_that_does_not_match(model):
+    _edit(model, schema_version=1)
+    model.write_bytes(model.read_bytes()[:-1])
+    with pytest.raises(ArtifactError, match="does not match the manifest's size/sha256"):
+        upgrade_manifest(model)
+
+
+def test_read_modify_write_reseals(model):
+    """train/ship.py reads a manifest, changes fields and writes it again with write_manifest."""
+    d = read_manifest(model).to_dict()
+    for k in ("file", "sha256", "size_bytes", "schema_version"):
+        d.pop(k)
+    d["operating_threshold"] = 0.4
+    m = write_manifest(model, **d)
+    assert m.contract_sha256 != d["contract_sha256"]
+    with load_model(model) as lm:
+        assert lm.threshold == 0.4
