@@ -10,6 +10,7 @@ up the process group from torchrun's environment; only rank 0 writes files).
     streamcad train finetune --dataset busbra --fold 0 --init runs/ssl/ssl.pt
     streamcad train experiment --dataset busbra --folds 0 --quick
     streamcad train table                                results JSON -> docs/TRAINING.md table
+    streamcad train gate engines/models/default.onnx     fit the out-of-domain gate into its manifest
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from streamcad.errors import ConfigError
 
-HELP = "training: splits, pack, pretrain, finetune, experiment, table"
+HELP = "training: splits, pack, pretrain, finetune, experiment, table, gate"
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--overlay", choices=["none", "remove", "add"], default="none")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--threshold-method", choices=["youden", "sens90"], default="youden",
+                   help="operating point on the validation split: max Youden's J, or the highest threshold with sensitivity >= 0.9")
     p.add_argument("--out", required=True)
     _common(p)
 
@@ -107,7 +110,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--work", default="runs/experiment", help="checkpoints, SSL cache, logs (not committed)")
     _common(p)
 
+    p = sub.add_parser("cv", help="the v2 recipe (train/cv.py): 'run' one fold / cross-dataset run, 'report' pooled tables")
+    p.add_argument("cv_args", nargs=argparse.REMAINDER, help="run --mode cv --fold K --out DIR | report DIR --json OUT")
+
     p = sub.add_parser("ship", help="train + export the shipped default model (BUSI + BUS-BRA, fold 0 held out)")
+    p.add_argument("--recipe", choices=["v2", "v1"], default="v2",
+                   help="v2 (default): lite0 from train.cv, fold-0 run reused from --cv-dir; v1: tiny SSL recipe")
+    p.add_argument("--cv-dir", default="runs/cv/lite0", help="v2: folder of the train.cv runs")
+    p.add_argument("--cv-report", default=str(REPO / "train" / "results" / "v2" / "report.json"),
+                   help="v2: pooled protocol report (streamcad train cv report) for the manifest and card")
     p.add_argument("--out", default=str(REPO / "engines" / "models" / "default.onnx"))
     p.add_argument("--work", default="runs/ship", help="checkpoints and logs (not committed)")
     p.add_argument("--report", default=str(REPO / "train" / "results" / "shipped_default.json"))
@@ -121,6 +132,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ft-budget", type=float, default=None, help="seconds: fit the fine-tune schedule into this")
     p.add_argument("--n-boot", type=int, default=1000)
     _common(p)
+
+    p = sub.add_parser("gate", help="fit + calibrate the out-of-domain gate of an exported model into its manifest")
+    from train.ood import add_arguments as _gate_arguments
+
+    _gate_arguments(p)
+    p.add_argument("--remove", action="store_true", help="remove the gate from the manifest instead")
+    p.add_argument("--root", default=None, help="data root holding BUSI/, BUS-BRA/ (default ../shared/data)")
+    p.add_argument("--data-npz", default=None, help="packed data file (streamcad train pack) instead of --root")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
 
     p = sub.add_parser("table", help="render the results JSONs into docs/TRAINING.md (between markers)")
     p.add_argument("--results", default=str(REPO / "train" / "results"))
@@ -207,7 +227,7 @@ def _run_finetune(args) -> int:
         cross_attention=not args.no_xattn, label_fraction=args.label_fraction, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, patience=args.patience, device=args.device, amp=args.amp,
         channels_last=args.channels_last, seed=args.seed, augment=not args.no_augment, overlay=args.overlay,
-        n_boot=args.n_boot,
+        n_boot=args.n_boot, threshold_method=args.threshold_method,
     )
     r = finetune(cfg, _arrays(args, args.dataset, args.size), args.fold, args.out)
     m = r["metrics"]
@@ -249,6 +269,31 @@ def _run_experiment(args) -> int:
     return 0
 
 
+def _run_gate(args) -> int:
+    """Fit the out-of-domain gate on ONNX Runtime (no torch) and rewrite the model's manifest."""
+    from streamcad.manifest import read_manifest, verify_artifact, write_manifest
+    from train.ood import calibrate
+
+    if args.remove:
+        m = read_manifest(args.model)
+        verify_artifact(args.model, m)
+        d = m.to_dict()
+        for k in ("file", "sha256", "size_bytes", "schema_version"):
+            d.pop(k)
+        d["ood"] = {}
+        write_manifest(args.model, **d)
+        print(f"removed the out-of-domain gate from {Path(args.model).with_suffix('.json')}")
+        return 0
+    ood = calibrate(args.model, root=args.root, data_npz=args.data_npz, test_fold=args.test_fold,
+                    target_rate=args.target_rate, n_axes=args.axes, seed=0,
+                    write=not args.dry_run, threads=args.threads)
+    r = ood["rates"]
+    print(f"gate D={ood['dim']} threshold {ood['threshold']:.4g} ({ood['chosen']}); "
+          f"flagged: calibration {100 * r['calibration_flagged']:.1f}%, fit {100 * r['fit_flagged']:.1f}%"
+          + (" (dry run: manifest unchanged)" if args.dry_run else f"; written to {Path(args.model).with_suffix('.json')}"))
+    return 0
+
+
 def run(args) -> int:
     """Dispatch `streamcad train TRAIN_COMMAND`; torch is imported here, not at module level."""
     cmd = args.train_command
@@ -267,6 +312,12 @@ def run(args) -> int:
         else:
             print(update_doc_table(args.doc, args.results))
         return 0
+    if cmd == "gate":
+        return _run_gate(args)
+    if cmd == "cv":
+        from train.cv import main as cv_main
+
+        return cv_main(args.cv_args)
     _torch_setup(args)
     if cmd == "pretrain":
         return _run_pretrain(args)
@@ -274,6 +325,14 @@ def run(args) -> int:
         return _run_finetune(args)
     if cmd == "experiment":
         return _run_experiment(args)
+    if cmd == "ship" and args.recipe == "v2":
+        from train.release import ship_v2
+
+        report = ship_v2(args.out, args.cv_dir, args.cv_report, args.report, root=args.root, n_boot=args.n_boot,
+                         seed=args.seed)
+        for ds, m in report["metrics"].items():
+            print(f"{ds} fold 0: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")
+        return 0
     if cmd == "ship":
         from train.ship import ship
 

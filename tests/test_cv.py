@@ -1,0 +1,84 @@
+"""The v2 recipe (train/cv.py): augmentation keeps the lesion, the report's paired test, and one
+run end to end on real images -> checkpoint -> ONNX export -> manifest -> load_model -> ORT scores."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("efficientnet_lite_pytorch")
+
+from train.augment import ScannerAugment  # noqa: E402
+from train.cv import RecipeConfig, _auc_diff_paired, dice_scores, lesion_loss, run, select  # noqa: E402
+
+
+def test_scanner_augment_keeps_the_lesion_and_its_aspect_ratio():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 96, 96)
+    m = torch.zeros(64, 1, 96, 96)
+    m[:, :, 10:30, 60:80] = 1  # a square lesion near the corner: many crops would cut it
+    y, mm = ScannerAugment(96)(x, m, g)
+    assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+    kept = mm.flatten(1).sum(1) / m.flatten(1).sum(1)
+    assert float(kept.min()) >= 0.9 * 0.9  # >= 90% of the area, minus nearest-neighbour rounding
+    rows = (mm[:, 0].sum(2) > 0).sum(1).float()  # lesion height, in rows
+    cols = (mm[:, 0].sum(1) > 0).sum(1).float()
+    assert float((rows / cols - 1).abs().max()) < 0.35  # rotation <= 10 deg keeps a square square-ish
+
+
+def test_lesion_loss_prefers_the_right_map():
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[:, :, 16:48, 16:48] = 1
+    good = torch.full((2, 1, 8, 8), -6.0)
+    good[:, :, 2:6, 2:6] = 6.0
+    assert float(lesion_loss(good, masks)) < 0.1 < float(lesion_loss(-good, masks))
+
+
+def test_dice_scores_against_masks():
+    masks = np.zeros((2, 40, 40), np.uint8)
+    masks[0, 10:30, 10:30] = 255
+    maps = np.zeros((2, 5, 5), np.float32)
+    maps[0, 1:4, 1:4] = 1.0  # 10..30 of 40 in 5 cells: cells 1..3 (8..32 px)
+    d = dice_scores(maps, masks)
+    assert 0.8 < d[0] <= 1.0 and np.isnan(d[1])
+
+
+def test_paired_bootstrap_difference():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    groups = np.repeat(np.arange(200), 2)
+    a = y + rng.normal(0, 0.7, 400)  # informative
+    b = rng.normal(0, 1, 400)  # coin toss
+    v, lo, hi = _auc_diff_paired(y, a, a, groups, 200, 0)
+    assert v == 0 and lo == 0 and hi == 0
+    v, lo, hi = _auc_diff_paired(y, a, b, groups, 200, 0)
+    assert v > 0.2 and lo > 0
+
+
+def test_one_run_end_to_end_to_the_runtime(tmp_path, data_root):
+    """Fine-tune (1 epoch, every 25th image) -> classifier.pt -> export -> the runtime scores the
+    test images as PyTorch did (the checkpoint contract from training to load_model)."""
+    from engines.export import export_checkpoint
+    from streamcad.manifest import load_model
+    from streamcad.preprocess import PreprocessSpec, letterbox
+    from train.cv import load_both
+
+    res = run(RecipeConfig(epochs=1, batch_size=8), "cv", tmp_path / "fold0", fold=0, limit=25)
+    assert res["n_test"] > 0 and 0 <= res["threshold"] <= 1 and res["temperature"] > 0
+    saved = json.loads((tmp_path / "fold0" / "result.json").read_text())
+    assert saved["predictions"]["ids"] == res["predictions"]["ids"]
+    _, test = select(load_both(160), "cv", fold=0)
+    assert set(res["predictions"]["ids"]) <= set(test.ids.tolist())  # only fold-0 images are scored
+    out = tmp_path / "m.onnx"
+    manifest, parity = export_checkpoint(tmp_path / "fold0" / "classifier.pt", out, data_root=data_root)
+    assert parity.passed and manifest.operating_threshold == pytest.approx(res["threshold"])
+    model = load_model(out)
+    spec = PreprocessSpec.from_dict(manifest.preprocess)
+    idx = [list(test.ids).index(i) for i in res["predictions"]["ids"][:6]]
+    x = ((test.images[idx].astype(np.float32) / 255 - spec.mean) / spec.std)[:, None]
+    logits = model.backend.infer(x)["logits"]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    np.testing.assert_allclose(p, np.asarray(res["predictions"]["probs"][:6]), atol=1e-4)
+    assert letterbox(test.images[idx[0]], 160).shape == (160, 160)
