@@ -10,7 +10,13 @@ Data flow::
 Gaps: each publisher numbers its messages 0, 1, 2, ... per stream (scores and statuses share the
 counter). A jump from n to m > n+1 records a Gap of m-n-1 missing messages. A message from a new
 publisher id on a stream (publisher restarted) starts a fresh sequence: no gap is recorded. The
-first message seen from a publisher starts its sequence too (joining late is not a gap).
+first message seen from a publisher starts its sequence too (joining late is not a gap); its seq
+is kept in ``joined_at`` (a first seq above 0 = that many messages went out before this subscriber
+was there: start-up loss is visible, not silent).
+A jump larger than any publisher could have sent in the time since the previous message
+(``max_rate`` messages/s, at least ``_MIN_JUMP``) is not a gap but a corrupt or spoofed seq: it is
+counted in ``seq_anomalies`` and the sequence restarts there (a spoofed seq 2**62 cannot make
+``gap_count`` 4.6e18). ``gap_events`` keeps the last 1,000 gaps.
 With latest_only=True (ZMQ_CONFLATE) ZeroMQ keeps only the newest message, so gaps are expected.
 libzmq conflates the outgoing subscriptions too, so latest_only takes ONE topic: one kind and at
 most one stream, or no filter at all (every message of every stream); other combinations raise
@@ -20,9 +26,10 @@ Staleness: ``is_stale(stream)`` is True when no message of that stream was *rece
 recv()/iteration* for more than 3 * heartbeat_s (publishers send a status at least every
 heartbeat_s); a stream never seen counts from the subscriber's creation.
 
-Malformed messages (bad topic, bad payload, oversized, unknown type or schema): with
-strict=True (default) recv() and iteration raise MessageError; with strict=False they are
-counted in ``rejected``, logged, and skipped. Frames larger than max_message_bytes are refused
+Malformed messages (bad topic, bad payload, too deeply nested, oversized, unknown type or schema,
+more than one frame): with strict=True (default) recv() and iteration raise MessageError; with
+strict=False they are counted in ``rejected`` (by reason in ``rejected_by``), logged (rate-limited),
+and skipped. Frames larger than max_message_bytes are refused
 by ZeroMQ itself (MAXMSGSIZE) before they are buffered; libzmq treats that as a protocol error and
 drops the connection WITHOUT reconnecting. So when nothing at all arrives for 3 * heartbeat_s, the
 subscriber re-dials its endpoints (``redials`` counts this); a link cut this way comes back then.
@@ -30,6 +37,7 @@ subscriber re-dials its endpoints (``redials`` counts this); a link cut this way
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -46,11 +54,14 @@ from streamcad.messages import (
     decode_frame,
     topic,
 )
+from streamcad.ratelimit import LogLimiter
 from streamcad.security import ClientCurve, apply_client
 
 __all__ = ["Subscriber", "Gap"]
 
 log = logging.getLogger(__name__)
+
+_MIN_JUMP = 100_000  # a seq jump below this is always a plausible gap (a long outage at any rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +97,7 @@ class Subscriber:
         heartbeat_s: float = 1.0,
         strict: bool = True,
         rcvhwm: int = 1000,
+        max_rate: float = 10_000.0,
     ) -> None:
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         if not endpoints:
@@ -94,8 +106,8 @@ class Subscriber:
         bad = [k for k in kinds if k not in MESSAGE_TYPES]
         if bad or not kinds:
             raise TransportError(f"unknown message kinds {bad or kinds}: expected some of {MESSAGE_TYPES}")
-        if heartbeat_s <= 0 or max_message_bytes <= 0:
-            raise TransportError("heartbeat_s and max_message_bytes must be > 0")
+        if not (0 < heartbeat_s < float("inf")) or max_message_bytes <= 0 or not (0 < max_rate < float("inf")):
+            raise TransportError("heartbeat_s, max_message_bytes and max_rate must be finite and > 0")
         if isinstance(streams, str):
             streams = [streams]
         try:
@@ -120,8 +132,14 @@ class Subscriber:
         self.strict = strict
         self.received = 0
         self.rejected = 0
+        self.rejected_by: collections.Counter[str] = collections.Counter()  # reason -> count
         self.gaps: dict[tuple[str, str], int] = {}  # (stream, publisher) -> missing messages
-        self.gap_events: list[Gap] = []
+        self.gap_events: collections.deque[Gap] = collections.deque(maxlen=1000)
+        self.joined_at: dict[tuple[str, str], int] = {}  # (stream, publisher) -> first seq seen
+        self.seq_anomalies = 0  # implausible seq jumps (corrupt or spoofed), not counted as gaps
+        self.max_rate = float(max_rate)
+        self._t_seq: dict[tuple[str, str], float] = {}
+        self._limiter = LogLimiter(10.0)
         self.publisher_changes = 0
         self._next: dict[tuple[str, str], int] = {}
         self._publisher: dict[str, str] = {}
@@ -176,18 +194,22 @@ class Subscriber:
                     return None
                 continue
             try:
-                frame = self._sock.recv(zmq.NOBLOCK, copy=True)
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 continue
             except zmq.ZMQError as exc:
                 raise TransportError(f"receive failed: {exc}") from exc
             try:
-                msg = decode_frame(frame, self.max_message_bytes)
+                if len(parts) != 1:
+                    raise MessageError(f"message of {len(parts)} frames: expected one frame (topic + payload)")
+                msg = decode_frame(parts[0], self.max_message_bytes)
             except MessageError as exc:
                 self.rejected += 1
+                self.rejected_by[_reason(str(exc))] += 1
                 if self.strict:
                     raise
-                log.warning("skipping malformed message (%d rejected so far): %s", self.rejected, exc)
+                self._limiter.warning(log, "rejected", "skipping malformed message (%d rejected so far): %s",
+                                      self.rejected, exc)
                 if time.monotonic() >= deadline:
                     return None
                 continue
@@ -227,21 +249,40 @@ class Subscriber:
                 self.publisher_changes += 1
                 log.info("stream %s: new publisher %s (was %s): sequence restarts", stream, pub, old)
                 self._next.pop((stream, old), None)
+                self._t_seq.pop((stream, old), None)
             self._publisher[stream] = pub
         key = (stream, pub)
         expected = self._next.get(key)
-        if expected is not None and msg.seq != expected:
+        now = self._t_last_any
+        if expected is None:
+            self.joined_at.setdefault(key, msg.seq)
+            if msg.seq > 0:
+                log.info("stream %s: joined publisher %s at seq %d (%d earlier messages were sent before "
+                         "this subscriber was there)", stream, pub, msg.seq, msg.seq)
+        elif msg.seq > expected and msg.seq - expected > max(_MIN_JUMP, (now - self._t_seq[key]) * self.max_rate):
+            self.seq_anomalies += 1
+            self._limiter.warning(log, "seq-jump", "stream %s: seq jumped from %d to %d (publisher %s): more than "
+                                  "it could have sent; not counted as a gap (%d such jumps)",
+                                  stream, expected - 1, msg.seq, pub, self.seq_anomalies)
+        elif msg.seq != expected:
             if msg.seq > expected:
                 gap = Gap(stream, pub, expected, msg.seq)
                 self.gap_events.append(gap)
                 self.gaps[key] = self.gaps.get(key, 0) + gap.missing
                 log.debug("stream %s: %d messages missing before seq %d", stream, gap.missing, msg.seq)
             else:
-                log.warning("stream %s: seq went back from %d to %d (same publisher %s)",
-                            stream, expected - 1, msg.seq, pub)
+                self._limiter.warning(log, "seq-back", "stream %s: seq went back from %d to %d (same publisher %s)",
+                                      stream, expected - 1, msg.seq, pub)
         self._next[key] = msg.seq + 1
+        self._t_seq[key] = now
 
     # --- state --------------------------------------------------------------------------------
+    @property
+    def missed_at_join(self) -> int:
+        """Messages publishers had sent before this subscriber's first message from them (the
+        first seq seen, summed): start-up loss, not a gap."""
+        return sum(self.joined_at.values())
+
     @property
     def gap_count(self) -> int:
         """Total messages known missing, all streams."""
@@ -275,3 +316,12 @@ class Subscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _reason(error: str) -> str:
+    """A short category for rejected_by: the error's first words, without the details."""
+    for key in ("nested too deeply", "frames: expected one frame", "exceeds the limit", "unknown message type",
+                "unsupported schema", "topic", "malformed", "invalid", "payload starts with", "empty payload"):
+        if key in error:
+            return key
+    return "other"

@@ -228,7 +228,7 @@ def _explain(payload: bytes, is_json: bool, exc: Exception) -> str:
     """Turn a msgspec error into our words; prefer 'unknown type/schema' when that is the cause."""
     try:
         head = (_json_head if is_json else _msgpack_head).decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         head = None
     if head is not None:
         if head.type not in MESSAGE_TYPES:
@@ -255,6 +255,10 @@ def decode_payload(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
         )
     try:
         return (_json_dec if is_json else _msgpack_dec).decode(payload)
+    except RecursionError:  # msgspec bounds nesting by the interpreter's recursion limit
+        raise MessageError(
+            f"{'JSON' if is_json else 'msgpack'} payload nested too deeply to be a score or status message"
+        ) from None
     except msgspec.ValidationError as exc:
         raise MessageError(f"invalid {'JSON' if is_json else 'msgpack'} message: {_explain(payload, is_json, exc)}") from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets bad UTF-8 through

@@ -83,7 +83,7 @@ def test_gaps_restarts_and_regressions(raw):
             raw.score("a", "pubB", seq)
         got = recv_all(sub)
     assert [m.seq for m in got] == [5, 6, 7, 10, 11, 15, 0, 1, 2, 4]
-    assert sub.gap_events == [Gap("a", "pubA", 8, 10), Gap("a", "pubA", 12, 15), Gap("a", "pubB", 3, 4)]
+    assert list(sub.gap_events) == [Gap("a", "pubA", 8, 10), Gap("a", "pubA", 12, 15), Gap("a", "pubB", 3, 4)]
     assert sub.gaps == {("a", "pubA"): 5, ("a", "pubB"): 1}
     assert sub.gap_count == 6 and sub.publisher_changes == 1 and sub.publisher_of("a") == "pubB"
 
@@ -224,3 +224,95 @@ def test_listen_cli_times_out_with_one_line(capsys):
     assert main(["listen", "--endpoint", "tcp://127.0.0.1:9", "--timeout", "0.3"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["streamcad listen: no message from tcp://127.0.0.1:9 within 0.3 s"]
+
+
+def _malformed_frames() -> list[list[bytes]]:
+    """One of each malformed kind a hostile or broken publisher can send (each a multipart list)."""
+    ok = score_dict("a", "p", 1)
+
+    def js(**over):
+        return b"score/a " + json.dumps(dict(ok, **over)).encode()
+
+    deep_json = b'score/a {"type":"score","schema":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep_type = b'score/a {"type":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep_msgpack = b"score/a \x81\xa4type" + b"\x91" * 100_000 + b"\xc0"
+    return [
+        [b'score/a {"type":"score"'],                       # truncated JSON
+        [b"score/a \x85\xc1\xc1\xc1"],                      # msgpack garbage
+        [js(schema=9)],                                     # unknown schema
+        [js().replace(b'"malignancy": 0.1', b'"malignancy": NaN')],  # NaN (not JSON)
+        [js(seq=-4)],                                       # negative seq
+        [js(), b"second frame"],                            # 2-part message
+        [b"score/a " + msgspec.msgpack.encode(dict(ok, type="alarm"))],  # unknown type
+        [js(label="x").replace(b'"x"', b'"\xff\xfe"')],     # bad UTF-8 in a string
+        [b"status/a " + json.dumps(ok).encode()],           # topic disagrees with payload
+        [deep_json], [deep_type], [deep_msgpack],           # nesting 100k deep
+        [b"score/a "],                                      # empty payload
+        [js(probs={"normal": 0.5, "benign": 0.5, "malignant": 7.0})],  # out of range
+    ]
+
+
+def test_malformed_kinds_never_raise_anything_but_message_error(raw):
+    """strict=False: every kind is rejected and counted (no RecursionError, no multipart part
+    mistaken for a message), and the valid score after them arrives."""
+    frames = _malformed_frames()
+    with Subscriber(raw.endpoint, streams=["a", "sync"], strict=False) as sub:
+        raw.sync(sub)
+        for parts in frames:
+            raw.sock.send_multipart(parts)
+        raw.score("a", "p", 7)
+        got = recv_all(sub, 0.5)
+        assert [m.seq for m in got] == [7]
+        assert sub.rejected == len(frames)
+        assert sub.rejected_by["nested too deeply"] >= 1
+        assert sub.rejected_by["frames: expected one frame"] == 1
+    with Subscriber(raw.endpoint, streams=["a", "sync"]) as sub:  # strict: MessageError, nothing else
+        raw.sync(sub)
+        for parts in frames:
+            raw.sock.send_multipart(parts)
+        for _ in frames:
+            with pytest.raises(MessageError):
+                sub.recv(2.0)
+
+
+def _send_forever(raw: RawPub, stop: threading.Event, frames: list[list[bytes]]) -> None:
+    seq = 0
+    while not stop.is_set():
+        for parts in frames:
+            raw.sock.send_multipart(parts)
+        raw.score("a", "p", seq)
+        seq += 1
+        time.sleep(0.02)
+
+
+def test_listen_reports_counts_and_skips_malformed_messages(raw, capsys):
+    stop = threading.Event()
+    th = threading.Thread(target=_send_forever, args=(raw, stop, _malformed_frames()))
+    th.start()
+    try:
+        rc = main(["listen", "--endpoint", raw.endpoint, "--stream", "a", "--count", "3", "--json", "--timeout", "3"])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        msgs = [msgspec.json.decode(line.encode(), type=Score | Status) for line in out.splitlines()]
+        assert len(msgs) == 3 and all(m.stream == "a" for m in msgs)
+        assert "skipped a malformed message" in err and "malformed messages skipped (" in err
+        assert len(err.splitlines()) <= 7  # rate-limited: 5 reports + the summary (+ gaps)
+        rc = main(["listen", "--endpoint", raw.endpoint, "--stream", "a", "--count", "3", "--strict",
+                   "--timeout", "3"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1 and err[0].startswith("streamcad listen: malformed message: ")
+    finally:
+        stop.set()
+        th.join(5)
+
+
+def test_spoofed_seq_is_not_a_gap_and_start_up_loss_is_visible(raw):
+    with Subscriber(raw.endpoint, streams=["a", "sync"]) as sub:
+        raw.sync(sub)
+        for seq in (40, 41, 2**62, 42, 43, 45):
+            raw.score("a", "pubA", seq)
+        got = recv_all(sub)
+    assert [m.seq for m in got] == [40, 41, 2**62, 42, 43, 45]
+    assert sub.seq_anomalies == 1
+    assert sub.gap_count == 1  # only 44: the jump to 2**62 and back is no gap
+    assert sub.joined_at[("a", "pubA")] == 40 and sub.missed_at_join >= 40

@@ -5,17 +5,24 @@
 --json prints one JSON object per line (the wire payload's fields, "type" included); otherwise
 one compact human line per message. Exit 0 after --count messages (or on Ctrl-C); exit 1 with
 one line when nothing arrives within --timeout seconds.
+
+A malformed message (bad JSON or msgpack, unknown type or schema, out-of-range field, too deeply
+nested, more than one frame, ...) is reported on stderr (rate-limited: the first few, then one
+line per 10 s), counted, and skipped: a listener keeps listening. ``--strict`` instead exits 1
+with one line on the first one. The closing summary on stderr gives rejected messages, seq gaps
+and implausible seq jumps (a spoofed seq is not a gap).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import msgspec
 
 from streamcad.client import Subscriber
-from streamcad.errors import TransportError
+from streamcad.errors import MessageError, TransportError
 from streamcad.messages import MESSAGE_TYPES, Score, Status
 from streamcad.security import ClientCurve
 
@@ -31,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latest-only", action="store_true", help="CONFLATE: keep only the newest message")
     p.add_argument("--timeout", type=float, default=5.0, help="fail if no message arrives for S seconds (default 5)")
     p.add_argument("--heartbeat", type=float, default=1.0, help="expected status interval in s (staleness = 3x)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 on the first malformed message (default: report, count and skip it)")
     p.add_argument("--curve-secret", help="CURVE: this client's NAME.key_secret file")
     p.add_argument("--curve-server-key", help="CURVE: the server's public NAME.key file")
 
@@ -60,13 +69,31 @@ def run(args: argparse.Namespace) -> int:
     endpoints = args.endpoint or ["tcp://127.0.0.1:5555"]
     n = 0
     with Subscriber(endpoints, streams=args.stream, kinds=tuple(args.kind or MESSAGE_TYPES),
-                    latest_only=args.latest_only, curve=curve, heartbeat_s=args.heartbeat) as sub:
+                    latest_only=args.latest_only, curve=curve, heartbeat_s=args.heartbeat,
+                    strict=True) as sub:
+        reported = 0
+        t_report = 0.0
+        t_last = time.monotonic()
         while args.count == 0 or n < args.count:
-            msg = sub.recv(args.timeout)
+            try:
+                msg = sub.recv(max(0.0, t_last + args.timeout - time.monotonic()))
+            except MessageError as exc:
+                if args.strict:
+                    print(f"streamcad listen: malformed message: {exc}", file=sys.stderr)
+                    return 1
+                now = time.monotonic()
+                if reported < 5 or now - t_report >= 10.0:  # the first few, then one line per 10 s
+                    reported += 1
+                    t_report = now
+                    print(f"streamcad listen: skipped a malformed message ({sub.rejected} so far): {exc}",
+                          file=sys.stderr)
+                continue
             if msg is None:
-                print(f"streamcad listen: no message from {', '.join(endpoints)} within {args.timeout:g} s",
+                print(f"streamcad listen: no message from {', '.join(endpoints)} within {args.timeout:g} s"
+                      + (f" ({sub.rejected} malformed messages skipped)" if sub.rejected else ""),
                       file=sys.stderr)
                 return 1
+            t_last = time.monotonic()
             n += 1
             if args.json:
                 sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
@@ -75,4 +102,10 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         if sub.gap_count:
             print(f"streamcad listen: {sub.gap_count} messages missing (seq gaps)", file=sys.stderr)
+        if sub.rejected:
+            kinds = ", ".join(f"{k}: {v}" for k, v in sub.rejected_by.most_common())
+            print(f"streamcad listen: {sub.rejected} malformed messages skipped ({kinds})", file=sys.stderr)
+        if sub.seq_anomalies:
+            print(f"streamcad listen: {sub.seq_anomalies} implausible seq jumps (corrupt or spoofed), "
+                  "not counted as gaps", file=sys.stderr)
     return 0
