@@ -1,9 +1,15 @@
+import logging
 import math
 
-from streamcad.config import SmoothingConfig
-from streamcad.smoothing import Smoother
+import numpy as np
+import pytest
+
+from streamcad.config import SmoothingConfig, config_from_dict
+from streamcad.errors import ConfigError
+from streamcad.smoothing import OperatingPoint, Smoother
 
 S = 1_000_000_000  # ns per second
+THR = 0.37  # a model's operating threshold, as its manifest would give it
 
 
 def feed(sm, seq, fps=30.0, t0=0):
@@ -15,7 +21,7 @@ def feed(sm, seq, fps=30.0, t0=0):
 
 def test_ema_matches_closed_form():
     cfg = SmoothingConfig(tau_s=0.5)
-    sm = Smoother(cfg)
+    sm = Smoother(cfg, THR)
     xs = [0.2, 0.9, 0.9, 0.1]
     probs = [(0.0, 1 - x, x) for x in xs]
     res = feed(sm, probs, fps=10.0)
@@ -31,8 +37,8 @@ def test_ema_matches_closed_form():
 def test_rate_independent():
     """The same 2 s of evidence at 30 and at 60 fps ends at the same smoothed score."""
     cfg = SmoothingConfig(tau_s=0.4)
-    a = feed(Smoother(cfg), [(0, 0.2, 0.8)] * 60, fps=30)[-1].malignancy
-    b = feed(Smoother(cfg), [(0, 0.2, 0.8)] * 120, fps=60)[-1].malignancy
+    a = feed(Smoother(cfg, THR), [(0, 0.2, 0.8)] * 60, fps=30)[-1].malignancy
+    b = feed(Smoother(cfg, THR), [(0, 0.2, 0.8)] * 120, fps=60)[-1].malignancy
     assert abs(a - b) < 1e-9
 
 
@@ -48,7 +54,7 @@ def test_hysteresis_no_flicker():
 
 def test_leaving_the_lesion_resets():
     cfg = SmoothingConfig(tau_s=1.0, leave_after_s=0.2)
-    sm = Smoother(cfg)
+    sm = Smoother(cfg, THR)
     feed(sm, [(0.0, 0.1, 0.9)] * 10, fps=30)
     # brief dropout (< 0.2 s): track held
     r = sm.update((0.9, 0.05, 0.05), int(10 * S / 30))
@@ -61,7 +67,7 @@ def test_leaving_the_lesion_resets():
 
 
 def test_flags_do_not_update_and_stale_resets():
-    sm = Smoother(SmoothingConfig(tau_s=0.01))
+    sm = Smoother(SmoothingConfig(tau_s=0.01), THR)
     sm.update((0, 0.1, 0.9), 0)
     r = sm.update(None, S // 30, frozenset({"frozen"}))
     assert r.state == "flagged" and abs(r.malignancy - 0.9) < 1e-12
@@ -69,3 +75,74 @@ def test_flags_do_not_update_and_stale_resets():
     assert r.state == "flagged" and r.malignancy is None
     r = sm.update((0, 0.8, 0.2), 3 * S // 30)
     assert abs(r.malignancy - 0.2) < 1e-12  # fresh track after the stale source
+
+
+def test_score_is_the_three_way_p_malignant():
+    """The EMA runs on p(malignant) as the softmax gives it, the number the operating threshold
+    was validated on; p(malignant | lesion) = 0.4 / 0.7 would be 0.571 here."""
+    sm = Smoother(SmoothingConfig(tau_s=0.5), THR)
+    r = sm.update((0.3, 0.3, 0.4), 0)
+    assert abs(r.malignancy - 0.4) < 1e-12 and r.state == "suspicious"  # 0.4 >= 0.37
+    r = Smoother(SmoothingConfig(tau_s=0.5), 0.45).update((0.3, 0.3, 0.4), 0)
+    assert r.state == "clear"  # 0.4 < 0.45, although 0.571 would be above it
+
+
+def test_operating_point_from_the_manifest_threshold_and_band():
+    cfg = SmoothingConfig(tau_s=0.01, band=0.05)
+    sm = Smoother(cfg, THR)
+    assert sm.point == OperatingPoint(on=THR, off=THR - 0.05, operating_threshold=THR, source="manifest")
+    xs = [0.30, THR, 0.34, THR - 0.05 + 1e-9, THR - 0.05 - 1e-9, 0.36, THR]
+    res = feed(sm, [(0.0, 1 - x, x) for x in xs], fps=1.0)  # 1 s apart, tau 0.01 s: alpha == 1.0
+    assert [r.malignancy for r in res] == xs
+    assert [r.state for r in res] == ["clear", "suspicious", "suspicious", "suspicious", "clear", "clear", "suspicious"]
+
+
+def _reference_states(xs, on, off):
+    """Slow reference: the state after each smoothed value, by the rule written in the docs."""
+    out, sus = [], False
+    for m in xs:
+        sus = m >= on if not sus else m >= off
+        out.append("suspicious" if sus else "clear")
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_state_matches_reference_on_random_tracks(seed):
+    rng = np.random.default_rng(seed)
+    thr = float(rng.uniform(0.15, 0.7))
+    cfg = SmoothingConfig(tau_s=float(rng.uniform(0.05, 1.0)), band=float(rng.uniform(0.0, 0.1)))
+    sm = Smoother(cfg, thr)
+    t = np.arange(300) / 30.0
+    x = np.clip(thr + 0.15 * np.sin(2 * np.pi * t / 3.0) + rng.normal(0, 0.1, t.size), 0, 1)  # swings across thr
+    res = feed(sm, [(0.0, 1 - v, v) for v in x])
+    ms = [r.malignancy for r in res]
+    assert [r.state for r in res] == _reference_states(ms, thr, thr - cfg.band)
+    assert {"clear", "suspicious"} <= {r.state for r in res}  # the track did cross the threshold
+
+
+def test_no_threshold_needs_an_explicit_config_value():
+    with pytest.raises(ConfigError, match=r"^smoothing\.on_threshold: bare\.onnx has no operating_threshold"):
+        Smoother(SmoothingConfig(), None, "bare.onnx")
+    sm = Smoother(SmoothingConfig(on_threshold=0.5), None, "bare.onnx")
+    assert sm.point == OperatingPoint(on=0.5, off=0.45, operating_threshold=None, source="config")
+
+
+def test_override_is_logged_and_kept_apart_from_the_manifest_value(caplog):
+    with caplog.at_level(logging.WARNING, logger="streamcad.smoothing"):
+        sm = Smoother(SmoothingConfig(on_threshold=0.6, off_threshold=0.4), THR, "m.onnx")
+    assert sm.point == OperatingPoint(on=0.6, off=0.4, operating_threshold=THR, source="config")
+    assert any("smoothing.on_threshold=0.6 overrides the validated operating threshold 0.37 of m.onnx" in r.message
+               for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamcad.smoothing"):
+        Smoother(SmoothingConfig(), THR, "m.onnx")
+    assert not caplog.records  # the validated point is not a warning
+
+
+def test_bad_bands_and_off_thresholds_name_the_key():
+    with pytest.raises(ConfigError, match=r"^smoothing\.band: 0\.1 below the on threshold 0\.08"):
+        Smoother(SmoothingConfig(band=0.1), 0.08)
+    with pytest.raises(ConfigError, match=r"^smoothing\.off_threshold: 0\.5 exceeds the on threshold 0\.37"):
+        Smoother(SmoothingConfig(off_threshold=0.5), THR)
+    with pytest.raises(ConfigError, match=r"^smoothing\.band: .*<= 0\.5"):
+        config_from_dict({"smoothing": {"band": 0.7}})

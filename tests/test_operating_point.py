@@ -1,0 +1,109 @@
+"""The `suspicious` state sits on the model's validated operating threshold: labelled sweep frames
+through the real pipeline (shipped ONNX model, ONNX Runtime, ZeroMQ on 127.0.0.1), and the
+rule for a model without a threshold. Nothing here knows the threshold's value: it is read
+from the manifest of whatever model is shipped."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from benchmarks.operating_point import analyse, run_sweep
+from streamcad.client import Subscriber
+from streamcad.config import config_from_dict
+from streamcad.errors import ConfigError
+from streamcad.manifest import read_manifest, write_manifest
+from streamcad.messages import Status
+from streamcad.pipeline import DEFAULT_MODEL, Pipeline
+from streamcad.sources.sweep import SAMPLE_DIR, SweepSource
+from tests.helpers_onnx import make_contract_onnx
+from tests.test_pipeline import free_port
+
+
+@pytest.fixture(scope="module")
+def sample_run():
+    """One pass over the 24 labelled sample images (0.5 s each + 0.2 s hand-over: 504 frames),
+    as fast as they are scored. A short time constant (20 ms) keeps the smoothed score close to
+    each frame's, so that it crosses the threshold both ways within this short run."""
+    return run_sweep(DEFAULT_MODEL, SAMPLE_DIR, dwell_s=0.5, transition_s=0.2, pace="none",
+                     smoothing={"tau_s": 0.02}, timeout_s=30.0)
+
+
+def test_state_follows_the_manifest_threshold_on_labelled_sweep_frames(sample_run):
+    thr = read_manifest(DEFAULT_MODEL).operating_threshold
+    assert thr is not None, "the shipped model must carry its validated operating threshold"
+    band = config_from_dict({}).smoothing.band
+    r = sample_run
+    assert r["frames_out"] == r["frames_expected"] == len(r["scores"]) and r["dropped_publish"] == 0
+    # the operating point in use, as the status messages carry it
+    assert r["status"]["operating_threshold"] == thr and r["status"]["on_threshold"] == thr
+    assert abs(r["status"]["off_threshold"] - (thr - band)) < 1e-12
+    assert r["status"]["threshold_source"] == "manifest"
+    scores = r["scores"]
+    assert {s["label"] for s in scores} == {"benign", "malignant"}
+    lesion = [s for s in scores if s["state"] in ("clear", "suspicious")]
+    assert {s["state"] for s in lesion} == {"clear", "suspicious"}, "the run never crossed the threshold"
+    for s in lesion:
+        if s["malignancy"] >= thr:
+            assert s["state"] == "suspicious", s
+        elif s["malignancy"] < thr - band:
+            assert s["state"] == "clear", s
+    m = analyse(scores, thr, thr - band, thr)
+    assert m["state_matches_state_machine"] == 1.0  # inside the band too: the hysteresis as documented
+    # the published malignancy is the smoothed 3-way p(malignant) (first frame of a track = its own p)
+    first = next(s for s in scores if s["state"] in ("clear", "suspicious") and s["probs"] is not None)
+    assert abs(first["malignancy"] - first["probs"][2]) < 1e-9
+
+
+def test_config_override_is_logged_and_shown_in_status(caplog):
+    thr = read_manifest(DEFAULT_MODEL).operating_threshold
+    with caplog.at_level(logging.WARNING, logger="streamcad.smoothing"):
+        r = run_sweep(DEFAULT_MODEL, SAMPLE_DIR, dwell_s=0.2, transition_s=0.0, pace="none",
+                      smoothing={"on_threshold": 0.9, "off_threshold": 0.8}, timeout_s=30.0)
+    assert r["status"] == {"operating_threshold": thr, "on_threshold": 0.9, "off_threshold": 0.8,
+                           "threshold_source": "config", "model": "default.onnx"}
+    assert any("smoothing.on_threshold=0.9 overrides the validated operating threshold" in rec.message
+               for rec in caplog.records)
+    m = analyse(r["scores"], 0.9, 0.8, thr)
+    assert m["state_matches_state_machine"] == 1.0  # the state machine ran on the override, not on thr
+
+
+@pytest.fixture()
+def bare_model(tmp_path):
+    p = make_contract_onnx(tmp_path / "nothr.onnx", size=64)
+    write_manifest(p, class_names=["normal", "benign", "malignant"])  # operating_threshold: null
+    return p
+
+
+def _config(model, endpoint, **smoothing):
+    return config_from_dict({
+        "source": {"uri": "sweep:", "pace": "none"},
+        "model": {"path": str(model)},
+        "smoothing": smoothing,
+        "publish": {"endpoint": endpoint, "stream": "t"},
+        "frames": 5,
+        "dashboard": False,
+    })
+
+
+def test_a_model_without_threshold_needs_an_explicit_one(bare_model):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(ConfigError, match=r"^smoothing\.on_threshold: nothr\.onnx has no operating_threshold"):
+        Pipeline(_config(bare_model, endpoint))
+    # refused before the socket was bound: the same endpoint is free for the next pipeline
+    cfg = _config(bare_model, endpoint, on_threshold=0.5)
+    src = SweepSource(SAMPLE_DIR, pace="none", loop=True)
+    with Pipeline(cfg, source=src) as pipe, Subscriber(cfg.publish.endpoint, heartbeat_s=1.0) as sub:
+        time.sleep(0.3)
+        pipe.run()
+        status = None
+        end = time.monotonic() + 5.0
+        while status is None and time.monotonic() < end:
+            m = sub.recv(timeout=0.5)
+            if isinstance(m, Status):
+                status = m
+    assert status is not None
+    assert (status.operating_threshold, status.on_threshold, status.off_threshold, status.threshold_source) == (
+        None, 0.5, pytest.approx(0.45), "config")
