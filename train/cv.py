@@ -67,6 +67,7 @@ class RecipeConfig:
     calib_fraction: float = 0.15  # by group: temperature + threshold only
     target_sensitivity: float = 0.95  # operating point on the calibration split: margin for new scanners
     frozen_blocks: int = 3  # stem + first 3 MBConv blocks frozen (ImageNet edges; CPU time)
+    cross_attention: bool = True  # False: the ImageNet reference row (GAP of stage 4, no cross-scale fusion)
     seed: int = 0
     threads: int = 1  # one thread per process; run folds as parallel processes
     n_boot: int = 1000
@@ -82,6 +83,14 @@ class RecipeConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RecipeConfig:
         return dataclass_from_dict(cls, d, "recipe")
+
+
+def same_recipe(saved: dict | None, cfg: RecipeConfig) -> bool:
+    """A saved recipe dict equals cfg; keys added to RecipeConfig later count as their default."""
+    if not isinstance(saved, dict) or set(saved) - set(asdict(cfg)):
+        return False
+    defaults = asdict(RecipeConfig())
+    return {**defaults, **saved} == asdict(cfg)
 
 
 def load_both(size: int):
@@ -183,7 +192,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     fit_idx, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
     fit, cal = train_part.subset(fit_idx), train_part.subset(cal_idx)
     spec = PreprocessSpec(size=cfg.size, mean=IMAGENET_GRAY[0], std=IMAGENET_GRAY[1])
-    model = build_model(cfg.model, frozen_blocks=cfg.frozen_blocks).to(memory_format=torch.channels_last)
+    overrides = {} if cfg.cross_attention else {"cross_attention": False}
+    model = build_model(cfg.model, frozen_blocks=cfg.frozen_blocks, **overrides).to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(_param_groups(model, cfg))
     weights = torch.from_numpy(class_weights(fit.labels)).float()
@@ -193,7 +203,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     last = out / "last.pt"
     if last.exists():  # resume
         ck = load_checkpoint(last)
-        if ck.get("recipe") != asdict(cfg) or ck.get("run") != [mode, fold, source]:
+        if not same_recipe(ck.get("recipe"), cfg) or ck.get("run") != [mode, fold, source]:
             raise ConfigError(f"{last} belongs to another run or recipe; delete it or use another --out")
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])

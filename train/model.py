@@ -560,11 +560,17 @@ class Lite0Net(_Contract):
         self.feature_info = [{"num_chs": c, "reduction": 4 * 2**k, "module": f"blocks.{i}"}
                              for k, (c, i) in enumerate(zip(chs, LITE0_FEATURES, strict=True))]
         self.frozen_blocks = frozen_blocks
-        self.fusion = CrossScaleAttention(chs, [4, 8, 16, 32], cfg)
-        self.embed_dim = self.dense_dim = cfg.embed_dim
+        if cfg.cross_attention:
+            self.fusion = CrossScaleAttention(chs, [4, 8, 16, 32], cfg)
+            self.embed_dim = cfg.embed_dim
+        else:  # the ImageNet reference row: global average pool of stage 4, no fusion
+            self.fusion = None
+            self.dense_proj = ConvBN(chs[2], cfg.embed_dim, 1)
+            self.embed_dim = chs[3]
+        self.dense_dim = cfg.embed_dim
         self.lesion_dense = nn.Conv2d(cfg.embed_dim, 1, 1)
         self.lesion_skip = nn.Conv2d(chs[1], 1, 1)
-        self.head = ClassifierHead(cfg.embed_dim, cfg.num_classes, cfg.drop_rate)
+        self.head = ClassifierHead(self.embed_dim, cfg.num_classes, cfg.drop_rate)
         self._freeze()
 
     def _frozen(self) -> list[nn.Module]:
@@ -594,6 +600,13 @@ class Lite0Net(_Contract):
         assert len(feats) == 4 and n == LITE0_FEATURES[-1] + 1
         return feats
 
+    def _fuse(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> embedding (B, E), dense (B, D, S/16, S/16)."""
+        if self.fusion is not None:
+            emb, _, dense = self.fusion(feats)
+            return emb, dense
+        return feats[3].mean(dim=(2, 3)), self.dense_proj(feats[2])
+
     def forward_lesion(self, feats: list[torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
         """-> lesion logits (B, 1, S/8, S/8)."""
         up = F.interpolate(self.lesion_dense(dense), scale_factor=2.0, mode="bilinear", align_corners=False)
@@ -602,21 +615,20 @@ class Lite0Net(_Contract):
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> logits (B, 3), lesion logits (B, 1, S/8, S/8), embedding (B, D), dense (B, D, S/16, S/16)."""
         feats = self.forward_features(x)
-        emb, _, dense = self.fusion(feats)
+        emb, dense = self._fuse(feats)
         return self.head(emb), self.forward_lesion(feats, dense), emb, dense
 
     def forward_head(self, emb: torch.Tensor) -> torch.Tensor:
         return self.head(emb)
 
     def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fusion(self.forward_features(x))[0]
+        return self._fuse(self.forward_features(x))[0]
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fusion(self.forward_features(x))[2]
+        return self._fuse(self.forward_features(x))[1]
 
     def forward_embedding_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb, _, dense = self.fusion(self.forward_features(x))
-        return emb, dense
+        return self._fuse(self.forward_features(x))
 
     def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> logits (B, 3), saliency = lesion probability (B, 1, S/8, S/8) in [0, 1], embedding (B, D)."""

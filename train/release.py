@@ -49,7 +49,7 @@ def ship_v2(
     from engines.export import export_checkpoint
     from streamcad.manifest import read_manifest, write_manifest
     from train.common import git_commit, load_checkpoint, machine_info
-    from train.cv import RecipeConfig, run
+    from train.cv import RecipeConfig, run, same_recipe
     from train.data import split_hash
     from train.ood import calibrate
     from train.ship import _per_dataset_metrics
@@ -61,7 +61,7 @@ def ship_v2(
         log.info("ship: no fold-%d run in %s; training it (~1 h on one CPU thread)", TEST_FOLD, fold_dir)
         run(cfg, "cv", fold_dir, fold=TEST_FOLD)
     res = json.loads((fold_dir / "result.json").read_text())
-    if res["recipe"] != asdict(cfg):
+    if not same_recipe(res["recipe"], cfg):
         raise ConfigError(f"{fold_dir}/result.json was trained with another recipe than RecipeConfig(): "
                           f"{ {k: v for k, v in res['recipe'].items() if asdict(cfg).get(k) != v} }; retrain or use its recipe")
     ckpt_path = fold_dir / "classifier.pt"
