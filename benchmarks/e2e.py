@@ -178,8 +178,12 @@ def _open(cfg: E2EConfig):
     }
     if cfg.fps is not None:
         d["source"]["fps"] = float(cfg.fps)
-    config = config_from_dict(d)
     model = load_model(cfg.model_path, backend=cfg.backend, **cfg.options)
+    if model.threshold is None:
+        # random-init benchmark weights carry no validated operating threshold, and the pipeline
+        # refuses to guess one: say explicitly which one the (unmeasured) state uses
+        d["smoothing"] = {"on_threshold": 0.5}
+    config = config_from_dict(d)
     return config, model, source
 
 

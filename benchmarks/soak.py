@@ -208,7 +208,7 @@ def _default_model(size: int) -> Path:
     from tests.helpers_onnx import make_contract_onnx
 
     p = make_contract_onnx(Path(tempfile.mkdtemp(prefix="soak-")) / "contract.onnx", size=size)
-    write_manifest(p, class_names=["normal", "benign", "malignant"])
+    write_manifest(p, class_names=["normal", "benign", "malignant"], operating_threshold=0.5)  # fixture threshold
     return p
 
 

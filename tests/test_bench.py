@@ -21,7 +21,7 @@ SUMMARY_KEYS = {"n", "p50", "p90", "p99", "p99_9", "max", "min", "mean", "std", 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     p = make_contract_onnx(tmp_path_factory.mktemp("m") / "m.onnx", size=64)
-    write_manifest(p, class_names=["normal", "benign", "malignant"])
+    write_manifest(p, class_names=["normal", "benign", "malignant"], operating_threshold=0.5)
     return str(p)
 
 

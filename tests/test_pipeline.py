@@ -50,7 +50,7 @@ def scanner_video(path, n=40, fps=25.0, size=(320, 240)):
 @pytest.fixture()
 def model_path(tmp_path):
     p = make_contract_onnx(tmp_path / "m.onnx", size=SIZE)
-    write_manifest(p, class_names=["normal", "benign", "malignant"])
+    write_manifest(p, class_names=["normal", "benign", "malignant"], operating_threshold=0.5)  # a fixture threshold
     return p
 
 
@@ -210,7 +210,7 @@ def test_torch_backend_from_the_run_config(tmp_path):
     }
     path = tmp_path / "clf.pt"
     torch.save(ckpt, path)
-    write_manifest(path, class_names=["normal", "benign", "malignant"],
+    write_manifest(path, class_names=["normal", "benign", "malignant"], operating_threshold=0.5,
                    input={"name": "input", "shape": ["N", 1, 64, 64], "dtype": "float32"})
     cfg = make_config(tmp_path, path, "sweep:", frames=10,
                       model={"path": str(path), "backend": "torch", "device": "cpu", "threads": 1})

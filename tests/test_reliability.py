@@ -51,7 +51,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     p = make_contract_onnx(tmp_path_factory.mktemp("rel_model") / "m.onnx", size=SIZE)
-    write_manifest(p, class_names=["normal", "benign", "malignant"])
+    write_manifest(p, class_names=["normal", "benign", "malignant"], operating_threshold=0.5)
     return p
 
 

@@ -17,7 +17,7 @@ FRAMES = 20_000
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     p = make_contract_onnx(tmp_path_factory.mktemp("soak_model") / "m.onnx", size=64)
-    write_manifest(p, class_names=["normal", "benign", "malignant"])
+    write_manifest(p, class_names=["normal", "benign", "malignant"], operating_threshold=0.5)
     return p
 
 
