@@ -107,3 +107,47 @@ def test_a_model_without_threshold_needs_an_explicit_one(bare_model):
     assert status is not None
     assert (status.operating_threshold, status.on_threshold, status.off_threshold, status.threshold_source) == (
         None, 0.5, pytest.approx(0.45), "config")
+
+
+def _dashboard_text(pipe) -> str:
+    from rich.console import Console
+
+    from streamcad.dashboard import render
+
+    console = Console(record=True, width=240, color_system=None)
+    console.print(render(pipe))
+    return console.export_text()
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_dashboard_shows_state_flags_and_the_operating_point(override):
+    from streamcad.dashboard import FLAG_TEXT, STATE_TEXT
+
+    thr = read_manifest(DEFAULT_MODEL).operating_threshold
+    smoothing = {"on_threshold": 0.7} if override else {}
+    cfg = _config(DEFAULT_MODEL, f"tcp://127.0.0.1:{free_port()}", **smoothing)
+    with Pipeline(cfg, source=SweepSource(SAMPLE_DIR, pace="none", loop=True)) as pipe:
+        pipe.run()
+        text = _dashboard_text(pipe)
+        state = pipe.stats.last_state
+        pipe.stats.last_flags = frozenset({"doppler"})  # what a flagged frame leaves for the dashboard
+        flagged = _dashboard_text(pipe)
+    band = config_from_dict({}).smoothing.band
+    if override:
+        assert f">= 0.700 (set in config, NOT the model's validated {thr:.3f})" in text
+        assert f"back to clear below {0.7 - band:.3f}" in text
+    else:
+        assert f">= {thr:.3f} (the model's validated operating threshold); back to clear below {thr - band:.3f}" in text
+    assert f"state {state}" in text and STATE_TEXT[state] in text
+    assert f"flag doppler: {FLAG_TEXT['doppler']}" in flagged and "flag doppler" not in text
+
+
+def test_every_state_and_flag_has_its_sentence():
+    from streamcad.dashboard import FLAG_TEXT, STATE_TEXT
+    from streamcad.messages import FLAGS, SCORE_STATES
+
+    assert set(STATE_TEXT) == set(SCORE_STATES)
+    assert set(FLAGS) <= set(FLAG_TEXT), sorted(set(FLAGS) - set(FLAG_TEXT))
+    protocol = (DEFAULT_MODEL.parents[2] / "docs" / "PROTOCOL.md").read_text()
+    for text in (*STATE_TEXT.values(), *FLAG_TEXT.values()):  # the docs give UI authors the same words
+        assert f'"{text}"' in protocol, text
