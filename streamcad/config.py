@@ -138,6 +138,10 @@ class PublishConfig(_Section):
     heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=1.0)] = 1.0  # the contract: >= 1 status per second
     hwm_seconds: Annotated[float, msgspec.Meta(gt=0, le=60.0)] = 4.0  # a slow UI may lag this much before frames are dropped (and counted)
     connect: bool = False  # connect to a proxy's XSUB instead of binding
+    # recorded media at pace = "none" wait for this many subscribers before the first frame, so
+    # a UI started first sees every score (0: start at once; a late UI sees the seq it joined at)
+    wait_subscribers: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    wait_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600.0)] = 30.0  # then start anyway, with a warning
     # CURVE. Bind mode: this is the server's .key_secret and curve_allowed_dir the allowed UI keys.
     # Connect mode (a proxy frontend): this is the pipeline's own .key_secret, curve_server_key the
     # proxy's public .key, and the proxy lists the pipeline's public key in --curve-allow-publishers.

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from streamcad.config import RunConfig
-from streamcad.errors import StreamcadError
+from streamcad.errors import SourceError, StreamcadError
 from streamcad.manifest import CLASS_NAMES
 from streamcad.preprocess import preprocess
 from streamcad.smoothing import Smoother
@@ -146,6 +146,7 @@ class Pipeline:
         self._q_pub: queue.Queue = queue.Queue(maxsize=2)
         self._stale_reported = False
         self._last_index = -1
+        self._stopped = False  # stop() was called (Ctrl-C, SIGTERM), not a source end
         self._outage_published = False
         self._t_start_ns = 0
         self._t_status_ns = 0
@@ -300,6 +301,10 @@ class Pipeline:
         self.report.rejected = stats.frames_rejected
         self.report.reconnects = stats.reconnects
         self.report.dropped_publish = self.publisher.dropped
+        fps_out = self.stats.fps_out()
+        set_rate = getattr(self.publisher, "set_rate", None)
+        if set_rate is not None and fps_out > 1.2 * getattr(self.publisher, "rate", 0.0):
+            set_rate(fps_out)  # unpaced media: size the subscriber queues for the measured rate
         uptime = (time.monotonic_ns() - self._t_start_ns) / 1e9
         self.publisher.publish_status(
             source={
@@ -447,13 +452,40 @@ class Pipeline:
 
     def stop(self) -> None:
         """Ask every stage to end (signal handlers call this); run() returns within ~0.1 s."""
+        self._stopped = True
         self._stop.set()
 
     def _begin(self) -> None:
         self._t_start_ns = time.monotonic_ns()
+        self._wait_for_subscribers()
         if self.source.info is None:
             self.source.start()
+        info = self.source.info
+        set_rate = getattr(self.publisher, "set_rate", None)
+        if set_rate is not None and info is not None and info.fps > 0 and not getattr(self.source, "lossless", False):
+            set_rate(info.fps)  # hwm_seconds at the source's own rate (unpaced: measured, below)
         self.publish_status()
+
+    def _wait_for_subscribers(self) -> None:
+        """Recorded media read unpaced (lossless) would otherwise start scoring before a UI that
+        is still connecting is there, and it would never see those frames: wait for
+        publish.wait_subscribers subscriptions (up to publish.wait_timeout_s, then start with a
+        warning; the late UI sees the seq it joined at, Subscriber.joined_at)."""
+        want = self.config.publish.wait_subscribers
+        if not want or not getattr(self.source, "lossless", False):
+            return
+        pub = self.publisher
+        deadline = time.monotonic() + self.config.publish.wait_timeout_s
+        log.info("waiting for %d subscriber(s) before starting %s (up to %.0f s)",
+                 want, self.config.source.uri, self.config.publish.wait_timeout_s)
+        while pub.subscriptions < want and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("%d of %d subscriber(s) after %.0f s: starting anyway; a UI joining later "
+                            "misses the first messages (it sees the seq it joined at)",
+                            pub.subscriptions, want, self.config.publish.wait_timeout_s)
+                return
+            pub.service(min(left, 0.1))
 
     def _end(self) -> None:
         self.report.wall_s = (time.monotonic_ns() - self._t_start_ns) / 1e9
@@ -464,6 +496,9 @@ class Pipeline:
             log.warning("final status could not be published")
         if self.report.errors:
             raise self.report.errors[0]
+        if str(self.source.state) == "error" and not self._stopped and not self._target_reached():
+            # a file broken midway, a feed given up on: the run ends with the reason
+            raise SourceError(self.source.stats.error or f"{self.config.source.uri}: the source failed")
 
     def close(self) -> None:
         """Release source, publisher and backend (each bounded in time)."""

@@ -243,3 +243,40 @@ def test_dashboard_shows_the_live_numbers(tmp_path, model_path):
     p = pipe.stats.last_probs
     assert f"malignant {p[2]:.2f}" in text
     assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
+
+
+def test_unpaced_file_waits_for_its_subscriber_and_it_sees_every_score(tmp_path, model_path):
+    """Start-up loss at pace 'none': a UI connecting while the run starts missed the first
+    frames (no gap counted). With publish.wait_subscribers = 1 the file does not start before
+    the subscription arrives: every score reaches the UI, from seq 0's neighbourhood on."""
+    video = scanner_video(tmp_path / "scan.avi", n=30)
+    cfg = make_config(tmp_path, model_path, f"file:{video}",
+                      publish={"endpoint": f"tcp://127.0.0.1:{free_port()}", "stream": "t",
+                               "wait_subscribers": 1, "wait_timeout_s": 20.0})
+    with Pipeline(cfg) as pipe:
+        import threading
+
+        box = {}
+        th = threading.Thread(target=lambda: box.update(report=pipe.run()))
+        th.start()  # running before the UI exists: it must wait for it
+        time.sleep(0.5)
+        assert pipe.report.frames_out == 0, "scored before any subscriber was there"
+        with Subscriber(cfg.publish.endpoint, heartbeat_s=1.0) as sub:
+            scores, _ = collect(sub, 30, timeout=20)
+            th.join(20)
+    assert box["report"].frames_out == 30
+    assert [s.frame_index for s in scores] == list(range(30))
+    assert sub.gap_count == 0
+
+
+def test_a_file_broken_midway_ends_the_run_with_the_reason(tmp_path, model_path):
+    from streamcad.errors import SourceError
+
+    video = scanner_video(tmp_path / "scan.avi", n=40)
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])
+    cfg = make_config(tmp_path, model_path, f"file:{video}")  # pace 'none', default back-off
+    with Pipeline(cfg) as pipe:
+        with pytest.raises(SourceError, match="truncated or corrupt"):
+            pipe.run()
+        assert 0 < pipe.report.frames_out < 40

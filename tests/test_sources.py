@@ -301,3 +301,145 @@ def test_reconnect_policy():
         ReconnectPolicy(initial_s=3.0, max_s=2.0)
     with pytest.raises(ConfigError):
         ReconnectPolicy(max_attempts=0)
+
+
+# ---- files that break, change size, sweeps with corrupt stills, back-off limits -------------
+
+def _wait_ended(src, timeout: float = 15.0) -> list[Frame]:
+    """Read until the source ends; fail if it has not within `timeout` s."""
+    frames, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        f = src.read(timeout=0.2)
+        if f is not None:
+            frames.append(f)
+        elif src.ended:
+            return frames
+    raise AssertionError(f"source did not end within {timeout} s: {src.stats}")
+
+
+def _truncated_avi(tmp_path: Path, n: int = 60) -> Path:
+    full = write_video(tmp_path / "full.avi", n, 25.0, "MJPG")
+    data = full.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])  # the header still lists n frames; the index is gone
+    return cut
+
+
+@pytest.mark.parametrize("jpeg_packets", [True, False])
+def test_truncated_file_ends_with_the_reason_not_an_endless_reconnect(tmp_path, caplog, jpeg_packets):
+    """A truncated MJPG AVI (header says 60 frames, data stops near 30) used to log 'read
+    failed; reconnecting' forever; now it is retried once and the source goes to ERROR naming
+    the frame. Both read paths: JPEG packets decoded here, and OpenCV's own decoder."""
+    from streamcad.sources.capture import FileSource
+
+    path = _truncated_avi(tmp_path)
+    src = FileSource(path, pace="none", reconnect=ReconnectPolicy(initial_s=0.01, max_s=0.05))
+    if not jpeg_packets:
+        src._jpeg = False  # what every non-JPEG codec takes: cv2's decoded frames
+    with caplog.at_level("INFO", logger="streamcad.sources"), src:
+        frames = _wait_ended(src)
+        stats = src.stats
+    assert stats.state is SourceState.ERROR
+    assert "truncated or corrupt" in stats.error and "of the 60 its header lists" in stats.error
+    assert 20 <= len(frames) < 60 and stats.reconnects <= 1
+    assert [f.index for f in frames] == list(range(len(frames)))  # nothing replayed after the retry
+    assert sum("read failed" in r.getMessage() for r in caplog.records) <= 1
+
+
+def _concat_two_sizes(tmp_path: Path) -> Path:
+    """One MJPEG AVI: 20 frames of 320x240 then 20 of 200x300 (FFmpeg concat, stream copy)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    parts = []
+    for k, (w, h) in enumerate(((320, 240), (200, 300))):
+        part = tmp_path / f"part{k}.avi"
+        vw = cv2.VideoWriter(str(part), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (w, h))
+        for i in range(20):
+            vw.write(np.full((h, w, 3), (40 + 5 * i, 90, 160), np.uint8))
+        vw.release()
+        parts.append(part)
+    listing = tmp_path / "parts.txt"
+    listing.write_text("".join(f"file '{p}'\n" for p in parts))
+    out = tmp_path / "two_sizes.avi"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
+                    "-c", "copy", str(out)], check=True, timeout=60)
+    return out
+
+
+def test_mid_file_size_change_is_reported_at_the_real_size(tmp_path):
+    """OpenCV's FFmpeg backend alone delivers all 40 frames at 320x240 (the second half
+    squashed); the source reads JPEG packets at their own size, counts the change and reports
+    the new size."""
+    path = _concat_two_sizes(tmp_path)
+    cap = cv2.VideoCapture(str(path))
+    shapes = set()
+    while (got := cap.read())[0]:
+        shapes.add(got[1].shape[:2])
+    cap.release()
+    assert shapes == {(240, 320)}  # the backend's own behaviour, which the source works around
+    with open_source(f"file:{path}", pace="none") as src:
+        assert src.info.extra["size_changes"] == "detected"
+        frames = _wait_ended(src)
+        stats, info = src.stats, src.info
+    assert stats.state is SourceState.ENDED and stats.frames_rejected == 0
+    assert [f.image.shape for f in frames[:20]] == [(240, 320)] * 20
+    assert [f.image.shape for f in frames[20:]] == [(300, 200)] * 20
+    assert stats.resolution_changes == 1 and (info.width, info.height) == (200, 300)
+
+
+def test_codec_without_size_detection_says_so(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", 5, 20.0, "mp4v")
+    with open_source(f"file:{path}", pace="none") as src:
+        assert src.info.extra["size_changes"] == "undetectable"
+        assert len(_wait_ended(src)) == 5
+
+
+def _sweep_folder(tmp_path: Path, good: int, corrupt: int) -> Path:
+    d = tmp_path / "stills"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(good):
+        cv2.imwrite(str(d / f"g{i}.png"), rng.integers(0, 255, (120, 160), dtype=np.uint8))
+    for i in range(corrupt):
+        png = cv2.imencode(".png", rng.integers(0, 255, (120, 160), dtype=np.uint8))[1].tobytes()
+        (d / f"c{i}.png").write_bytes(png[: len(png) // 3])  # truncated PNG: imread returns None
+    return d
+
+
+def test_sweep_skips_and_counts_a_corrupt_still(tmp_path):
+    """One corrupt still among three: scoring used to stop for good at it (an endless reconnect
+    on the same frame); now it leaves the rotation, counted, and frames keep coming."""
+    d = _sweep_folder(tmp_path, good=2, corrupt=1)
+    with open_source(f"sweep:{d}", pace="none", fps=10.0, dwell_s=0.5, transition_s=0.2, loop=False) as src:
+        frames = _wait_ended(src, timeout=30)
+        stats = src.stats
+        renderer = src.renderer
+    assert stats.state is SourceState.ENDED and stats.error is None
+    assert stats.frames_rejected == 1 and len(renderer.corrupt) == 1 and renderer.corrupt[0].name == "c0.png"
+    assert len(frames) == renderer.period == 2 * renderer.segment_frames  # one pass over the 2 good ones
+    assert stats.frames_grabbed == stats.frames_rejected + stats.frames_delivered + stats.frames_overwritten
+
+
+def test_sweep_of_only_corrupt_stills_is_an_error(tmp_path):
+    d = _sweep_folder(tmp_path, good=0, corrupt=3)
+    with open_source(f"sweep:{d}", pace="none", fps=10.0) as src:
+        frames = _wait_ended(src)
+        stats = src.stats
+    assert frames == [] and stats.state is SourceState.ERROR
+    assert "none of the 3 images decodes" in stats.error and stats.frames_rejected == 3
+
+
+@pytest.mark.parametrize("field", ["initial_s", "max_s", "factor"])
+def test_infinite_back_off_is_refused(field):
+    """reconnect_*_s = inf used to kill the reader thread (Event.wait(inf) overflows) and the
+    source never recovered."""
+    kw = {"initial_s": 0.1, "max_s": 2.0, "factor": 2.0}
+    kw[field] = float("inf")
+    if field == "initial_s":
+        kw["max_s"] = float("inf")
+    with pytest.raises(ConfigError, match="finite"):
+        ReconnectPolicy(**kw)
+    assert ReconnectPolicy(initial_s=0.1, max_s=2.0).delay(5000) == 2.0  # 2**5000 overflows: capped

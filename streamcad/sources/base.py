@@ -16,6 +16,13 @@ A subclass implements three hooks, all called from the reader thread (``_open`` 
 ``start()``): ``_open() -> SourceInfo`` (open a *fresh* capture; may raise), ``_grab() ->
 np.ndarray | Frame | None`` (BGR/BGRA/gray uint8; None = end of stream or read failure),
 ``_release()`` (idempotent). ``_at_end()`` tells a finite end (a file without loop) from a failure.
+
+A hook raises ``SourceFailed`` for a failure that re-opening cannot cure (a file broken at the
+same frame twice, a sweep folder with no decodable image): the source goes to ERROR with that
+reason at once instead of reconnecting forever. An unexpected exception anywhere in the reader
+thread does the same (the source never dies silently). Repeated warnings (read failures,
+reconnect attempts, rejected frames) are rate-limited: the first at once, then one line per
+10 s per kind with the number held back.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from streamcad.errors import ConfigError, FrameError, SourceError
+from streamcad.ratelimit import LogLimiter
 
 __all__ = [
     "Frame",
@@ -42,6 +50,7 @@ __all__ = [
     "ReconnectPolicy",
     "FrameSource",
     "ThreadedSource",
+    "SourceFailed",
     "Pacer",
     "to_gray",
     "frame_from_grab",
@@ -51,6 +60,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MIN_SIDE = 8  # a frame narrower than this is a torn/corrupt buffer, not an image
+
+
+class SourceFailed(SourceError):
+    """Raised by a hook for a failure re-opening cannot cure: the source goes to ERROR with this
+    message (stats.error) instead of reconnecting."""
 
 
 @dataclass(slots=True)
@@ -114,6 +128,13 @@ class ReconnectPolicy:
     max_attempts: int | None = None  # None = retry forever (a scanner feed is expected to return)
 
     def __post_init__(self) -> None:
+        import math
+
+        if not all(math.isfinite(v) for v in (self.initial_s, self.max_s, self.factor)):
+            raise ConfigError(
+                "ReconnectPolicy: expected finite initial_s, max_s and factor (an infinite back-off "
+                f"never retries), got initial_s={self.initial_s}, max_s={self.max_s}, factor={self.factor}"
+            )
         if not (self.initial_s >= 0 and self.max_s >= self.initial_s and self.factor >= 1):
             raise ConfigError(
                 "ReconnectPolicy: expected 0 <= initial_s <= max_s and factor >= 1, got "
@@ -124,7 +145,10 @@ class ReconnectPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt number ``attempt`` (0-based)."""
-        return min(self.max_s, self.initial_s * self.factor**attempt)
+        try:
+            return min(self.max_s, self.initial_s * self.factor**attempt)
+        except OverflowError:  # factor**attempt beyond a float after ~1000 attempts: long capped
+            return self.max_s
 
 
 def colourfulness(img: np.ndarray) -> float:
@@ -294,6 +318,7 @@ class ThreadedSource(FrameSource):
         self._abandoned: list[threading.Thread] = []
         self._started = False
         self._closed = False
+        self._limiter = LogLimiter(10.0)
 
     # ---- hooks -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -465,6 +490,22 @@ class ThreadedSource(FrameSource):
             return True
 
     def _reader(self, gen: int, needs_open: bool) -> None:
+        try:
+            self._reader_loop(gen, needs_open)
+        except SourceFailed as exc:
+            self._fail(gen, str(exc))
+        except BaseException as exc:  # never die silently: the state says why frames stopped
+            log.exception("source %s: reader thread failed", self.uri)
+            self._fail(gen, f"{self.uri}: reader failed: {type(exc).__name__}: {exc}")
+
+    def _fail(self, gen: int, reason: str) -> None:
+        if gen != self._gen or self._stop.is_set():
+            return
+        log.error("source %s: giving up: %s", self.uri, reason)
+        self._safe_release()
+        self._set_state(SourceState.ERROR, reason)
+
+    def _reader_loop(self, gen: int, needs_open: bool) -> None:
         self._tls.gen = gen
         if needs_open and not self._reconnect(gen):
             return
@@ -475,8 +516,11 @@ class ThreadedSource(FrameSource):
                 return
             try:
                 raw = self._grab()
+            except SourceFailed:
+                raise
             except Exception as exc:  # a capture that raises mid-stream is a read failure
-                log.warning("source %s: grab raised %s: %s", self.uri, type(exc).__name__, exc)
+                self._limiter.warning(log, "grab-raised", "source %s: grab raised %s: %s",
+                                      self.uri, type(exc).__name__, exc)
                 raw = None
             t_ns = time.monotonic_ns()
             if not self._mark_idle(gen):
@@ -491,7 +535,7 @@ class ThreadedSource(FrameSource):
                 log.info("source %s: end of stream", self.uri)
                 self._set_state(SourceState.ENDED)
                 return
-            log.warning("source %s: read failed; reconnecting", self.uri)
+            self._limiter.warning(log, "read-failed", "source %s: read failed; reconnecting", self.uri)
             self._safe_release()
             if not self._reconnect(gen):
                 return
@@ -524,6 +568,8 @@ class ThreadedSource(FrameSource):
             err: Exception | None = None
             try:
                 info = self._open()
+            except SourceFailed:
+                raise
             except Exception as exc:  # any open failure is retried; the last one is reported
                 err = exc
             if not self._mark_idle(gen):
@@ -533,13 +579,15 @@ class ThreadedSource(FrameSource):
                     self._counts["reconnects"] += 1
                     old, self._info = self._info, info
                     self._last_progress = time.monotonic()
-                log.info("source %s: reconnected after %d attempt(s)", self.uri, attempt)
+                self._limiter.info(log, "reconnected", "source %s: reconnected after %d attempt(s)",
+                                   self.uri, attempt)
                 if old is not None and (old.width, old.height) != (info.width, info.height):
                     log.info("source %s: resolution after reconnect %dx%d (was %dx%d)",
                              self.uri, info.width, info.height, old.width, old.height)
                 return True
             self._safe_release()
-            log.warning("source %s: reconnect attempt %d failed: %s", self.uri, attempt, err)
+            self._limiter.warning(log, "reconnect-failed", "source %s: reconnect attempt %d failed: %s",
+                                  self.uri, attempt, err)
             if policy.max_attempts is not None and attempt >= policy.max_attempts:
                 self._set_state(
                     SourceState.ERROR, f"{self.uri}: gave up after {attempt} reconnect attempts: {err}"
@@ -557,8 +605,11 @@ class ThreadedSource(FrameSource):
             with self._lock:
                 self._counts["frames_rejected"] += 1
                 n = self._counts["frames_rejected"]
-            if n <= 5 or n % 100 == 0:
+            if n <= 5:
                 log.warning("source %s: rejected frame %d (%d so far): %s", self.uri, index, n, exc)
+            else:
+                self._limiter.warning(log, "rejected", "source %s: rejected frame %d (%d so far): %s",
+                                      self.uri, index, n, exc)
             return
         h, w = frame.image.shape
         with self._cond:
@@ -584,6 +635,13 @@ class ThreadedSource(FrameSource):
         return max(3.0 / fps, 0.5) if fps and fps > 0 else 0.5
 
     def _watchdog(self) -> None:
+        try:
+            self._watch()
+        except BaseException as exc:  # a dead watchdog would hide hangs: fail loudly instead
+            log.exception("source %s: watchdog failed", self.uri)
+            self._fail(self._gen, f"{self.uri}: watchdog failed: {type(exc).__name__}: {exc}")
+
+    def _watch(self) -> None:
         while True:
             stale_after = self._stale_after()
             if self._stop.wait(min(0.05, stale_after / 5)):
@@ -595,7 +653,8 @@ class ThreadedSource(FrameSource):
                     return
                 if (self._state in (SourceState.LIVE, SourceState.CONNECTING)
                         and now - self._last_progress > stale_after):
-                    log.info("source %s: no frame for %.2f s -> stale", self.uri, now - self._last_progress)
+                    self._limiter.info(log, "stale", "source %s: no frame for %.2f s -> stale",
+                                       self.uri, now - self._last_progress)
                     self._set_state_locked(SourceState.STALE)
                 busy = self._busy
                 if busy is not None:

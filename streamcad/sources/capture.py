@@ -6,6 +6,14 @@
     gst:PIPELINE         CAP_GSTREAMER (appsink drop=true max-buffers=1 sync=false)
 
 Each is a ThreadedSource: the reader thread calls _grab(); read() hands out the newest frame.
+
+Frame size changes inside one file: OpenCV's FFmpeg backend scales every decoded frame to the
+size of the first one (and CAP_PROP_FRAME_WIDTH/HEIGHT keep reporting it), so a file whose
+resolution or aspect changes midway would arrive silently rescaled. A file whose packets are
+JPEG images (MJPEG, the capture-card format) is therefore read as raw packets and each one
+decoded by cv2.imdecode at its real size: a change is seen, counted (resolution_changes) and
+reported. For other codecs (H.264, HEVC, ...) OpenCV gives no way to see the coded size, so the
+source says it cannot: ``info.extra["size_changes"] == "undetectable"`` and a log line at open.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from streamcad.errors import ConfigError, SourceError
-from streamcad.sources.base import Frame, Pacer, SourceInfo, ThreadedSource
+from streamcad.sources.base import Frame, Pacer, SourceFailed, SourceInfo, ThreadedSource
 
 __all__ = ["CaptureSource", "FileSource", "DeviceSource", "UrlSource", "GstSource", "fix_appsink"]
 
@@ -116,17 +124,45 @@ class FileSource(CaptureSource):
         self._count = 0  # frames read in total (loops included): the Frame.index
         self._eof = False
         self._pacer: Pacer | None = None
+        self._failed_at: int | None = None  # position of the last read failure
+        self._jpeg: bool | None = None  # packets are JPEG images: decode each at its own size
+        self._warned_short = False
 
     def _new_capture(self):
         import cv2
 
+        if self._jpeg is None:
+            self._jpeg = _packets_are_jpeg(self.path)
+            if not self._jpeg:
+                log.info("%s: a mid-file change of frame size cannot be detected for this codec "
+                         "(OpenCV scales every frame to the first frame's size)", self.uri)
+        if self._jpeg:
+            return cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
         return cv2.VideoCapture(str(self.path))
+
+    def _read(self, cap) -> tuple[bool, np.ndarray | None]:
+        """One frame: decoded by OpenCV, or (JPEG packets) decoded here at its own size. A
+        packet that does not decode comes back as an empty array: a rejected (counted) frame."""
+        import cv2
+
+        ok, img = cap.read()
+        if not ok or not self._jpeg:
+            return ok, img
+        dec = cv2.imdecode(img, cv2.IMREAD_COLOR)
+        return True, dec if dec is not None else np.empty((0, 0, 3), np.uint8)
 
     def _configure(self, cap) -> None:
         import cv2
 
         if self._pos > 0:  # re-open after a failure: resume where we were
-            cap.set(cv2.CAP_PROP_POS_FRAMES, self._pos)
+            if self._jpeg:
+                # raw packets: FFmpeg's seek is not reliable here (a truncated AVI without its
+                # index seeks to 0), so skip packets, which costs no decoding
+                skipped = 0
+                while skipped < self._pos and cap.grab():
+                    skipped += 1
+            else:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, self._pos)
         if self._pacer is None:
             fps = _finite(cap.get(cv2.CAP_PROP_FPS))
             if self.pace == "native" and fps == 0:
@@ -138,7 +174,7 @@ class FileSource(CaptureSource):
         import cv2
 
         return {"frame_count": int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), "loop": self.loop,
-                "pace": self.pace}
+                "pace": self.pace, "size_changes": "detected" if self._jpeg else "undetectable"}
 
     def _grab(self) -> np.ndarray | Frame | None:
         import cv2
@@ -149,23 +185,54 @@ class FileSource(CaptureSource):
         cap = self._cap
         if cap is None:
             return None
-        ok, img = cap.read()
+        ok, img = self._read(cap)
         if not ok and self.loop and self._pos > 0 and not self._is_abandoned():
+            total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            if total > 0 and self._pos < total - 1 and not self._warned_short:
+                self._warned_short = True
+                log.warning("%s: the file breaks at frame %d of the %d its header lists; looping "
+                            "over the frames before it", self.uri, self._pos, total)
             cap.release()
             self._pos = 0
-            cap = self._cap = cv2.VideoCapture(str(self.path))
-            ok, img = cap.read()
+            cap = self._cap = self._new_capture()
+            ok, img = self._read(cap)
         if not ok:
-            # a file that fails where it ended is finished; elsewhere it is a read failure
+            # a file that fails where it ended is finished; elsewhere it is a read failure,
+            # retried once from a fresh capture; failing again at the same frame, it is broken
             total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             self._eof = not self.loop and (total <= 0 or self._pos >= total - 1)
+            if not self._eof:
+                if self._failed_at == self._pos:
+                    raise SourceFailed(
+                        f"{self.uri}: cannot read frame {self._pos} of the {total} its header lists, again "
+                        "after re-opening: the file is truncated or corrupt there"
+                    )
+                self._failed_at = self._pos
             return None
+        self._failed_at = None
         self._pos += 1
         self._count += 1
         return Frame(img, 0, self._count - 1)
 
     def _at_end(self) -> bool:
         return self._eof
+
+
+def _packets_are_jpeg(path: Path) -> bool:
+    """True when the file's first packet is a JPEG image that cv2.imdecode can decode (MJPEG in
+    AVI/MOV/MKV): such files are read packet by packet, each frame at its real size."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
+    try:
+        if not cap.isOpened() or cap.get(cv2.CAP_PROP_FORMAT) != -1:
+            return False
+        ok, pkt = cap.read()
+        if not ok or pkt is None or pkt.size < 4 or bytes(pkt.ravel()[:2]) != b"\xff\xd8":
+            return False
+        return cv2.imdecode(pkt, cv2.IMREAD_COLOR) is not None
+    finally:
+        cap.release()
 
 
 def _parse_device(spec: str) -> tuple[int | str, str]:

@@ -12,6 +12,12 @@
 ``SweepRenderer.render(i)`` is pure and thread-free: the same seed and i give the same pixels.
 ``SweepSource`` paces it in a reader thread like any other source (pace='native' at fps, or
 'none').
+
+A still that does not decode (corrupt, truncated, not an image) is dropped from the rotation
+when the sweep first reaches it (``render`` raises ``CorruptImage``; ``drop()``): the sweep goes
+on with the next image, the still is logged once and counted as one rejected frame. A folder
+with no decodable image is an error (SourceFailed), not an endless retry. (Purity then holds
+for the images that remain.)
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from streamcad.errors import ConfigError, SourceError
-from streamcad.sources.base import Frame, Pacer, SourceInfo, ThreadedSource
+from streamcad.sources.base import Frame, Pacer, SourceFailed, SourceInfo, ThreadedSource
 
-__all__ = ["SAMPLE_DIR", "SweepRenderer", "SweepSource", "load_image_list"]
+__all__ = ["SAMPLE_DIR", "CorruptImage", "SweepRenderer", "SweepSource", "load_image_list"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,15 @@ def load_image_list(src: str | Path | Sequence) -> list[tuple[_ImageRef, str | N
     return items
 
 
+class CorruptImage(SourceError):
+    """An image of the sweep does not decode. ``k`` is its index in ``items``."""
+
+    def __init__(self, k: int, ref: object) -> None:
+        super().__init__(f"sweep: cannot decode image {ref}: corrupt or not an image")
+        self.k = k
+        self.ref = ref
+
+
 def _images_in(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir()
                   if p.suffix.lower() in _IMAGE_EXT and "_mask" not in p.stem and p.is_file())
@@ -128,6 +143,7 @@ class SweepRenderer:
         self.transition_s = float(transition_s)
         self.speckle = float(speckle)
         self.order = np.random.default_rng(self.seed).permutation(len(self.items))
+        self.corrupt: list[object] = []  # images dropped from the rotation (drop())
         self.segment_frames = max(1, round((self.dwell_s + self.transition_s) * self.fps))
         self._dwell_frames = min(self.segment_frames, round(self.dwell_s * self.fps))
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -221,14 +237,15 @@ class SweepRenderer:
     @property
     def period(self) -> int:
         """Frames in one pass over all images."""
-        return self.segment_frames * len(self.items)
+        return self.segment_frames * len(self.order)
 
     def segment(self, i: int) -> tuple[int, int, float]:
         """(current image, next image, transition progress in [0, 1)) at frame i; progress 0
         during the dwell. Images are indices into ``items``."""
         s, local = divmod(i, self.segment_frames)
-        cur = int(self.order[s % len(self.items)])
-        nxt = int(self.order[(s + 1) % len(self.items)])
+        n = len(self.order)
+        cur = int(self.order[s % n])
+        nxt = int(self.order[(s + 1) % n])
         if local < self._dwell_frames:
             return cur, nxt, 0.0
         return cur, nxt, (local - self._dwell_frames) / max(1, self.segment_frames - self._dwell_frames)
@@ -250,11 +267,19 @@ class SweepRenderer:
         else:
             img = self._cv2.imread(str(ref), self._cv2.IMREAD_GRAYSCALE)
             if img is None:
-                raise SourceError(f"sweep: cannot decode image {ref}")
+                raise CorruptImage(k, ref)
         self._cache[k] = img
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return img
+
+    def drop(self, k: int) -> int:
+        """Take image k out of the rotation (it does not decode). Returns the images left; 0
+        means none: the caller must give up."""
+        if k in self.order:
+            self.order = self.order[self.order != k]
+            self.corrupt.append(self.items[k][0])
+        return len(self.order)
 
     def _moving(self, k: int, seg: int, t: float) -> np.ndarray:
         """Image k as seen at time t with the probe motion of segment seg: float32 (rh, rw)."""
@@ -346,11 +371,29 @@ class SweepSource(ThreadedSource):
     def _grab(self) -> Frame | None:
         if not self._pacer.wait():
             return None
-        if not self.loop and self._i >= self.renderer.period:
-            return None
-        frame = self.renderer.render(self._i)
-        self._i += 1
-        return frame
+        while True:
+            if not self.loop and self._i >= self.renderer.period:
+                return None
+            try:
+                frame = self.renderer.render(self._i)
+            except CorruptImage as exc:
+                self._skip(exc)
+                continue
+            self._i += 1
+            return frame
+
+    def _skip(self, exc: CorruptImage) -> None:
+        """A still that does not decode: out of the rotation, counted as one rejected frame."""
+        left = self.renderer.drop(exc.k)
+        with self._lock:  # grabbed and rejected together: the SourceStats invariant holds
+            self._counts["frames_grabbed"] += 1
+            self._counts["frames_rejected"] += 1
+        log.warning("%s; skipped (%d image(s) skipped so far, %d left)", exc, len(self.renderer.corrupt), left)
+        if left == 0:
+            raise SourceFailed(
+                f"{self.uri}: none of the {len(self.renderer.items)} images decodes "
+                f"(e.g. {self.renderer.corrupt[0]}): expected PNG/JPEG/BMP/TIFF stills"
+            ) from exc
 
     def _at_end(self) -> bool:
         return not self.loop and self._i >= self.renderer.period
