@@ -79,12 +79,12 @@ class OperatingPoint:
                     f"never leave 'suspicious'); expected band < {on:.4g}, or set smoothing.off_threshold"
                 )
         point = cls(on=on, off=off, operating_threshold=thr, source=source)
-        if source == "config":
-            log.warning(
-                "smoothing.on_threshold=%.4g overrides %s: the model card's sensitivity/specificity do not describe "
-                "this 'suspicious' state", on,
-                f"the validated operating threshold {thr:.4g} of {model}" if thr is not None else f"{model} (which has no validated threshold)",
-            )
+        if source == "config" and thr is not None:
+            log.warning("smoothing.on_threshold=%.4g overrides the validated operating threshold %.4g of %s: the "
+                        "model card's sensitivity/specificity do not describe this 'suspicious' state", on, thr, model)
+        elif source == "config":
+            log.warning("smoothing.on_threshold=%.4g: %s has no validated operating threshold, so no measured "
+                        "sensitivity/specificity describes this 'suspicious' state", on, model)
         log.info("%s", point.describe())
         return point
 

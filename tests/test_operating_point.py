@@ -151,3 +151,11 @@ def test_every_state_and_flag_has_its_sentence():
     protocol = (DEFAULT_MODEL.parents[2] / "docs" / "PROTOCOL.md").read_text()
     for text in (*STATE_TEXT.values(), *FLAG_TEXT.values()):  # the docs give UI authors the same words
         assert f'"{text}"' in protocol, text
+
+
+def test_a_bare_onnx_without_manifest_is_refused_by_name(tmp_path):
+    p = make_contract_onnx(tmp_path / "bare.onnx", size=64)  # no bare.json beside it
+    cfg = config_from_dict({"model": {"path": str(p), "allow_unverified": True},
+                            "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"}, "dashboard": False})
+    with pytest.raises(ConfigError, match=r"^smoothing\.on_threshold: bare\.onnx \(no manifest\) has no operating_threshold"):
+        Pipeline(cfg)
