@@ -16,6 +16,10 @@ MODEL ?= engines/models/default.onnx
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_TORCH_INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+# make test-runtime: every test module is collected there (test_packaging checks that too), and
+# these run: the CLI without the extras, the runtime's import hygiene, messages, config, client
+RUNTIME_TESTS ?= tests/test_cli_extras.py tests/test_no_torch.py tests/test_messages.py tests/test_config.py \
+	tests/test_client.py tests/test_docs_examples.py
 
 .PHONY: demo test test-runtime evaluate lint clean check-python
 
@@ -75,6 +79,7 @@ test: $(VENV)/.full
 # The runtime's tests where torch, scikit-learn and the rest of train/ are NOT installed: every
 # test module must be collected (the training ones skip themselves), then the runtime tests run.
 test-runtime: $(RT_VENV)/.runtime
+	$(RT_VENV)/bin/python -m pytest -qq --collect-only tests
 	$(RT_VENV)/bin/python -m pytest -q -ra $(RUNTIME_TESTS)
 
 lint: $(VENV)/.full

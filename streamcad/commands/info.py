@@ -1,4 +1,6 @@
 """`streamcad info [--json]`: versions, available backends (with reasons), ORT providers, GPUs.
+`streamcad info --config`: every config key with its default and the reason for it, as TOML
+(generated from streamcad.config's classes and their comments; README's config block is this).
 
 Never imports torch or TensorRT just to report them: versions come from package metadata, GPUs
 from nvidia-smi; torch.cuda is asked only when torch is installed.
@@ -23,7 +25,7 @@ HELP = "versions, available backends and GPUs"
 _DISTS = {
     "numpy": "numpy",
     "opencv": "opencv-python-headless",
-    "onnxruntime": "onnxruntime",
+    "onnxruntime": "onnxruntime",  # or onnxruntime-gpu (the gpu extra): same module
     "pyzmq": "pyzmq",
     "msgspec": "msgspec",
     "rich": "rich",
@@ -36,14 +38,109 @@ _DISTS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--config", action="store_true",
+                   help="print every config key with its default (TOML, comments = the reasons) and exit")
+
+
+def _field_comments(cls: type) -> dict[str, tuple[list[str], str]]:
+    """Comments of a config class's fields from its source: name -> (comment lines above the
+    field, the comment at the end of its line)."""
+    import inspect
+    import io
+    import tokenize
+
+    src = inspect.getsource(cls)
+    out: dict[str, tuple[list[str], str]] = {}
+    above: list[str] = []
+    for tok_line in src.splitlines()[1:]:
+        line = tok_line.strip()
+        if line.startswith("#"):
+            above.append(line[1:].strip())
+            continue
+        name = line.split(":", 1)[0].strip()
+        if ":" in line and name.isidentifier() and not line.startswith(("def ", "class ", "@")) and tok_line.startswith("    ") \
+                and not tok_line.startswith("     "):
+            trailing = ""
+            try:
+                for tok in tokenize.generate_tokens(io.StringIO(line + "\n").readline):
+                    if tok.type == tokenize.COMMENT:
+                        trailing = tok.string[1:].strip()
+            except tokenize.TokenError:
+                pass
+            out[name] = (above, trailing)
+        above = []
+    return out
+
+
+def _placeholder(tp: object) -> str:
+    """A TOML-looking placeholder for a key whose default is None (so it is shown commented out)."""
+    import types
+    import typing
+
+    while True:
+        args = typing.get_args(tp)
+        origin = typing.get_origin(tp)
+        if origin is typing.Union or origin is types.UnionType:
+            tp = next(a for a in args if a is not type(None))
+        elif origin is typing.Annotated:
+            tp = args[0]
+        else:
+            break
+    if typing.get_origin(tp) is list:
+        return "[" + ", ".join([_placeholder(typing.get_args(tp)[0])] * 2) + ", ...]"
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(_toml_value(a) for a in typing.get_args(tp))
+    return {int: "<int>", float: "<float>", str: '"<text>"', bool: "<true|false>"}.get(tp, "<value>")
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def default_config_toml() -> str:
+    """Every key of streamcad.config.RunConfig with its default, as TOML that loads back to the
+    defaults. A key whose default is None (= not set) is shown commented out with a placeholder;
+    each key carries its comments from streamcad/config.py (the reasons behind the defaults)."""
+    import msgspec
+
+    from streamcad.config import RunConfig
+
+    def section(cls: type, header: str | None) -> list[str]:
+        notes = _field_comments(cls)
+        lines = [f"[{header}]"] if header else []
+        for f in msgspec.structs.fields(cls):
+            if isinstance(f.default, msgspec.Struct):
+                continue  # a [section], rendered on its own
+            default = f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+            above, trailing = notes.get(f.name, ([], ""))
+            lines += [f"# {c}" for c in above]
+            body = f"# {f.name} = {_placeholder(f.type)}" if default is None else f"{f.name} = {_toml_value(default)}"
+            lines.append(f"{body:<28} # {trailing}" if trailing else body)
+        return lines
+
+    out = section(RunConfig, None)
+    for f in msgspec.structs.fields(RunConfig):
+        if isinstance(f.default, msgspec.Struct):
+            out += ["", *section(type(f.default), f.name)]
+    return "\n".join(out) + "\n"
 
 
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        if dist == "opencv-python-headless":  # other OpenCV wheels provide the same cv2
-            for alt in ("opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"):
+        alts = {"opencv-python-headless": ("opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
+                "onnxruntime": ("onnxruntime-gpu",)}  # other wheels that provide the same module
+        if dist in alts:
+            for alt in alts[dist]:
                 try:
                     return importlib.metadata.version(alt)
                 except importlib.metadata.PackageNotFoundError:
@@ -112,6 +209,9 @@ def collect() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config:
+        sys.stdout.write(default_config_toml())
+        return 0
     info = collect()
     if args.json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
