@@ -3,10 +3,13 @@
     checkpoint.pt (plain dict: model_config, model, preprocess, temperature, metrics, train_config)
       --train.model.build_model(**model_config) + load_state_dict(strict)--> nn.Module (eval)
       --wrap: logits / T (temperature baked in)--> torch.onnx.export (opset >= 17, dynamic batch)
-          input 'input' (N, 1, S, S) float32 -> outputs 'logits' (N, 3), 'saliency' (N, 1, h, w)
+          input 'input' (N, 1, S, S) float32 -> outputs 'logits' (N, 3), 'saliency' (N, 1, h, w),
+          'embedding' (N, D) (train.ood.forward_gate: pooled stage maps + the classifier's
+          embedding, one backbone pass; what the runtime's out-of-domain gate scores)
       --onnx.checker (full check)-->
       --parity on REAL frames (engines.gate.load_gate_frames, letterboxed by streamcad.preprocess):
-          ONNX Runtime FP32 vs PyTorch FP32: max |p_ort - p_torch| <= 1e-4 and identical argmax
+          ONNX Runtime FP32 vs PyTorch FP32: max |p_ort - p_torch| <= 1e-4 and identical argmax,
+          embedding max |e_ort - e_torch| <= 1e-3 x max |e_torch|
       --> engines/models/NAME.onnx + NAME.json (streamcad.manifest.write_manifest)
 
 A failed check removes the ONNX file and exits non-zero with the numbers. Run:
@@ -51,6 +54,9 @@ HELP = "export a training checkpoint to ONNX with a parity check"
 MIN_OPSET = 17  # LayerNormalization is a native op from 17 on (TensorRT parses it without a plugin)
 PARITY_TOLERANCE = 1e-4  # FP32 vs FP32: only kernel rounding differs; a real export bug is >> 1e-4
 PARITY_BATCH = 24  # chunks of 24 plus a remainder exercise the dynamic batch axis
+# embedding vs PyTorch, relative to its largest magnitude: the gate's threshold sits several
+# standard deviations of the training scores away, far beyond what 1e-3 relative moves it
+EMBEDDING_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -62,16 +68,23 @@ class ParityResult:
     max_saliency_diff: float  # reported, not gated: saliency is a display aid, max-normalised per image
     tolerance: float
     frames: str  # where the real frames came from
+    embedding_rel_diff: float | None = None  # max |e_onnx - e_torch| / max |e_torch|; None: no embedding output
+    embedding_dim: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
+        emb = (
+            f", embedding (D={self.embedding_dim}) max relative diff {self.embedding_rel_diff:.3e} (tolerance {EMBEDDING_TOLERANCE:g})"
+            if self.embedding_rel_diff is not None
+            else ", no embedding output"
+        )
         return (
             f"parity {verdict} on {self.n} real frames ({self.frames}): max |p_onnx - p_torch| = "
             f"{self.max_prob_diff:.3e} (tolerance {self.tolerance:g}), argmax mismatches {self.argmax_mismatches}, "
-            f"max saliency diff {self.max_saliency_diff:.3e}"
+            f"max saliency diff {self.max_saliency_diff:.3e}{emb}"
         )
 
 
@@ -140,23 +153,27 @@ def load_classifier(checkpoint: str | os.PathLike) -> tuple[Any, dict, Preproces
 def _temperature_wrapper(model: Any, temperature: float) -> Any:
     import torch
 
+    from train.ood import forward_gate
+
     class TemperatureScaled(torch.nn.Module):
-        """(B, 1, S, S) -> (logits / T (B, 3), saliency (B, 1, h, w)): calibration baked into the graph."""
+        """(B, 1, S, S) -> (logits / T (B, 3), saliency (B, 1, h, w), embedding (B, D)): calibration
+        baked into the graph; the embedding is train.ood.forward_gate's (the out-of-domain gate's input)."""
 
         def __init__(self, net: torch.nn.Module, t: float) -> None:
             super().__init__()
             self.net = net
             self.inv_t = 1.0 / t  # a multiply folds into the last Gemm's constants
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits, sal = self.net(x)
-            return logits * self.inv_t, sal
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits, sal, emb = forward_gate(self.net, x)
+            return logits * self.inv_t, sal, emb
 
     return TemperatureScaled(model, temperature).eval()
 
 
 def export_onnx(module: Any, example: np.ndarray, out: str | os.PathLike, opset: int = MIN_OPSET) -> Path:
-    """Export (B,1,S,S) -> (logits, saliency) to ONNX with a dynamic batch axis, then onnx.checker."""
+    """Export (B,1,S,S) -> (logits, saliency[, embedding]) to ONNX with a dynamic batch axis, then
+    onnx.checker. A module returning three tensors gets the third as output 'embedding' (B, D)."""
     import warnings
 
     import onnx
@@ -165,7 +182,13 @@ def export_onnx(module: Any, example: np.ndarray, out: str | os.PathLike, opset:
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}; expected >= {MIN_OPSET}")
     out = Path(out)
-    dyn = {"input": {0: "N"}, "logits": {0: "N"}, "saliency": {0: "N"}}
+    with torch.no_grad():
+        probe = module(torch.from_numpy(np.ascontiguousarray(example)))
+    n_out = len(probe)
+    if n_out not in (2, 3):
+        raise ArtifactError(f"the module returns {n_out} tensors; expected (logits, saliency) or (logits, saliency, embedding)")
+    names = ["logits", "saliency", "embedding"][:n_out]
+    dyn = {"input": {0: "N"}, **{n: {0: "N"} for n in names}}
     with warnings.catch_warnings(), torch.no_grad():
         # Tracer warnings about Python ints from shapes: S is static by design; parity checks the result.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -178,7 +201,7 @@ def export_onnx(module: Any, example: np.ndarray, out: str | os.PathLike, opset:
                 (torch.from_numpy(np.ascontiguousarray(example)),),
                 str(out),
                 input_names=["input"],
-                output_names=["logits", "saliency"],
+                output_names=names,
                 opset_version=opset,
                 dynamic_axes=dyn,
                 do_constant_folding=True,
@@ -189,6 +212,10 @@ def export_onnx(module: Any, example: np.ndarray, out: str | os.PathLike, opset:
             raise ArtifactError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
     try:
         proto = onnx.load(str(out))
+        if n_out == 3:  # the tracer leaves D symbolic ('Concat..._dim_1'); D is fixed: declare it
+            emb_out = next(o for o in proto.graph.output if o.name == "embedding")
+            emb_out.type.tensor_type.shape.dim[1].dim_value = int(probe[2].shape[1])
+            onnx.save(proto, str(out))
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError, shape inference errors, protobuf errors
         out.unlink(missing_ok=True)
@@ -214,27 +241,44 @@ def check_parity(
     from streamcad.backends import load_backend
 
     logits_t, logits_o, sal_diff = [], [], 0.0
+    emb_t, emb_o, has_emb = [], [], True
     with load_backend("onnxruntime", onnx_path, providers=("cpu",)) as ort_be, torch.no_grad():
         for i in range(0, batch.shape[0], PARITY_BATCH):
             chunk = np.ascontiguousarray(batch[i : i + PARITY_BATCH])  # (n, 1, S, S)
-            lt, st = module(torch.from_numpy(chunk))
+            lt, st, *et = module(torch.from_numpy(chunk))
             out = ort_be.infer(chunk)
             logits_t.append(lt.numpy())
             logits_o.append(out["logits"])
             sal_diff = max(sal_diff, float(np.max(np.abs(out["saliency"] - st.numpy()))))
+            if et and "embedding" in out:
+                emb_t.append(et[0].numpy())
+                emb_o.append(out["embedding"])
+            else:
+                has_emb = False  # a module without an embedding, or a graph without the output
     p_t = softmax(np.concatenate(logits_t))
     p_o = softmax(np.concatenate(logits_o))
     finite = bool(np.all(np.isfinite(p_o)))
     max_diff = float(np.max(np.abs(p_o - p_t))) if finite else float("inf")
     mismatches = int(np.count_nonzero(np.argmax(p_o, axis=1) != np.argmax(p_t, axis=1))) if finite else int(p_o.shape[0])
+    emb_diff = emb_dim = None
+    emb_ok = True
+    if has_emb and emb_t:
+        e_t, e_o = np.concatenate(emb_t), np.concatenate(emb_o)
+        emb_dim = int(e_t.shape[1])
+        emb_diff = float(np.max(np.abs(e_o - e_t)) / max(float(np.max(np.abs(e_t))), 1e-12))
+        emb_ok = bool(np.all(np.isfinite(e_o))) and emb_diff <= EMBEDDING_TOLERANCE
+        if not np.isfinite(emb_diff):
+            emb_diff = float("inf")
     return ParityResult(
-        passed=finite and max_diff <= tolerance and mismatches == 0,
+        passed=finite and max_diff <= tolerance and mismatches == 0 and emb_ok,
         n=int(p_t.shape[0]),
         max_prob_diff=max_diff,
         argmax_mismatches=mismatches,
         max_saliency_diff=sal_diff,
         tolerance=tolerance,
         frames=frames,
+        embedding_rel_diff=emb_diff,
+        embedding_dim=emb_dim,
     )
 
 
@@ -297,7 +341,8 @@ def export_module(
             raise ArtifactError(
                 f"export FAILED the parity check, {tmp.name} removed: max |p_onnx - p_torch| = "
                 f"{parity.max_prob_diff:.3e} (tolerance {tolerance:g}), argmax mismatches "
-                f"{parity.argmax_mismatches}/{parity.n} on real frames from {frames or 'the given batch'}"
+                f"{parity.argmax_mismatches}/{parity.n} on real frames from {frames or 'the given batch'}, "
+                f"embedding max relative diff {parity.embedding_rel_diff} (tolerance {EMBEDDING_TOLERANCE:g})"
             )
         os.replace(tmp, out)
     finally:

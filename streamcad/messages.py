@@ -62,7 +62,7 @@ MESSAGE_TYPES = ("score", "status")
 ENCODINGS = ("json", "msgpack")
 # Latency stages in Score.latency_ms; 'total' is capture -> publish.
 STAGES = ("grab", "preprocess", "infer", "smooth", "publish", "total")
-FLAGS = ("blank", "frozen", "no_signal", "not_ultrasound")
+FLAGS = ("blank", "frozen", "no_signal", "not_ultrasound", "doppler", "out_of_domain")
 SCORE_STATES = ("suspicious", "clear", "no_lesion", "flagged")
 SOURCE_STATES = ("connecting", "live", "stale", "reconnecting", "error", "ended")
 # 1 MiB: a score is ~0.5 KB; anything near this is a bug or an attack.
@@ -76,7 +76,7 @@ Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 NonNegFloat = Annotated[float, Meta(ge=0.0)]
 StreamName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
-Flag = Literal["blank", "frozen", "no_signal", "not_ultrasound"]
+Flag = Literal["blank", "frozen", "no_signal", "not_ultrasound", "doppler", "out_of_domain"]
 
 
 class Probs(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -116,6 +116,9 @@ class Score(Struct, tag="score", tag_field="type", forbid_unknown_fields=True, k
     saliency_peak: tuple[int, int] | None = None  # (x, y) of the saliency maximum, frame pixels
     lesion: Lesion | None = None  # lesion box + confidence; None: no lesion seen, flagged, or a model without a lesion head
     label: str | None = None  # ground truth class (sweep/demo sources only)
+    # out-of-domain gate score (streamcad.gate_ood; > the manifest's threshold = 'out_of_domain');
+    # None: no gate, or the frame was not scored (another flag)
+    ood_score: NonNegFloat | None = None
 
 
 class SourceStatus(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -167,6 +170,9 @@ class Status(Struct, tag="status", tag_field="type", forbid_unknown_fields=True,
     on_threshold: Unit | None = None
     off_threshold: Unit | None = None
     threshold_source: Literal["manifest", "config"] | None = None
+    # the out-of-domain gate: 'active' (the manifest carries one; frames outside the training
+    # domain are flagged 'out_of_domain') or 'absent' (the model has none: no such flag is raised)
+    ood_gate: Literal["active", "absent"] | None = None
 
 
 Message = Score | Status

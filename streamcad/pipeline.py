@@ -162,8 +162,12 @@ class Pipeline:
         item.roi = roi.as_tuple()
         x, y, w, h = item.roi
         if roi.confidence == 0.0:
-            # no image sector anywhere on the screen (tracker returned the whole frame)
-            item.flags = frozenset({"not_ultrasound"})
+            # no image sector anywhere on the screen (tracker returned the whole frame): a black
+            # or uniform screen (start-up, probe unplugged) is 'blank', anything else is not ultrasound
+            from streamcad.quality import is_blank
+
+            cfg = self.quality.config if self.quality is not None else None
+            item.flags = frozenset({"blank" if is_blank(image, cfg) else "not_ultrasound"})
         elif self.quality is not None:
             # stale=False: this frame did arrive; staleness is reported by _no_signal_item
             item.flags = self.quality.check(image[y : y + h, x : x + w], frame.chroma, False)

@@ -22,7 +22,7 @@ import numpy as np
 
 from streamcad.errors import ConfigError, FrameError
 
-__all__ = ["FLAGS", "QualityConfig", "QualityChecker", "speckle_density"]
+__all__ = ["FLAGS", "QualityConfig", "QualityChecker", "is_blank", "speckle_density"]
 
 FLAGS: tuple[str, ...] = ("blank", "frozen", "no_signal", "not_ultrasound")
 
@@ -97,6 +97,24 @@ def speckle_density(g: np.ndarray, min_tissue: float = 0.05) -> float:
     return float(peaks.sum()) / max(float(core.sum()), min_tissue * g.size, 1.0)
 
 
+def _blank(g: np.ndarray, cfg: QualityConfig) -> bool:
+    """A downsampled float32 image that is nearly uniform or nearly all black."""
+    return float(g.std()) < cfg.blank_std or float(np.percentile(g, 99)) <= cfg.black_level
+
+
+def is_blank(image: np.ndarray, config: QualityConfig | None = None) -> bool:
+    """Is a whole (H, W) uint8 frame black or uniform (start-up, a probe in air or unplugged)?
+
+    The pipeline asks this when no image sector was found on the screen, so that a black
+    opening frame is flagged 'blank' and not 'not_ultrasound'.
+    """
+    cfg = config if config is not None else QualityConfig()
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2 or image.size == 0:
+        got = f"{type(image).__name__} {getattr(image, 'dtype', '?')} shape {getattr(image, 'shape', '?')}"
+        raise FrameError(f"is_blank expects a non-empty grayscale uint8 frame of shape (H, W); got {got}")
+    return _blank(QualityChecker._downsample(image, cfg.work_side), cfg)
+
+
 class QualityChecker:
     """Flags per frame. Keeps one downsampled previous frame and a counter; reset() on resize.
 
@@ -166,8 +184,7 @@ class QualityChecker:
         if stale:
             flags.add("no_signal")
 
-        blank = float(g.std()) < cfg.blank_std or float(np.percentile(g, 99)) <= cfg.black_level
-        if blank:
+        if _blank(g, cfg):
             flags.add("blank")
         elif chroma > cfg.chroma_max or speckle_density(g, cfg.min_tissue) < cfg.min_speckle:
             flags.add("not_ultrasound")  # not evaluated on blank crops: blank says it better

@@ -41,6 +41,22 @@ _LIVE_STD = 1.5  # temporal std (grey levels, downscaled) above which a pixel is
 _TEXTURE_RESID = 1.0  # |g - blur3(g)| above this is speckle-like texture
 _MIN_AREA_FRAC = 0.02  # a sector smaller than 2% of the screen is not a usable image
 _CURVED_FILL = 0.85  # sector area / box area below this -> a fan or annulus ('curved')
+_MIN_PIECE_FRAC = 0.002  # components below 0.2% of the screen are never traces or sector pieces
+_MIN_PIECE_SIDE = (
+    0.03  # ... and must be this thick (x the working side): bars and rulers are thinner
+)
+_MERGE_REACH = 0.05  # sector pieces join across dark gaps of up to 5% of the working side
+_MOVE_MIN = 0.5  # mean |frame difference| (grey levels) below which a frame pair shows no motion
+_MAX_SHIFT = (
+    6  # scroll test: horizontal shifts up to this many working pixels per frame (half steps) ...
+)
+_TRACE_PAIRS = 4  # ... tested on at most this many frame pairs of the window
+_SCROLL_RESID = (
+    0.35  # a rigid shift leaving < 35% of the change: scrolling (speckle never does that)
+)
+_SWEEP_CONC = 0.8  # > 80% of a frame's change in 15% of the columns: an erase bar sweeping
+_FAN_END_RATIO = 0.6  # a fan's narrow end is < 60% as wide as its far end
+_FAN_MIRROR_MAX = 0.75  # mirroring may not widen the box by more than half again (a bad axis)
 
 
 @dataclass(frozen=True)
@@ -190,6 +206,122 @@ def _refine_edges(
     return nx0, ny0, nx1, ny1
 
 
+def _trace_like(sub: np.ndarray, mask: np.ndarray) -> bool:
+    """Is this live component a scrolling trace (spectral Doppler, M-mode, ECG) and not an image?
+
+    sub: (T, h, w) float32 frames cropped to the component's box; mask: (h, w) bool component.
+    A trace moves in one of two ways, both unlike a B-mode image (whose speckle changes all over
+    and does not translate rigidly):
+      scroll: the whole panel shifts sideways each frame, so frame t+1 is frame t shifted by s
+              pixels (half-pixel steps, linear interpolation): the best shift leaves
+              < _SCROLL_RESID of the change;
+      sweep:  an erase bar runs across a still panel, so each frame's change sits in a narrow band
+              of columns: the busiest 15% of columns hold > _SWEEP_CONC of it.
+    At most _TRACE_PAIRS frame pairs are tested (cost: ~1 ms per large component).
+    """
+    T, h, w = sub.shape
+    M = _MAX_SHIFT + 1
+    if T < 3 or w < 4 * M or h < 8:
+        return False
+    m = mask.astype(np.float32)
+    core = m[:, M:-M]  # (h, w - 2M): columns every tested shift can fill from inside the crop
+    n_core = max(float(core.sum()), 1.0)
+    k = max(1, int(np.ceil(0.15 * w)))
+    scroll, sweep = [], []
+    pairs = np.unique(np.linspace(0, T - 2, min(T - 1, _TRACE_PAIRS)).round().astype(int))
+    for t in pairs:
+        a, b = sub[t], sub[t + 1]
+        d = np.abs(b - a)
+        bc = b[:, M:-M]
+        e0 = float((d[:, M:-M] * core).sum()) / n_core
+        col = (d * m).sum(axis=0)  # (w,) change per column
+        if float((col / np.maximum(m.sum(axis=0), 1.0)).max()) >= 4 * _MOVE_MIN:
+            # some column changed clearly (an erase bar moves only a few of them)
+            sweep.append(float(np.sort(col)[-k:].sum()) / max(float(col.sum()), 1e-6))
+        if e0 < _MOVE_MIN:  # no change overall (a repeated capture frame): no scroll evidence
+            continue
+        # a[:, M - s : w - M - s] is frame t moved right by s pixels, aligned with bc
+        shifted = {s: a[:, M - s : w - M - s] for s in range(-_MAX_SHIFT, _MAX_SHIFT + 1)}
+        best = e0
+        for s in range(-_MAX_SHIFT, _MAX_SHIFT + 1):
+            cands = [shifted[s]] if s != 0 else []
+            if s < _MAX_SHIFT:
+                cands.append(0.5 * (shifted[s] + shifted[s + 1]))  # s + 0.5
+            for c in cands:
+                best = min(best, float((np.abs(bc - c) * core).sum()) / n_core)
+        scroll.append(best / e0)
+    is_scroll = len(scroll) >= 2 and float(np.median(scroll)) < _SCROLL_RESID
+    is_sweep = len(sweep) >= 2 and float(np.median(sweep)) > _SWEEP_CONC
+    return is_scroll or is_sweep
+
+
+def _gap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int]:
+    """Horizontal and vertical gap (>= 0) between two (x0, y0, x1, y1) boxes (end exclusive)."""
+    gx = max(0, max(a[0], b[0]) - min(a[2], b[2]))
+    gy = max(0, max(a[1], b[1]) - min(a[3], b[3]))
+    return gx, gy
+
+
+def _merge_pieces(best: int, stats: np.ndarray, ok: np.ndarray, reach: float) -> list[int]:
+    """Grow the chosen component by the other sector-like pieces next to it.
+
+    A sector broken by dark water, a cyst or a shadow falls apart into pieces. A piece joins
+    when it is sector-like (ok) and lies beside the region within `reach` working pixels,
+    inside the region's column span (a piece above or below) or row span (a piece beside it):
+    text and logos off to a corner of the screen stay out. Repeats until nothing joins.
+    """
+    x, y, w, h = (int(v) for v in stats[best, :4])
+    region = (x, y, x + w, y + h)
+    members = [best]
+    pending = [i for i in range(1, len(stats)) if i != best and ok[i]]
+    changed = True
+    while changed and pending:
+        changed = False
+        for i in list(pending):
+            cx, cy, cw, ch = (int(v) for v in stats[i, :4])
+            box = (cx, cy, cx + cw, cy + ch)
+            gx, gy = _gap(region, box)
+            within_cols = box[0] >= region[0] and box[2] <= region[2]
+            within_rows = box[1] >= region[1] and box[3] <= region[3]
+            if (gx == 0 and gy <= reach and within_cols) or (
+                gy == 0 and gx <= reach and within_rows
+            ):
+                members.append(i)
+                pending.remove(i)
+                region = (
+                    min(region[0], box[0]),
+                    min(region[1], box[1]),
+                    max(region[2], box[2]),
+                    max(region[3], box[3]),
+                )
+                changed = True
+    return members
+
+
+def _fan_axis(mask: np.ndarray) -> float | None:
+    """x of a fan's symmetry axis (through its apex), from the narrow end of the (h, w) mask.
+
+    A phased or convex fan is drawn symmetric about the vertical line through its apex. The
+    narrow end (apex or probe face) is the top or bottom tenth of rows with the smaller width;
+    its centre is the axis. None when neither end is clearly narrower (not a fan).
+    """
+    rows = np.nonzero(mask.any(axis=1))[0]
+    if len(rows) < 10:
+        return None
+    sub = mask[rows[0] : rows[-1] + 1]
+    has = sub.any(axis=1)
+    left = np.where(has, sub.argmax(axis=1), 0)
+    right = np.where(has, sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1), 0)
+    width = (right - left + 1) * has
+    k = max(2, len(sub) // 10)
+    top, bottom = width[:k].mean(), width[-k:].mean()
+    end = slice(0, k) if top < bottom else slice(len(sub) - k, len(sub))
+    if min(top, bottom) > _FAN_END_RATIO * max(top, bottom):
+        return None
+    centre = ((left + right) / 2.0)[end][has[end]]
+    return float(np.median(centre)) if len(centre) else None
+
+
 def _detect_small(
     small: Sequence[np.ndarray], full_shape: tuple[int, int], full: np.ndarray | None = None
 ) -> Roi:
@@ -198,7 +330,7 @@ def _detect_small(
     full: one full-resolution frame (or a per-pixel max of a few) to snap the edges to; optional.
     """
     stack = np.stack(small).astype(np.float32)  # (T, h, w)
-    h, w = stack.shape[1:]
+    T, h, w = stack.shape
     H, W = full_shape
     sx, sy = W / w, H / h
 
@@ -220,31 +352,65 @@ def _detect_small(
             f"no ultrasound sector found in the {W}x{H} frame: nothing brighter than the background "
             f"(grey level {background:.0f}); is the scanner showing an image? Pass --roi x,y,w,h to set it"
         )
+    areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)  # (n,)
+    flat = labels.ravel()
+    min_piece = _MIN_PIECE_FRAC * h * w
 
-    # Speckle texture: high-pass residual of the mean frame (uniform panels and gradients have none).
+    # Scrolling traces (the spectral panel of a duplex screen, M-mode, a sweeping ECG) are live
+    # and textured like the image: find them by how they move, and take them out of the running.
+    trace = np.zeros(n, bool)
+    std = stack.std(axis=0) if T >= 3 else None
+    if std is not None:
+        for i in range(1, n):
+            x, y, cw, ch = (int(v) for v in stats[i, :4])
+            if areas[i] >= min_piece:
+                trace[i] = _trace_like(
+                    stack[:, y : y + ch, x : x + cw], labels[y : y + ch, x : x + cw] == i
+                )
+
+    # Speckle texture: high-pass residual of the mean frame (uniform panels and gradients have none),
+    # counted inside each component (eroded), so that the outline of a smooth bar is not texture.
     mean = stack.mean(axis=0)
     texture = np.abs(mean - cv2.blur(mean, (3, 3))) > _TEXTURE_RESID
+    core = cv2.erode(filled, np.ones((3, 3), np.uint8)).astype(bool)
+    texture &= core
     live = None
-    if stack.shape[0] >= 3:
-        live = stack.std(axis=0) > _LIVE_STD
-        if live.mean() < 0.002:  # nothing moves (frozen or still start): no temporal evidence
+    if std is not None:
+        live = (std > _LIVE_STD) & ~trace[labels]
+        if (
+            live.mean() < 0.002
+        ):  # nothing moves but traces (frozen or still start): no temporal evidence
             live = None
 
     # Score every component at once: area x speckle texture (x liveness when frames move).
-    areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)  # (n,)
-    flat = labels.ravel()
-    tex_frac = np.bincount(flat, weights=texture.ravel(), minlength=n) / np.maximum(areas, 1)
+    core_area = np.bincount(flat, weights=core.ravel(), minlength=n)
+    tex_frac = np.bincount(flat, weights=texture.ravel(), minlength=n) / np.maximum(core_area, 1)
     score = areas * (0.1 + tex_frac)
     live_frac = None
     if live is not None:
         live_frac = np.bincount(flat, weights=live.ravel(), minlength=n) / np.maximum(areas, 1)
         score *= 0.1 + live_frac
     score[0] = -1.0  # label 0 is the background
+    score[trace] = -1.0
     best = int(np.argmax(score))
-    total_area = float(areas[1:].sum())
+    if score[best] <= 0:
+        raise FrameError(
+            f"no ultrasound sector found in the {W}x{H} frame: the only live regions scroll like a "
+            "Doppler or ECG trace; pass --roi x,y,w,h to set it"
+        )
+    total_area = float(areas[1:][~trace[1:]].sum())
 
-    comp = labels == best
-    area = int(stats[best, cv2.CC_STAT_AREA])
+    # Pieces of the same sector (split by dark water, a cyst, a shadow): textured, thick (not a
+    # grey or colour bar) and not traces, joined by geometry (_merge_pieces). They need not be
+    # live: the probe-face reverberation band of a convex probe stands still.
+    thick = np.minimum(
+        stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    ) >= _MIN_PIECE_SIDE * max(h, w)
+    ok = (tex_frac >= 0.5 * tex_frac[best]) & (areas >= min_piece) & thick & ~trace
+    members = _merge_pieces(best, stats, ok, _MERGE_REACH * max(h, w))
+    comp = np.isin(labels, members)
+    area = int(areas[members].sum())
+
     # Give back what the opening shaved off the sector (pointed fan corners): grow the chosen
     # component by the opening size, but only over signal. Thin UI lines touching it come back
     # by at most ko pixels; the full-resolution edge snapping below drops them again.
@@ -260,8 +426,9 @@ def _detect_small(
         )
     # Shape from the convex hull, so that dark notches along a linear sector's edge do not count.
     pts = cv2.findNonZero(comp.astype(np.uint8))
-    hull_area = cv2.contourArea(cv2.convexHull(pts)) if len(pts) >= 3 else area
-    cw, ch = int(stats[best, cv2.CC_STAT_WIDTH]), int(stats[best, cv2.CC_STAT_HEIGHT])
+    hull = cv2.convexHull(pts)
+    hull_area = cv2.contourArea(hull) if len(pts) >= 3 else area
+    cx0, cy0, cw, ch = cv2.boundingRect(pts)
     fill = hull_area / float(max(1, (cw - 1) * (ch - 1)))  # hull of pixel centres over their box
     shape = "curved" if fill < _CURVED_FILL else "linear"
 
@@ -276,9 +443,27 @@ def _detect_small(
         region_full = cv2.resize(grown, (W, H), interpolation=cv2.INTER_NEAREST).astype(
             bool
         )  # (H, W)
+        coarse = (x0, x1)
         x0, y0, x1, y1 = _refine_edges(full, region_full, (x0, y0, x1, y1), band, background)
+    else:
+        coarse = (x0, x1)
 
-    dominance = area / total_area  # 1.0 when nothing else on screen looks like signal
+    if shape == "curved":
+        # A fan flank that shows no echo in these frames (lateral dropout, lung, a dark chamber)
+        # is still part of the sector: fans are drawn symmetric about the line through the apex,
+        # so the flank seen further out sets both sides.
+        hull_mask = np.zeros((h, w), np.uint8)
+        cv2.fillConvexPoly(hull_mask, hull, 1)
+        axis = _fan_axis(hull_mask.astype(bool))
+        if axis is not None:
+            # the half-width from the outer of the coarse and the snapped edges: snapping counts
+            # signal pixels per column, which a sparse dim flank may not reach
+            a = (axis + 0.5) * sx
+            half = max(a - min(x0, coarse[0]), max(x1, coarse[1]) - a)
+            if half <= _FAN_MIRROR_MAX * (x1 - x0):
+                x0, x1 = max(0, int(np.floor(a - half))), min(W, int(np.ceil(a + half)))
+
+    dominance = area / max(total_area, 1.0)  # 1.0 when nothing else on screen looks like signal
     conf = dominance * min(1.0, 2.0 * float(tex_frac[best]))
     if live_frac is not None:
         conf *= 0.5 + 0.5 * min(1.0, 2.0 * float(live_frac[best]))
@@ -323,8 +508,10 @@ class RoiTracker:
       override given      -> the override (checked against the frame size)
       first frame / resize -> detect on that frame (single-frame cues)
       warmup_frames seen  -> re-detect on their downscaled copies (adds the temporal cue)
-      redetect_every_s    -> collect warmup_frames frames again and re-detect; the box changes
-                             only if the new one differs clearly (IoU < 0.9), so it never jitters
+      every redetect_every frames (or redetect_every_s seconds)
+                          -> collect warmup_frames frames again and re-detect (a depth or layout
+                             change on the scanner); the box changes only if the new one differs
+                             clearly (IoU < 0.9), so it never jitters
     If no sector is found yet (a black screen at start-up), update returns the whole frame with
     confidence 0.0, logs a warning, and retries on later frames.
     """
@@ -336,6 +523,7 @@ class RoiTracker:
         override: tuple[int, int, int, int] | None = None,
         warmup_frames: int = 8,
         redetect_every_s: float | None = None,
+        redetect_every: int | None = 150,
     ) -> None:
         if override is not None:
             try:
@@ -353,8 +541,18 @@ class RoiTracker:
             raise ConfigError(
                 f"redetect_every_s={redetect_every_s!r}: expected a positive number of seconds or None"
             )
+        if redetect_every is not None and (
+            not isinstance(redetect_every, int)
+            or isinstance(redetect_every, bool)
+            or redetect_every < 1
+        ):
+            raise ConfigError(
+                f"redetect_every={redetect_every!r}: expected a positive number of frames or None"
+            )
         self.override = override
         self.warmup_frames = warmup_frames
+        self.redetect_every = redetect_every
+        self._since = 0  # frames since the last detection
         self.redetect_every_s = redetect_every_s
         self._shape: tuple[int, int] | None = None
         self._roi: Roi | None = None
@@ -413,11 +611,13 @@ class RoiTracker:
             self._buffer.append(_downscale(image))
             if len(self._buffer) >= self.warmup_frames:
                 self._refine(image)
-        elif (
-            self.redetect_every_s is not None
-            and time.monotonic() - self._last_detect >= self.redetect_every_s
-        ):
-            self._collecting, self._buffer = True, [_downscale(image)]
+        else:
+            self._since += 1
+            if (self.redetect_every is not None and self._since >= self.redetect_every) or (
+                self.redetect_every_s is not None
+                and time.monotonic() - self._last_detect >= self.redetect_every_s
+            ):
+                self._collecting, self._buffer = True, [_downscale(image)]
         return self._roi
 
     def _first_detect(self, image: np.ndarray) -> None:
@@ -445,7 +645,7 @@ class RoiTracker:
 
     def _refine(self, image: np.ndarray) -> None:
         buffer, self._buffer, self._collecting = self._buffer, [], False
-        self._last_detect = time.monotonic()
+        self._last_detect, self._since = time.monotonic(), 0
         try:
             new = _detect_small(buffer, self._shape, image)
         except FrameError as exc:

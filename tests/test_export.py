@@ -80,7 +80,9 @@ def test_onnx_checks_clean_with_the_io_contract(exported):
     assert inp.name == "input"
     assert dims[0].dim_param == "N"  # dynamic batch
     assert [d.dim_value for d in dims[1:]] == [1, S, S]
-    assert [o.name for o in proto.graph.output] == ["logits", "saliency"]
+    assert [o.name for o in proto.graph.output] == ["logits", "saliency", "embedding"]
+    emb_dims = proto.graph.output[2].type.tensor_type.shape.dim
+    assert emb_dims[0].dim_param == "N" and emb_dims[1].dim_value == 16 + 32 + 64 + 128 + 96  # stage GAPs + CLS
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["class_names"] == "normal,benign,malignant" and float(meta["temperature"]) == T
 

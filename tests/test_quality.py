@@ -173,7 +173,7 @@ def test_bad_input_and_config() -> None:
         QualityConfig(frozen_frames=0)
     with pytest.raises(ConfigError, match="blank_std"):
         QualityConfig(blank_std=-1.0)
-    assert FLAGS == ("blank", "frozen", "no_signal", "not_ultrasound")
+    assert FLAGS == ("blank", "frozen", "no_signal", "not_ultrasound", "doppler")
 
 
 @settings(max_examples=80, deadline=None)

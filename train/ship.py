@@ -8,6 +8,8 @@
       temperature and threshold) --train.finetune.finetune--> classifier.pt
     --engines.export (parity on real frames)--> engines/models/default.onnx + default.json
     metrics on the held-out fold 0, per dataset, with 95% bootstrap CIs -> manifest + JSON
+    --train.ood.calibrate (the out-of-domain gate, fitted on the training folds' embeddings of
+      the exported graph, threshold from a training fold the fit did not see)--> manifest `ood`
 
 Why both datasets: the runtime gates its smoothing on p(normal) (is a lesion in view?), which
 only BUSI teaches (BUS-BRA has no normal images), while BUS-BRA brings twice the lesions and
@@ -144,6 +146,10 @@ def ship(
         "ssl_pool": f"{len(train_part)} training-fold images of both datasets + {len(video)} real video frames",
     }
     write_manifest(out, **m)
+    from train.ood import calibrate
+
+    # every shipped model gets its gate refitted: the embedding changes with every training run
+    ood = calibrate(out, root=root, data_npz=data_npz, test_fold=TEST_FOLD, seed=seed)
 
     report = {
         "schema": 1,
@@ -156,6 +162,7 @@ def ship(
         "temperature": res["temperature"], "threshold": res["threshold"],
         "metrics": metrics,
         "parity": parity.to_dict(),
+        "ood_gate": {k: ood[k] for k in ("method", "dim", "threshold", "chosen", "rates", "fitted_on")},
         "wall_s": {"ssl": t_ssl, "total": time.perf_counter() - t0},
         "git_commit": git_commit(), "machine": machine_info(),
     }

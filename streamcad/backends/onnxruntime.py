@@ -1,7 +1,7 @@
 """ONNX Runtime backend: CPU by default, CUDA only when asked for and really present.
 
     model.onnx --InferenceSession (contract checked at load)--> infer(float32 (N, 1, S, S))
-        --> {'logits': (N, 3), 'saliency': (N, 1, h, w)}
+        --> {'logits': (N, 3), 'saliency': (N, 1, h, w)[, 'embedding': (N, D) when the graph has it]}
 
 onnxruntime itself is imported when a backend is constructed, not when this module is.
 """
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from streamcad.backends.base import N_CLASSES, OUTPUT_NAMES, Backend, register_backend
+from streamcad.backends.base import EMBEDDING_NAME, N_CLASSES, OUTPUT_NAMES, Backend, register_backend
 from streamcad.errors import ArtifactError, BackendError
 
-__all__ = ["OnnxRuntimeBackend", "check_contract"]
+__all__ = ["OnnxRuntimeBackend", "check_contract", "embedding_dim"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,20 @@ def check_contract(inputs: list, outputs: list, where: str) -> tuple[str, int, i
         raise ArtifactError(f"{where}: output 'logits' has shape {list(lg.shape)}; expected (N, {N_CLASSES})")
     if len(sal.shape) != 4 or _dim(sal.shape[1]) != 1:
         raise ArtifactError(f"{where}: output 'saliency' has shape {list(sal.shape)}; expected (N, 1, h, w)")
+    embedding_dim(outputs, where)  # an 'embedding' output, if present, must be (N, D) float32
     return inp.name, h, _dim(shape[0])
+
+
+def embedding_dim(outputs: list, where: str) -> int | None:
+    """D of the optional 'embedding' output (N, D) float32, None when the graph has none."""
+    emb = next((o for o in outputs if o.name == EMBEDDING_NAME), None)
+    if emb is None:
+        return None
+    if emb.type != "tensor(float)" or len(emb.shape) != 2 or _dim(emb.shape[1]) is None:
+        raise ArtifactError(
+            f"{where}: output {EMBEDDING_NAME!r} is {emb.type} {list(emb.shape)}; expected tensor(float) (N, D) with a static D"
+        )
+    return int(emb.shape[1])
 
 
 @register_backend("onnxruntime")
@@ -132,6 +145,8 @@ class OnnxRuntimeBackend(Backend):
         self._input_name, self.input_size, self.fixed_batch = check_contract(
             self._sess.get_inputs(), self._sess.get_outputs(), where
         )
+        self.embedding_dim = embedding_dim(self._sess.get_outputs(), where)
+        self._outputs = list(OUTPUT_NAMES) + ([EMBEDDING_NAME] if self.embedding_dim else [])
         self.precision = "fp32"
         self.device = "cuda" if active[0] == "CUDAExecutionProvider" else "cpu"
         self.providers = tuple(active)
@@ -150,10 +165,10 @@ class OnnxRuntimeBackend(Backend):
         if self._io_binding and self.device == "cpu" and self._saliency_hw is not None:
             return self._infer_bound(batch)
         try:
-            logits, sal = self._sess.run(list(OUTPUT_NAMES), {self._input_name: batch})
+            outs = self._sess.run(self._outputs, {self._input_name: batch})
         except Exception as exc:
             raise BackendError(f"onnxruntime: inference failed on a batch of {batch.shape}: {exc}") from exc
-        return {"logits": logits, "saliency": sal}
+        return dict(zip(self._outputs, outs, strict=True))
 
     def _infer_bound(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run with outputs written into per-batch-size buffers allocated once."""
@@ -161,6 +176,8 @@ class OnnxRuntimeBackend(Backend):
         if n not in self._bound:
             h, w = self._saliency_hw  # type: ignore[misc]
             outs = {"logits": np.empty((n, N_CLASSES), np.float32), "saliency": np.empty((n, 1, h, w), np.float32)}
+            if self.embedding_dim:
+                outs[EMBEDDING_NAME] = np.empty((n, self.embedding_dim), np.float32)
             binding = self._sess.io_binding()
             for k, arr in outs.items():
                 binding.bind_output(k, "cpu", 0, np.float32, arr.shape, arr.ctypes.data)

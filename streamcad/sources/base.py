@@ -55,6 +55,7 @@ __all__ = [
     "to_gray",
     "frame_from_grab",
     "colourfulness",
+    "colour_flow_mask",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ class Frame:
     chroma: float = 0.0  # colourfulness of the original frame before gray conversion (0 for gray)
     label: str | None = None  # ground-truth class (sweep frames only)
     roi: tuple[int, int, int, int] | None = None  # true sector box (x, y, w, h) (sweep frames only)
+    # colour-flow pixels of a colour frame (colour_flow_mask: uint8 0/1 on a strided grid; the
+    # stride is ceil(H / rows)); None for gray frames. The quality check's 'doppler' flag.
+    colour: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +168,24 @@ def colourfulness(img: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
+def colour_flow_mask(img: np.ndarray) -> np.ndarray | None:
+    """Pixels that look like colour-Doppler flow in a BGR(A) frame, on a strided grid (short side
+    about 256 samples): saturated (HSV S >= 115 of 255), not dark (V >= 64), with the hue of a
+    flow map (red/orange: H <= 17 or >= 165; blue: 90..130, OpenCV's 0..180 scale). Yellow and
+    green are left out: calipers, annotation text, ECG traces and overlay boxes use them.
+    -> uint8 (ceil(H / s), ceil(W / s)) of 0/1, or None for a gray frame."""
+    import cv2
+
+    if img.ndim != 3 or img.shape[2] < 3:
+        return None
+    s = max(1, min(img.shape[0], img.shape[1]) // 256)
+    sub = np.ascontiguousarray(img[::s, ::s, :3])
+    hsv = cv2.cvtColor(sub, cv2.COLOR_BGR2HSV)
+    h, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    hue = (h <= 17) | (h >= 165) | ((h >= 90) & (h <= 130))
+    return ((sat >= 115) & (val >= 64) & hue).astype(np.uint8)
+
+
 def to_gray(img: Any) -> tuple[np.ndarray, float]:
     """Validate a raw grab and convert it once to (H, W) uint8 gray. Returns (gray, chroma).
     Raises FrameError naming what was wrong (empty, dtype, shape, too small)."""
@@ -195,10 +217,13 @@ def frame_from_grab(raw: np.ndarray | Frame, t_ns: int, index: int) -> Frame:
     `index`; a Frame (the sweep: ground truth attached) keeps its own index, label, roi and,
     when set, chroma. Raises FrameError (to_gray) for a bad buffer."""
     meta = raw if isinstance(raw, Frame) else None
-    gray, chroma = to_gray(meta.image if meta is not None else raw)
+    img = meta.image if meta is not None else raw
+    gray, chroma = to_gray(img)
+    colour = colour_flow_mask(img) if chroma > 0 else None  # gray frames (chroma 0) cost nothing here
     if meta is None:
-        return Frame(gray, t_ns, index, chroma)
-    return Frame(gray, t_ns, meta.index, chroma if meta.chroma == 0 else meta.chroma, meta.label, meta.roi)
+        return Frame(gray, t_ns, index, chroma, colour=colour)
+    return Frame(gray, t_ns, meta.index, chroma if meta.chroma == 0 else meta.chroma, meta.label, meta.roi,
+                 colour if colour is not None else meta.colour)
 
 
 class Pacer:

@@ -1,0 +1,351 @@
+"""Fitting the out-of-domain gate (streamcad/gate_ood.py) on an exported model and its training data.
+
+    exported NAME.onnx (outputs logits, saliency, embedding) + NAME.json (training_data: folds)
+    breast training images of both datasets (BUSI + BUS-BRA, the folds the model trained on)
+      --streamcad.sources.sweep.SweepRenderer: each image once, inside the simulated scanner
+        screen (half linear, half curved sector, probe motion and speckle)
+      --the runtime's path: RoiTracker -> QualityChecker -> preprocess -> ONNX Runtime--> embeddings
+    fit folds (training folds but one) --OodGate.fit: standardise, class means, shared covariance
+        as top-k principal axes + residual variance-->
+    calibration fold (the remaining training fold, unseen by the gate's fit)
+        --threshold = the (1 - target_rate) quantile of its scores--> manifest `ood`
+        (parameters, threshold, how it was chosen, the rates measured on fit and calibration frames)
+
+No frame of the held-out test fold and no non-breast recording is used: the gate is fitted on
+breast images only, so the real non-breast recordings in ../shared/data/video stay a clean
+test set (benchmarks/ood_gate.py). Run alone on any exported model (rewrites its manifest):
+
+    streamcad train gate engines/models/default.onnx [--root ../shared/data] [--target-rate 0.02]
+
+`streamcad train ship` calls calibrate() after the export. torch is needed only by
+forward_gate (the exporter's embedding); fitting and calibration run on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamcad.errors import ArtifactError, ConfigError
+from streamcad.gate_ood import OodGate
+
+__all__ = [
+    "forward_gate",
+    "StreamFeatures",
+    "embed_stream",
+    "breast_frames",
+    "video_frames",
+    "breast_items",
+    "fit_gate",
+    "calibrate",
+    "TARGET_RATE",
+    "N_AXES",
+]
+
+log = logging.getLogger(__name__)
+
+# Breast frames of the calibration fold flagged at the chosen threshold. 2% leaves room under the
+# 5% budget for new breast data lying a little farther from the fit than the calibration fold.
+TARGET_RATE = 0.02
+N_AXES = 32  # principal axes kept: 32 x D numbers in the manifest; the rest is one residual variance
+_BATCH = 32
+
+
+# ----------------------------------------------------------------------------- the exported embedding
+
+
+def forward_gate(model: Any, x: Any) -> tuple[Any, Any, Any]:
+    """One backbone pass -> (logits (B, 3), saliency (B, 1, h, w), gate embedding (B, D)).
+
+    The gate embedding is [GAP(f1), GAP(f2), GAP(f3), GAP(f4), model embedding]: the spatially
+    averaged map of every stage (feature_info's modules, caught with forward hooks) followed by
+    the classifier's embedding (model.forward_with_embedding). Early stages carry texture
+    statistics (speckle, scanner processing), late ones content; a Mahalanobis distance over
+    several layers separates unfamiliar inputs better than the last layer alone (Lee et al.
+    2018's feature ensemble; on the shipped tiny model the last layer alone gave ROC AUC 0.78,
+    all stages 0.88, on the real non-breast recordings vs held-out breast frames).
+    """
+    import torch
+
+    maps: list[torch.Tensor] = []
+    mods = [model.get_submodule(f["module"]) for f in model.feature_info]
+    handles = [m.register_forward_hook(lambda _m, _i, out: maps.append(out)) for m in mods]
+    try:
+        logits, sal, emb = model.forward_with_embedding(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if len(maps) != len(mods):
+        raise ArtifactError(
+            f"forward_gate: caught {len(maps)} stage maps for {len(mods)} feature_info modules; "
+            "expected each stage module to run exactly once per forward pass"
+        )
+    pooled = [m.mean(dim=(2, 3)) for m in maps]  # each (B, C_i)
+    return logits, sal, torch.cat([*pooled, emb], dim=1)  # (B, sum C_i + E)
+
+
+# ----------------------------------------------------------------------------- frames -> embeddings
+
+
+@dataclass
+class StreamFeatures:
+    """What the runtime computes for each frame of one stream, up to the gate."""
+
+    embeddings: np.ndarray  # (N, D) float32; rows of quality-flagged frames are computed anyway
+    logits: np.ndarray  # (N, 3) float32
+    flags: list[tuple[str, ...]] = field(default_factory=list)  # quality flags per frame (sorted)
+    labels: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.flags)
+
+
+def embed_stream(backend: Any, spec: Any, frames: Iterable[tuple[np.ndarray, float, str | None, np.ndarray | None]],
+                 warmup_frames: int = 8) -> StreamFeatures:
+    """(gray frame, chroma, label, colour mask) of ONE stream -> StreamFeatures, through the runtime's own steps:
+    a RoiTracker over the stream (the box is detected once, then refined after warmup_frames),
+    QualityChecker on the sector crop, preprocess, backend.infer in batches."""
+    from streamcad.preprocess import preprocess
+    from streamcad.quality import QualityChecker, doppler_fraction
+    from streamcad.roi import RoiTracker
+
+    tracker, quality = RoiTracker(warmup_frames=warmup_frames), QualityChecker()
+    S = spec.size
+    buf = np.empty((_BATCH, 1, S, S), np.float32)
+    embs, logits, flags, labels = [], [], [], []
+    n = 0
+
+    def flush(k: int) -> None:
+        out = backend.infer(buf[:k])
+        if "embedding" not in out:
+            raise ArtifactError(f"{backend!r} returns no 'embedding'; export the model again with `streamcad export`")
+        embs.append(np.array(out["embedding"], np.float32))
+        logits.append(np.array(out["logits"], np.float32))
+
+    for image, chroma, label, colour in frames:
+        roi = tracker.update(image)
+        x, y, w, h = roi.as_tuple()
+        if roi.confidence == 0.0:
+            fl: tuple[str, ...] = ("not_ultrasound",)
+        else:
+            cf = doppler_fraction(colour, image.shape, roi.as_tuple())
+            fl = tuple(sorted(quality.check(image[y : y + h, x : x + w], chroma, False, cf)))
+        flags.append(fl)
+        labels.append(label)
+        preprocess(image, spec, roi.as_tuple(), out=buf[n])
+        n += 1
+        if n == _BATCH:
+            flush(n)
+            n = 0
+    if n:
+        flush(n)
+    if not flags:
+        raise ConfigError("embed_stream got no frames")
+    return StreamFeatures(np.concatenate(embs), np.concatenate(logits), flags, labels)
+
+
+def breast_items(datasets: tuple[str, ...], folds: Iterable[int], root: str | os.PathLike | None = None,
+                 data_npz: str | os.PathLike | None = None) -> list[tuple[Any, str]]:
+    """(image path or letterboxed array, class name) of the given folds of the committed splits."""
+    folds = set(int(f) for f in folds)
+    items: list[tuple[Any, str]] = []
+    if data_npz:
+        from train.data import load_npz
+        from train.data.datasets import CLASSES
+
+        packed, _ = load_npz(data_npz)
+        for ds in datasets:
+            a = packed[ds]
+            items += [(a.images[i], CLASSES[int(a.labels[i])]) for i in range(len(a)) if int(a.folds[i]) in folds]
+        return items
+    from train.data.datasets import load_samples
+    from train.data.splits import read_split
+
+    for ds in datasets:
+        split = read_split(ds)
+        items += [(s.path, s.label_name) for s in load_samples(ds, root)
+                  if s.image_id in split and split[s.image_id].fold in folds]
+    return items
+
+
+def breast_frames(items: list[tuple[Any, str]], sector: str, seed: int = 0,
+                  screen: tuple[int, int] = (1024, 768)) -> Iterator[tuple[np.ndarray, float, str | None, None]]:
+    """Each image once inside the simulated scanner screen (streamcad.sources.sweep): one frame per
+    image at its own point of the probe motion, with the sweep's speckle and gain drift."""
+    from streamcad.sources.sweep import SweepRenderer
+
+    r = SweepRenderer(items, seed=seed, sector=sector, screen=screen, fps=1.0, dwell_s=1.0, transition_s=0.0)
+    for i in range(len(r)):
+        f = r.render(i)
+        yield f.image, f.chroma, f.label, None
+
+
+def video_frames(path: str | os.PathLike, limit: int | None = None) -> Iterator[tuple[np.ndarray, float, None, np.ndarray | None]]:
+    """Every frame of a video file as the runtime receives it (gray, chroma, colour-flow mask)."""
+    import cv2
+
+    from streamcad.sources.base import colour_flow_mask, to_gray
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ConfigError(f"cannot open video {path}")
+    try:
+        k = 0
+        while limit is None or k < limit:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            gray, chroma = to_gray(frame)
+            yield gray, chroma, None, colour_flow_mask(frame) if chroma > 0 else None
+            k += 1
+    finally:
+        cap.release()
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def fit_gate(emb: np.ndarray, labels: np.ndarray, n_axes: int = N_AXES) -> OodGate:
+    """Breast training embeddings (N, D) + class labels (N,) -> OodGate with threshold inf (set by
+    calibrate). Standardise per dimension; class means; the pooled within-class covariance as its
+    top n_axes eigenvectors + the mean of the remaining eigenvalues (probabilistic PCA)."""
+    emb = np.asarray(emb, np.float64)
+    labels = np.asarray(labels)
+    if emb.ndim != 2 or len(emb) != len(labels) or len(emb) < 10:
+        raise ConfigError(f"fit_gate: embeddings {emb.shape} and labels {labels.shape}; expected (N, D) and (N,), N >= 10")
+    center = emb.mean(0)
+    scale = emb.std(0)
+    scale = np.where(scale > 1e-6 * max(float(scale.max()), 1e-12), scale, max(float(scale.max()), 1.0))  # dead units
+    z = (emb - center) / scale
+    classes = sorted(set(labels.tolist()), key=str)
+    means = np.stack([z[labels == c].mean(0) for c in classes])  # (C, D)
+    resid = z - means[[classes.index(c) for c in labels.tolist()]]  # within-class deviations
+    cov = resid.T @ resid / max(1, len(z) - len(classes))
+    w, v = np.linalg.eigh(cov)  # ascending
+    w, v = w[::-1], v[:, ::-1]
+    D = emb.shape[1]
+    k = int(min(n_axes, D - 1, len(z) // 4))
+    floor = 1e-6 * float(w[0])
+    rest = w[k:]
+    residual = max(float(rest.mean()) if rest.size else floor, floor)
+    gate = OodGate(center, scale, means, v[:, :k].T.copy(), np.maximum(w[:k], floor), residual, float("inf"),
+                   {"classes": [str(c) for c in classes], "n_axes": k, "n_fit": int(len(z))})
+    return gate
+
+
+def _features(backend: Any, spec: Any, items: list, seed: int, label: str) -> StreamFeatures:
+    """Items split alternately over a linear and a curved screen; both streams concatenated."""
+    parts = []
+    for j, sector in enumerate(("linear", "curved")):
+        sub = items[j::2]
+        if sub:
+            parts.append(embed_stream(backend, spec, breast_frames(sub, sector, seed=seed + j)))
+    log.info("gate: %s: %d breast frames", label, sum(len(p) for p in parts))
+    return StreamFeatures(
+        np.concatenate([p.embeddings for p in parts]),
+        np.concatenate([p.logits for p in parts]),
+        [f for p in parts for f in p.flags],
+        [lab for p in parts for lab in p.labels],
+    )
+
+
+def _folds_from_manifest(m: Any, test_fold: int | None) -> tuple[list[int], int]:
+    td = m.training_data or {}
+    t = test_fold if test_fold is not None else td.get("test_fold", td.get("fold", 0))
+    if not isinstance(t, int) or not 0 <= t <= 4:
+        raise ConfigError(f"test fold {t!r}; expected 0..4 (give --test-fold)")
+    train = td.get("train_folds") or [f for f in range(5) if f != t]
+    return sorted(int(f) for f in train if int(f) != t), t
+
+
+def calibrate(
+    model_path: str | os.PathLike,
+    *,
+    root: str | os.PathLike | None = None,
+    data_npz: str | os.PathLike | None = None,
+    test_fold: int | None = None,
+    target_rate: float = TARGET_RATE,
+    n_axes: int = N_AXES,
+    datasets: tuple[str, ...] = ("busi", "busbra"),
+    seed: int = 0,
+    write: bool = True,
+    threads: int = 1,
+) -> dict:
+    """Fit + calibrate the gate of an exported model and (write=True) store it in its manifest.
+
+    The training folds (from the manifest, never the test fold) are split: the lowest one
+    calibrates the threshold, the others fit the parameters. Returns the manifest's `ood` dict.
+    """
+    from streamcad.backends import load_backend
+    from streamcad.manifest import read_manifest, verify_artifact, write_manifest
+
+    if not 0 < target_rate < 0.5:
+        raise ConfigError(f"target_rate={target_rate!r}; expected a fraction in (0, 0.5)")
+    path = Path(model_path)
+    m = read_manifest(path)
+    verify_artifact(path, m)
+    train_folds, t = _folds_from_manifest(m, test_fold)
+    if len(train_folds) < 2:
+        raise ConfigError(f"training folds {train_folds}: need at least 2 (one fits, one calibrates)")
+    cal_fold, fit_folds = train_folds[0], train_folds[1:]
+    spec = m.spec()
+    with load_backend("onnxruntime", path, intra_op_threads=threads) as be:
+        if be.embedding_dim is None:
+            raise ArtifactError(f"{path.name} has no 'embedding' output; export it again with `streamcad export`")
+        fit = _features(be, spec, breast_items(datasets, fit_folds, root, data_npz), seed, f"fit folds {fit_folds}")
+        cal = _features(be, spec, breast_items(datasets, [cal_fold], root, data_npz), seed + 10, f"calibration fold {cal_fold}")
+    gate = fit_gate(fit.embeddings, np.array(fit.labels), n_axes)
+    cal_scores = gate.score(cal.embeddings)
+    threshold = float(np.quantile(cal_scores, 1.0 - target_rate))
+    fit_scores = gate.score(fit.embeddings)
+    info = {
+        **gate.info,
+        "chosen": (f"the {100 * (1 - target_rate):g}th percentile of the scores of fold {cal_fold} "
+                   f"(a training fold the gate's fit did not see), rendered in the simulated scanner screen"),
+        "target_rate": target_rate,
+        "rates": {
+            "calibration_flagged": float(np.mean(cal_scores > threshold)),
+            "fit_flagged": float(np.mean(fit_scores > threshold)),
+            "calibration_quality_flagged": float(np.mean([bool(f) for f in cal.flags])),
+        },
+        "fitted_on": {
+            "datasets": list(datasets),
+            "fit_folds": fit_folds,
+            "calibration_fold": cal_fold,
+            "test_fold_excluded": t,
+            "n_fit": len(fit),
+            "n_calibration": len(cal),
+            "frames": "each image once in the simulated scanner screen (half linear, half curved), "
+                      "through RoiTracker, QualityChecker and preprocess",
+            "negatives": "none (breast images only)",
+        },
+        "model_sha256": m.sha256,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    gate = OodGate(gate.center, gate.scale, gate.class_means, gate.axes, gate.variances, gate.residual, threshold, info)
+    ood = gate.to_dict()
+    OodGate.from_dict(ood)  # what the runtime will read back
+    if write:
+        d = m.to_dict()
+        for k in ("file", "sha256", "size_bytes", "schema_version"):
+            d.pop(k)
+        d["ood"] = ood
+        write_manifest(path, **d)
+        log.info("gate: wrote the gate (D=%d, threshold %.4g) into %s", gate.dim, threshold, path.with_suffix(".json").name)
+    return ood
+
+
+def add_arguments(p: Any) -> None:
+    p.add_argument("model", type=Path, help="exported NAME.onnx (with its manifest) to fit the gate for")
+    p.add_argument("--target-rate", type=float, default=TARGET_RATE,
+                   help=f"fraction of calibration-fold breast frames flagged at the threshold (default {TARGET_RATE})")
+    p.add_argument("--test-fold", type=int, default=None, help="held-out fold never used (default: the manifest's)")
+    p.add_argument("--axes", type=int, default=N_AXES, help=f"principal axes kept (default {N_AXES})")
+    p.add_argument("--dry-run", action="store_true", help="fit and print, do not rewrite the manifest")
