@@ -9,10 +9,18 @@ only when one of the names that needs them is first used (PEP 562 lazy attribute
         for msg in sub: ...
 """
 
+import os
 from importlib import import_module
 
-from streamcad.errors import StreamcadError
-from streamcad.preprocess import PreprocessSpec, preprocess
+# ONNX Runtime (1.2x+ on Linux/macOS) writes a telemetry event store and a device id under
+# ~/.cache/Microsoft/DeveloperTools/.onnxruntime from the moment it is imported, and queues
+# events for upload. Software for hospitals keeps that off: this must be set before the first
+# `import onnxruntime` of the process, which is why it is here. An operator who wants the
+# telemetry sets ORT_DISABLE_TELEMETRY=0 beforehand (the variable is only defaulted).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from streamcad.errors import StreamcadError  # noqa: E402
+from streamcad.preprocess import PreprocessSpec, preprocess  # noqa: E402
 
 __version__ = "0.1.0"
 
