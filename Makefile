@@ -21,7 +21,7 @@ PIP_TORCH_INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 RUNTIME_TESTS ?= tests/test_cli_extras.py tests/test_no_torch.py tests/test_messages.py tests/test_config.py \
 	tests/test_client.py tests/test_docs_examples.py
 
-.PHONY: demo test test-runtime evaluate lint clean check-python
+.PHONY: demo test test-runtime evaluate lint clean check-python ffmpeg
 
 check-python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "make: $(PY) not found; streamcad needs Python >= 3.11: make PY=/path/to/python3.11 ..." >&2; exit 1; }
@@ -73,7 +73,17 @@ evaluate: $(VENV)/.eval
 	@test -n "$(DATA)" || { echo "make evaluate: name the folder: make evaluate DATA=DIR [MODEL=$(MODEL)] (BUS-BRA: Images/ + bus_data.csv; BUSI: benign/ malignant/ normal/)" >&2; exit 2; }
 	$(BIN)/streamcad evaluate '$(MODEL)' '$(DATA)' --json '$(or $(OUT),evaluate.json)'
 
-test: $(VENV)/.full
+# FFmpeg for the url: source tests (real RTSP and HTTP servers on 127.0.0.1) and the mid-file
+# size-change test: installed from the distribution's packages when missing and apt-get can
+# (root); otherwise those tests skip themselves.
+ffmpeg:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; } \
+	      || echo "make: could not install ffmpeg; the network-source tests will skip" >&2; \
+	  else echo "make: ffmpeg is missing and apt-get is unavailable (or not root): the network-source tests will skip" >&2; fi; }
+
+test: $(VENV)/.full ffmpeg
 	$(BIN)/python -m pytest -q -ra
 
 # The runtime's tests where torch, scikit-learn and the rest of train/ are NOT installed: every
