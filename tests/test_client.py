@@ -316,3 +316,24 @@ def test_spoofed_seq_is_not_a_gap_and_start_up_loss_is_visible(raw):
     assert sub.seq_anomalies == 1
     assert sub.gap_count == 1  # only 44: the jump to 2**62 and back is no gap
     assert sub.joined_at[("a", "pubA")] == 40 and sub.missed_at_join >= 40
+
+
+def test_listen_says_at_which_seq_it_joined(raw, capsys):
+    stop = threading.Event()
+
+    def send():
+        seq = 500
+        while not stop.is_set():
+            raw.score("a", "pubJ", seq)
+            seq += 1
+            time.sleep(0.01)
+
+    th = threading.Thread(target=send)
+    th.start()
+    try:
+        assert main(["listen", "--endpoint", raw.endpoint, "--stream", "a", "--count", "2", "--timeout", "3"]) == 0
+    finally:
+        stop.set()
+        th.join(5)
+    err = capsys.readouterr().err
+    assert "joined stream a (publisher pubJ) at seq 5" in err and "earlier messages went out before" in err

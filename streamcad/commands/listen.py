@@ -10,7 +10,8 @@ A malformed message (bad JSON or msgpack, unknown type or schema, out-of-range f
 nested, more than one frame, ...) is reported on stderr (rate-limited: the first few, then one
 line per 10 s), counted, and skipped: a listener keeps listening. ``--strict`` instead exits 1
 with one line on the first one. The closing summary on stderr gives rejected messages, seq gaps
-and implausible seq jumps (a spoofed seq is not a gap).
+and implausible seq jumps (a spoofed seq is not a gap). Joining a publisher after its first
+message prints one line naming the seq joined at (start-up loss is visible, never silent).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
                     strict=True) as sub:
         reported = 0
         t_report = 0.0
+        joined: set[tuple[str, str]] = set()
         t_last = time.monotonic()
         while args.count == 0 or n < args.count:
             try:
@@ -94,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 1
             t_last = time.monotonic()
+            for key in set(sub.joined_at) - joined:  # a publisher seen for the first time
+                joined.add(key)
+                if sub.joined_at[key]:
+                    print(f"streamcad listen: joined stream {key[0]} (publisher {key[1]}) at seq "
+                          f"{sub.joined_at[key]}: {sub.joined_at[key]} earlier messages went out before "
+                          "this listener was there", file=sys.stderr)
             n += 1
             if args.json:
                 sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
