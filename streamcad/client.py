@@ -8,7 +8,8 @@ Data flow::
         ──► recv() / iteration returns Score | Status
 
 Gaps: each publisher numbers its messages 0, 1, 2, ... per stream (scores and statuses share the
-counter). A jump from n to m > n+1 records a Gap of m-n-1 missing messages. A message from a new
+counter; previews, kind 'preview', count on their own and are not gap-tracked: they are lossy by
+design). A jump from n to m > n+1 records a Gap of m-n-1 missing messages. A message from a new
 publisher id on a stream (publisher restarted) starts a fresh sequence: no gap is recorded. The
 first message seen from a publisher starts its sequence too (joining late is not a gap); its seq
 is kept in ``joined_at`` (a first seq above 0 = that many messages went out before this subscriber
@@ -50,8 +51,10 @@ from streamcad.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MESSAGE_TYPES,
     Message,
+    Preview,
     Status,
     decode_frame,
+    kind_of,
     topic,
 )
 from streamcad.ratelimit import LogLimiter
@@ -116,8 +119,8 @@ class Subscriber:
             raise TransportError(str(exc)) from exc
         if latest_only and len(prefixes) > 1:
             # libzmq conflates the outgoing subscriptions too: only the last one would survive.
-            if streams is None and set(kinds) == set(MESSAGE_TYPES):
-                prefixes = [b""]  # everything: the only two kinds are score and status
+            if streams is None and set(kinds) >= {"score", "status"}:
+                prefixes = [b""]  # everything; recv() drops the kinds not asked for (previews)
             else:
                 raise TransportError(
                     f"latest_only supports one topic, got {len(prefixes)} ({prefixes}): pass one kind "
@@ -213,6 +216,10 @@ class Subscriber:
                 if time.monotonic() >= deadline:
                     return None
                 continue
+            if kind_of(msg) not in self.kinds:  # latest_only's b"" filter lets every kind through
+                if time.monotonic() >= deadline:
+                    return None
+                continue
             self._track(msg)
             return msg
 
@@ -243,6 +250,8 @@ class Subscriber:
         self._t_last_any = self._last_seen[stream] = time.monotonic()
         if isinstance(msg, Status):
             self._status[stream] = msg
+        if isinstance(msg, Preview):
+            return  # previews are numbered on their own and skipped by design: no gap tracking
         old = self._publisher.get(stream)
         if old != pub:
             if old is not None:

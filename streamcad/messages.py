@@ -2,11 +2,12 @@
 
 Data flow::
 
-    pipeline fields ──► Score / Status (msgspec Struct) ──► encode_frame(msg, 'json'|'msgpack')
+    pipeline fields ──► Score / Status / Preview (msgspec Struct) ──► encode_frame(msg, 'json'|'msgpack')
         ──► ONE ZeroMQ frame:  b"<type>/<stream> " + payload
-        ──► decode_frame(frame, max_bytes) ──► Score | Status   (or MessageError naming the problem)
+        ──► decode_frame(frame, max_bytes) ──► Score | Status | Preview   (or MessageError naming the problem)
 
-The frame starts with a topic, ``score/<stream>`` or ``status/<stream>``, then ONE space (0x20),
+The frame starts with a topic, ``score/<stream>``, ``status/<stream>`` or ``preview/<stream>``
+(streamcad.preview: a JPEG of the frame with its overlays as data), then ONE space (0x20),
 then the payload. Subscribers filter by prefix (``b"score/"`` = all score streams,
 ``b"score/probe0 "`` = exactly stream probe0, the trailing space stops ``probe0`` matching
 ``probe01``). The payload is a JSON object (first byte ``{``) or a msgpack map (first byte
@@ -45,11 +46,14 @@ __all__ = [
     "SourceStatus",
     "Counters",
     "Status",
+    "SaliencyMap",
+    "Preview",
     "Message",
     "topic",
     "check_stream_name",
     "encode",
     "encode_frame",
+    "kind_of",
     "decode_payload",
     "decode_frame",
     "json_schemas",
@@ -58,14 +62,15 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-MESSAGE_TYPES = ("score", "status")
+MESSAGE_TYPES = ("score", "status", "preview")
 ENCODINGS = ("json", "msgpack")
 # Latency stages in Score.latency_ms; 'total' is capture -> publish.
 STAGES = ("grab", "preprocess", "infer", "smooth", "publish", "total")
 FLAGS = ("blank", "frozen", "no_signal", "not_ultrasound", "doppler", "out_of_domain")
 SCORE_STATES = ("suspicious", "clear", "no_lesion", "flagged")
 SOURCE_STATES = ("connecting", "live", "stale", "reconnecting", "error", "ended")
-# 1 MiB: a score is ~0.5 KB; anything near this is a bug or an attack.
+# 1 MiB: a score is ~0.5 KB, a preview (480 px JPEG, base64 in JSON) ~20-60 KB; anything near
+# this is a bug or an attack.
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
@@ -175,7 +180,57 @@ class Status(Struct, tag="status", tag_field="type", forbid_unknown_fields=True,
     ood_gate: Literal["active", "absent"] | None = None
 
 
-Message = Score | Status
+class SaliencyMap(Struct, kw_only=True):
+    """The model's saliency map as data: ``width`` x ``height`` cells, one byte each, row-major.
+
+    ``box`` (x, y, w, h, frame pixels, floats) is where the map's grid lies on the frame: the whole
+    model input (the ROI letterboxed to a square) mapped back, so it may reach past the ROI into the
+    letterbox padding (a UI clips the overlay to ``Preview.roi``). ``kind`` says what a byte means:
+    'attention': value / 255 = the max-normalised attention (255 = the frame's peak);
+    'lesion_probability': value / 255 = p(lesion) of that cell (absolute)."""
+
+    width: Annotated[int, Meta(ge=1, le=256)]
+    height: Annotated[int, Meta(ge=1, le=256)]
+    kind: Literal["attention", "lesion_probability"]
+    box: tuple[float, float, float, float]
+    data: bytes  # width * height bytes (JSON: base64 text)
+
+    def __post_init__(self) -> None:
+        if len(self.data) != self.width * self.height:
+            raise ValueError(f"saliency data has {len(self.data)} bytes; expected width * height = "
+                             f"{self.width * self.height}")
+
+
+class Preview(Struct, tag="preview", tag_field="type", kw_only=True):
+    """A downscaled JPEG of a scored frame with its overlays as data (streamcad.preview), for viewers.
+
+    Its own topic (``preview/<stream>``) and its own ``seq`` count (previews are lossy by design:
+    they are skipped first under load, so a score/status subscriber never sees them as gaps).
+    Coordinates (``roi``, ``saliency.box``, ``lesion.box``) are source-frame pixels, like a Score's;
+    the JPEG is the whole frame scaled by ``width / frame_width``. ``frame_index`` joins it to the
+    Score of the same frame."""
+
+    schema: Literal[1]
+    stream: StreamName
+    publisher: str  # the same id as the stream's scores and statuses
+    seq: NonNegInt  # +1 per preview from this publisher, from 0 (a count of its own)
+    frame_index: NonNegInt
+    t_capture_ns: NonNegInt
+    t_publish_ns: NonNegInt
+    t_utc_ns: NonNegInt | None = None  # wall clock at send, ns since the Unix epoch (UTC), as in Score
+    format: Literal["jpeg"]
+    image: bytes  # the encoded image (JSON: base64 text)
+    width: Annotated[int, Meta(ge=1)]  # of the image
+    height: Annotated[int, Meta(ge=1)]
+    frame_width: Annotated[int, Meta(ge=1)]  # of the source frame (the coordinates below)
+    frame_height: Annotated[int, Meta(ge=1)]
+    roi: tuple[NonNegInt, NonNegInt, NonNegInt, NonNegInt] | None  # the scored sector box
+    saliency: SaliencyMap | None = None  # None: the frame was not scored (flagged)
+    lesion: Lesion | None = None  # as in the Score of this frame
+    skipped: NonNegInt = 0  # frames due a preview that were skipped (encoder busy) since start
+
+
+Message = Score | Status | Preview
 
 _json_enc = msgspec.json.Encoder()
 _msgpack_enc = msgspec.msgpack.Encoder()
@@ -224,10 +279,14 @@ def encode(msg: Message, encoding: str = "json") -> bytes:
 
 def encode_frame(msg: Message, encoding: str = "json") -> bytes:
     """The whole ZeroMQ frame: b'<type>/<stream> ' + payload."""
-    if not isinstance(msg, (Score, Status)):
-        raise MessageError(f"cannot encode {type(msg).__name__}: expected Score or Status")
-    kind = "score" if isinstance(msg, Score) else "status"
-    return topic(kind, msg.stream) + encode(msg, encoding)
+    if not isinstance(msg, (Score, Status, Preview)):
+        raise MessageError(f"cannot encode {type(msg).__name__}: expected Score, Status or Preview")
+    return topic(kind_of(msg), msg.stream) + encode(msg, encoding)
+
+
+def kind_of(msg: Message) -> str:
+    """'score', 'status' or 'preview': the message's type, as in its topic and its "type" field."""
+    return type(msg).__struct_config__.tag
 
 
 def _explain(payload: bytes, is_json: bool, exc: Exception) -> str:
@@ -245,7 +304,7 @@ def _explain(payload: bytes, is_json: bool, exc: Exception) -> str:
 
 
 def decode_payload(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
-    """Payload (JSON object or msgpack map) -> Score | Status. Raises MessageError."""
+    """Payload (JSON object or msgpack map) -> Score | Status | Preview. Raises MessageError."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise MessageError(f"payload must be bytes, got {type(payload).__name__}")
     n = len(payload)
@@ -272,7 +331,7 @@ def decode_payload(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
 
 
 def decode_frame(frame: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
-    """One ZeroMQ frame -> Score | Status, checking that the topic agrees with the payload."""
+    """One ZeroMQ frame -> Score | Status | Preview, checking that the topic agrees with the payload."""
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise MessageError(f"frame must be bytes, got {type(frame).__name__}")
     frame = bytes(frame)
@@ -288,7 +347,7 @@ def decode_frame(frame: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Me
     if kind not in MESSAGE_TYPES:
         raise MessageError(f"unknown message type {kind!r} in topic (expected one of {MESSAGE_TYPES})")
     msg = decode_payload(frame[sep + 1 :], max_bytes)
-    want = "score" if isinstance(msg, Score) else "status"
+    want = kind_of(msg)
     if want != kind or msg.stream != stream:
         raise MessageError(
             f"topic {kind}/{stream} disagrees with the payload ($.type={want!r}, $.stream={msg.stream!r})"
@@ -301,6 +360,7 @@ def json_schemas() -> dict[str, dict]:
     return {
         "score.schema.json": msgspec.json.schema(Score),
         "status.schema.json": msgspec.json.schema(Status),
+        "preview.schema.json": msgspec.json.schema(Preview),
         "message.schema.json": msgspec.json.schema(Message),
     }
 

@@ -54,6 +54,7 @@ from streamcad.messages import (
     ENCODINGS,
     SCHEMA_VERSION,
     Message,
+    Preview,
     Score,
     Status,
     check_stream_name,
@@ -249,9 +250,21 @@ class Publisher:
         )
 
     # --- queue size ---------------------------------------------------------------------------
+    preview_rate = 0.0  # previews per second at most (set_preview_rate); 0: no previews
+    preview_sent = 0
+    preview_dropped = 0  # previews the proxy link refused (connect mode); never counted in `dropped`
+
     def _hwm_for(self, fps: float) -> int:
-        """Messages in hwm_seconds at `fps` scores/s plus the status heartbeat."""
-        return max(1, math.ceil(self.hwm_seconds * (fps + 1.0 / self.heartbeat_s)))
+        """Messages in hwm_seconds at `fps` scores/s plus the status heartbeat (and previews)."""
+        return max(1, math.ceil(self.hwm_seconds * (fps + self.preview_rate + 1.0 / self.heartbeat_s)))
+
+    def set_preview_rate(self, fps: float) -> int:
+        """Previews share each subscriber's queue: size it for `fps` previews/s more, so the
+        scores keep their hwm_seconds of allowed lag. Returns the HWM."""
+        if not (0 <= fps < math.inf):
+            raise TransportError(f"preview rate must be finite and >= 0 previews/s, got {fps}")
+        self.preview_rate = float(fps)
+        return self.set_rate(self.rate)
 
     def set_rate(self, fps: float) -> int:
         """Size every subscriber's queue for `fps` scores per second (the stream's real rate),
@@ -337,6 +350,22 @@ class Publisher:
         if timeout > 0:
             self._sock.poll(int(timeout * 1000), zmq.POLLIN)
         return self._service(time.monotonic())
+
+    def write_preview(self, msg: Preview) -> bool:
+        """Send a finished Preview (topic preview/<stream>; streamcad.preview). A refused one
+        (connect mode, proxy link full) counts in preview_dropped, not in the scores' `dropped`."""
+        self._check_open()
+        if not isinstance(msg, Preview):
+            raise MessageError(f"write_preview takes a Preview, got {type(msg).__name__}")
+        try:
+            self._sock.send(encode_frame(msg, self.encoding), zmq.NOBLOCK)
+        except zmq.Again:
+            self.preview_dropped += 1
+            return False
+        except zmq.ZMQError as exc:
+            raise TransportError(f"send on {self.endpoint} failed: {exc}") from exc
+        self.preview_sent += 1
+        return True
 
     # --- internals ----------------------------------------------------------------------------
     def _check_open(self) -> None:

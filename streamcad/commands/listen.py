@@ -24,7 +24,7 @@ import msgspec
 
 from streamcad.client import Subscriber
 from streamcad.errors import MessageError, TransportError
-from streamcad.messages import MESSAGE_TYPES, Score, Status
+from streamcad.messages import MESSAGE_TYPES, Preview, Score, Status
 from streamcad.security import ClientCurve
 
 HELP = "subscribe to a stream and print messages"
@@ -33,7 +33,8 @@ HELP = "subscribe to a stream and print messages"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", action="append", help="endpoint to connect to (repeatable; default tcp://127.0.0.1:5555)")
     p.add_argument("--stream", action="append", help="stream id to receive (repeatable; default: all)")
-    p.add_argument("--kind", action="append", choices=MESSAGE_TYPES, help="message kind (repeatable; default: both)")
+    p.add_argument("--kind", action="append", choices=MESSAGE_TYPES,
+                   help="message kind (repeatable; default: score and status; 'preview' = the JPEG previews)")
     p.add_argument("--count", type=int, default=0, help="exit after N messages (0: run until Ctrl-C)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of human lines")
     p.add_argument("--latest-only", action="store_true", help="CONFLATE: keep only the newest message")
@@ -45,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--curve-server-key", help="CURVE: the server's public NAME.key file")
 
 
-def _human(msg: Score | Status) -> str:
+def _human(msg: Score | Status | Preview) -> str:
+    if isinstance(msg, Preview):
+        return (f"preview {msg.stream} #{msg.seq:<6d} frame {msg.frame_index:<6d} {msg.format} {msg.width}x{msg.height} "
+                f"{len(msg.image)} bytes roi {msg.roi} skipped {msg.skipped}")
     if isinstance(msg, Score):
         mal = "  -  " if msg.malignancy is None else f"{msg.malignancy:.3f}"
         flags = ",".join(msg.flags) or "-"
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         curve = ClientCurve(args.curve_secret, args.curve_server_key)
     endpoints = args.endpoint or ["tcp://127.0.0.1:5555"]
     n = 0
-    with Subscriber(endpoints, streams=args.stream, kinds=tuple(args.kind or MESSAGE_TYPES),
+    with Subscriber(endpoints, streams=args.stream, kinds=tuple(args.kind or ("score", "status")),
                     latest_only=args.latest_only, curve=curve, heartbeat_s=args.heartbeat,
                     strict=True) as sub:
         reported = 0
