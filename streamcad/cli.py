@@ -25,6 +25,7 @@ from streamcad.extras import missing_module_message
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("streamcad.commands.run", "run the pipeline: source -> model -> ZeroMQ scores"),
     "listen": ("streamcad.commands.listen", "subscribe to a stream and print messages"),
+    "view": ("streamcad.commands.view", "web page of the live streams: picture, overlays, state, score trace"),
     "demo": ("streamcad.commands.demo", "simulated probe sweep over sample images with the shipped model"),
     "info": ("streamcad.commands.info", "versions, available backends and GPUs"),
     "proxy": ("streamcad.commands.proxy", "XSUB/XPUB proxy: many scanners to many UIs"),
@@ -36,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train.cli", "training (the train extra): splits, pretrain, finetune, experiment, ship, ... (train --help)"),
 }
 # the extra a command needs beyond the runtime; a missing module of it is reported as this extra
-NEEDS_EXTRA: dict[str, str] = {"evaluate": "eval", "export": "train", "bench": "train", "train": "train",
+NEEDS_EXTRA: dict[str, str] = {"view": "viewer", "evaluate": "eval", "export": "train", "bench": "train", "train": "train",
                                "convert": "tensorrt"}
 
 
@@ -146,4 +147,8 @@ def _main(argv: list[str] | None, startup: _StartupInterrupt) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m streamcad.cli`: run the one importable copy of this module, so that commands
+    # importing streamcad.cli (startup_interrupted) see the same state as main()
+    from streamcad.cli import main as _main
+
+    sys.exit(_main())

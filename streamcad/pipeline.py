@@ -3,7 +3,9 @@
     source reader thread (newest frame only; overwrites counted)
         -> prepare thread:  ROI crop, quality flags, preprocess into a reused buffer
         -> infer thread:    backend.infer (ONNX Runtime / torch / TensorRT)
-        -> publish thread:  smoothing, then ZeroMQ PUB (score per frame, status >= 1 Hz)
+        -> publish thread:  out-of-domain gate on the model's embedding (streamcad.gate_ood:
+                            'out_of_domain' flag, probs dropped), smoothing, then ZeroMQ PUB
+                            (score per frame, status >= 1 Hz)
 
 Stages hand over through bounded queues, so a slow stage pushes back to the source, where the
 newest frame wins and the lost ones are counted (never queued: latency stays bounded).
@@ -32,6 +34,7 @@ from streamcad.config import RunConfig
 from streamcad.errors import SourceError, StreamcadError
 from streamcad.manifest import CLASS_NAMES
 from streamcad.preprocess import preprocess
+from streamcad.quality import doppler_fraction
 from streamcad.smoothing import Smoother
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ class Item:
     x: np.ndarray | None = None  # (1, S, S) float32 view into a reused buffer
     logits: np.ndarray | None = None  # (3,) raw model output, set by infer(), turned into probs by postprocess()
     saliency: np.ndarray | None = None  # (h, w) saliency map (a copy: the backend may reuse its buffers)
+    embedding: np.ndarray | None = None  # (D,) the model's 'embedding' output (a copy), when it has one
+    ood_score: float | None = None  # the out-of-domain gate's score; None without a gate
     probs: tuple[float, float, float] | None = None
     saliency_peak: tuple[int, int] | None = None
     t: dict = field(default_factory=dict)  # stage -> monotonic ns at the stage's end
@@ -118,7 +123,10 @@ class Pipeline:
         try:
             # the 'suspicious' state on the model's validated operating point (before the source
             # and the socket open: a model without a threshold and no config value stops here)
-            self.smoother = Smoother(config.smoothing, self.model.threshold, self.model.model_id)
+            name = self.model.model_id
+            if self.model.manifest is None and config.model.path:
+                name = f"{Path(config.model.path).name} (no manifest)"
+            self.smoother = Smoother(config.smoothing, self.model.threshold, name)
         except StreamcadError:
             if model is None:
                 self.model.close()
@@ -170,7 +178,8 @@ class Pipeline:
             item.flags = frozenset({"blank" if is_blank(image, cfg) else "not_ultrasound"})
         elif self.quality is not None:
             # stale=False: this frame did arrive; staleness is reported by _no_signal_item
-            item.flags = self.quality.check(image[y : y + h, x : x + w], frame.chroma, False)
+            colour = doppler_fraction(getattr(frame, "colour", None), image.shape, item.roi)
+            item.flags = self.quality.check(image[y : y + h, x : x + w], frame.chroma, False, colour)
         if not item.flags:
             buf = self._buffers[self._buf_i]
             self._buf_i = (self._buf_i + 1) % len(self._buffers)
@@ -189,12 +198,27 @@ class Pipeline:
             out = self.model.backend.infer(item.x[None])
             item.logits = np.array(out["logits"][0], np.float64)
             item.saliency = np.array(out["saliency"][0, 0])
+            if "embedding" in out:
+                item.embedding = np.array(out["embedding"][0])
             item.x = None  # the buffer may be reused from here on
         item.t["infer"] = time.monotonic_ns()
         return item
 
     def postprocess(self, item: Item) -> None:
-        """Logits -> class probabilities; saliency map -> its peak in frame pixels."""
+        """Out-of-domain gate on the embedding; logits -> class probabilities; saliency map -> its
+        peak in frame pixels. A frame the gate flags keeps no probabilities (no malignancy update)."""
+        gate = getattr(self.model, "gate", None)
+        if gate is not None and item.logits is not None:
+            if item.embedding is None:
+                raise StreamcadError(
+                    f"model {self.model.model_id}: its manifest has an out-of-domain gate but the backend "
+                    "returned no 'embedding'; expected the backend to return every output of the graph"
+                )
+            item.ood_score = float(gate.score(item.embedding)[0])
+            if not item.ood_score <= gate.threshold:  # NaN counts as out of domain
+                item.flags = item.flags | {"out_of_domain"}
+                item.logits = item.saliency = item.embedding = None
+        item.embedding = None
         if item.logits is not None:
             e = np.exp(item.logits - item.logits.max())
             p = e / e.sum()
@@ -237,6 +261,7 @@ class Pipeline:
             model=self.model.model_id,
             saliency_peak=item.saliency_peak,
             label=item.label,
+            ood_score=item.ood_score,
         )
         st = self.stats
         for k, v in lat.items():
@@ -335,6 +360,7 @@ class Pipeline:
             model=self.model.model_id,
             model_sha256=self.model.sha256,
             uptime_s=uptime,
+            ood_gate="absent" if getattr(self.model, "gate", None) is None else "active",
             operating_threshold=self.smoother.point.operating_threshold,
             on_threshold=self.smoother.point.on,
             off_threshold=self.smoother.point.off,

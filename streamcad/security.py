@@ -9,14 +9,25 @@ Data flow::
         ──► a client whose public key file is not in allowed_clients_dir is refused (logged WARNING)
     client (Subscriber):  ClientCurve(secret_key_file, server_public_key_file)
 
-The allow-list directory is re-read at every handshake, so adding or removing a ``*.key`` file
-takes effect for the next connection without a restart. A plain (non-CURVE) client fails the
-handshake (mechanism mismatch); the server logs that through its socket monitor.
+The allow-list directory is re-read at every handshake, so adding a ``*.key`` file takes effect
+for the next connection without a restart. Removing one also cuts the clients already connected
+with that key (revocation): CURVE has no re-authentication, so the server's owner thread calls
+``Revocation.poll()``, which every ``check_s`` (0.5 s) compares the keys admitted since the last
+cut with the folder and, when one is gone, unbinds and re-binds the endpoint: every connection
+drops, the allowed clients reconnect (their reconnect interval, 0.1 s by default) and handshake
+again, the removed key is refused. A malformed ``*.key`` in the folder is skipped with one warning
+(the others still work); a secret key file readable by group or others is refused. A plain
+(non-CURVE) client fails the handshake (mechanism mismatch); the server logs that through its
+socket monitor.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import stat
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +46,16 @@ __all__ = [
     "apply_server",
     "apply_client",
     "curve_available",
+    "Revocation",
+    "KEY_NAME_MAX",
 ]
 
 log = logging.getLogger(__name__)
+
+
+KEY_NAME_MAX = 64
+_KEY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,%d}" % (KEY_NAME_MAX - 1))
+_DENIAL_LOG_EVERY_S = 60.0  # a refused client retries every 0.1 s: one warning per key per minute
 
 
 def curve_available() -> bool:
@@ -54,6 +72,12 @@ def _load(path: Path, need_secret: bool) -> tuple[bytes, bytes | None]:
         raise ConfigError(f"CURVE key file {path} is not a ZeroMQ certificate: {exc}") from exc
     if need_secret and not secret:
         raise ConfigError(f"CURVE key file {path} has no secret key: expected the NAME.key_secret file")
+    if secret:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:  # like ssh: a secret others can read is no longer a secret
+            raise ConfigError(
+                f"CURVE secret key file {path} is readable by others (mode {mode:04o}); expected 0600: chmod 600 {path}"
+            )
     return public, secret
 
 
@@ -65,15 +89,25 @@ def load_keypair(secret_key_file: str | Path) -> tuple[bytes, bytes]:
 
 def generate_keypair(out_dir: str | Path, name: str) -> tuple[Path, Path]:
     """Write OUT/NAME.key (public) and OUT/NAME.key_secret (0600). Refuses to overwrite."""
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"invalid key name {name!r}: expected a plain file stem like 'ui1'")
+    if not isinstance(name, str) or not _KEY_NAME.fullmatch(name):
+        shown = name if not isinstance(name, str) or len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
+        raise ConfigError(
+            f"invalid key name {shown!r}: expected a plain file stem of 1-{KEY_NAME_MAX} letters, digits, '_', '-' or '.', "
+            "not starting with '.' or '-', like 'ui1'"
+        )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the key directory {out}: {exc.strerror}") from exc
     pub, sec = out / f"{name}.key", out / f"{name}.key_secret"
     for p in (pub, sec):
         if p.exists():
             raise ConfigError(f"{p} already exists: choose another --name or remove it first")
-    public_file, secret_file = zmq.auth.create_certificates(out, name)
+    try:
+        public_file, secret_file = zmq.auth.create_certificates(out, name)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the key pair into {out}: {exc.strerror}") from exc
     Path(secret_file).chmod(0o600)
     log.info("wrote CURVE key pair %s / %s", public_file, secret_file)
     return Path(public_file), Path(secret_file)
@@ -123,38 +157,152 @@ class ClientCurve:
 
 
 class _AllowList:
-    """ZAP credentials provider: allow a client iff its public key is in the directory."""
+    """ZAP credentials provider: allow a client iff its public key is in the directory.
 
-    def __init__(self, directory: Path) -> None:
+    Each ``*.key`` is read on its own, so one malformed file is skipped (one warning per file
+    version) instead of locking everyone out. The keys admitted since the last cut are remembered
+    for Revocation.
+    """
+
+    def __init__(self, directory: Path, role: str = "client") -> None:
         self.directory = directory
+        self.role = role
+        self._lock = threading.Lock()
+        self._admitted: set[bytes] = set()
+        self._bad_files: dict[Path, float] = {}  # malformed file -> the mtime already warned about
+        self._denied_at: dict[bytes, float] = {}
+
+    def keys(self) -> set[bytes]:
+        try:
+            files = sorted(self.directory.glob("*.key"))
+        except OSError as exc:
+            log.error("cannot read CURVE allow-list %s: %s; refusing every %s", self.directory, exc, self.role)
+            return set()
+        out = set()
+        for f in files:
+            try:
+                public, _ = zmq.auth.load_certificate(f)
+                mtime = f.stat().st_mtime
+            except (OSError, ValueError) as exc:
+                try:
+                    mtime = f.stat().st_mtime
+                except OSError:  # removed meanwhile
+                    continue
+                if self._bad_files.get(f) != mtime:
+                    self._bad_files[f] = mtime
+                    log.warning("CURVE allow-list %s: ignoring malformed key file %s (%s); the other keys still work",
+                                self.directory, f.name, exc)
+                continue
+            self._bad_files.pop(f, None)
+            if public:
+                out.add(public)
+        return out
 
     def callback(self, domain: str, key: bytes) -> bool:
-        try:
-            allowed = zmq.auth.load_certificates(self.directory)
-        except (OSError, ValueError) as exc:
-            log.error("cannot read CURVE allow-list %s: %s; refusing client", self.directory, exc)
-            return False
-        ok = key in allowed
+        ok = key in self.keys()
+        shown = key.decode("ascii", "replace")
         if ok:
-            log.info("CURVE client allowed: public key %s", key.decode("ascii", "replace"))
+            with self._lock:
+                self._admitted.add(key)
+            log.info("CURVE %s allowed: public key %s", self.role, shown)
         else:
-            log.warning(
-                "CURVE client DENIED: public key %s is not in the allow-list %s",
-                key.decode("ascii", "replace"),
-                self.directory,
-            )
+            now = time.monotonic()
+            last = self._denied_at.get(key)
+            if last is None or now - last >= _DENIAL_LOG_EVERY_S:
+                self._denied_at[key] = now
+                log.warning("CURVE %s DENIED: public key %s is not in the allow-list %s (repeats of this denial "
+                            "are not logged for %.0f s)", self.role, shown, self.directory, _DENIAL_LOG_EVERY_S)
         return ok
 
+    def revoked(self) -> set[bytes]:
+        """Keys admitted since the last cut that are no longer in the folder."""
+        current = self.keys()
+        with self._lock:
+            return self._admitted - current
 
-def start_authenticator(context: zmq.Context, curve: ServerCurve) -> ThreadAuthenticator:
-    """One authenticator per context (ZAP is per context). Stop it before terminating the context."""
-    auth = ThreadAuthenticator(context, log=logging.getLogger("streamcad.security.zap"))
+    def forget_admitted(self) -> None:
+        with self._lock:
+            self._admitted.clear()
+
+
+class _Authenticator(ThreadAuthenticator):
+    """ThreadAuthenticator that keeps the allow-list of each ZAP domain it serves."""
+
+    def __init__(self, context: zmq.Context) -> None:
+        super().__init__(context, log=logging.getLogger("streamcad.security.zap"))
+        self.allow_lists: dict[str, _AllowList] = {}
+
+    def add(self, curve: ServerCurve, domain: str = "*", role: str = "client") -> None:
+        if curve.allowed_clients_dir is None:
+            self.configure_curve(domain=domain, location=zmq.auth.CURVE_ALLOW_ANY)
+        else:
+            allow = self.allow_lists[domain] = _AllowList(curve.allowed_clients_dir, role)
+            self.configure_curve_callback(domain=domain, credentials_provider=allow)
+
+
+def start_authenticator(context: zmq.Context, curve: ServerCurve, domain: str = "*", role: str = "client") -> _Authenticator:
+    """One authenticator per context (ZAP is per context). Stop it before terminating the context.
+    More domains (one per socket, set with ZAP_DOMAIN before bind): ``auth.add(curve, domain)``."""
+    auth = _Authenticator(context)
     auth.start()
-    if curve.allowed_clients_dir is None:
-        auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
-    else:
-        auth.configure_curve_callback(domain="*", credentials_provider=_AllowList(curve.allowed_clients_dir))
+    auth.add(curve, domain, role)
     return auth
+
+
+class Revocation:
+    """Cut the connections of a key removed from the allow-list (see the module docstring).
+
+    Call ``poll(sock, endpoint)`` from the thread that owns ``sock``; it costs one folder read
+    every ``check_s``. When an admitted key is gone it unbinds and re-binds ``endpoint`` (all
+    connections on it drop; allowed clients reconnect and handshake again) and returns the number
+    of revoked keys. Worst-case cut-off: check_s + the time between two polls.
+    """
+
+    def __init__(self, auth: _Authenticator, domain: str = "*", check_s: float = 0.5) -> None:
+        self.allow = auth.allow_lists.get(domain)
+        self.check_s = float(check_s)
+        self._next = time.monotonic() + self.check_s
+        self.cuts = 0
+
+    def due(self, now: float | None = None) -> set[bytes]:
+        """The revoked keys if a check is due and found some, else an empty set."""
+        if self.allow is None:
+            return set()
+        now = time.monotonic() if now is None else now
+        if now < self._next:
+            return set()
+        self._next = now + self.check_s
+        return self.allow.revoked()
+
+    def cut(self, sock: zmq.Socket, endpoint: str, revoked: set[bytes]) -> None:
+        from streamcad.transport import bind_socket
+
+        self.allow.forget_admitted()  # before the re-bind: every handshake after it is recorded again
+        try:
+            sock.unbind(endpoint)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"revocation: cannot unbind {endpoint}: {exc}") from exc
+        # zmq_unbind closes the listener asynchronously (in libzmq's I/O thread): the port can be
+        # busy for a few ms more. Retry briefly; past that it is someone else's, and an error.
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                bind_socket(sock, endpoint, allow_remote=True)  # the endpoint was vetted at the first bind
+                break
+            except TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        self.cuts += 1
+        log.warning("CURVE key(s) %s removed from %s: cut every connection on %s (allowed %ss reconnect)",
+                    ", ".join(k.decode("ascii", "replace") for k in sorted(revoked)), self.allow.directory,
+                    endpoint, self.allow.role)
+
+    def poll(self, sock: zmq.Socket, endpoint: str) -> int:
+        revoked = self.due()
+        if revoked:
+            self.cut(sock, endpoint, revoked)
+        return len(revoked)
 
 
 def apply_server(sock: zmq.Socket, curve: ServerCurve) -> None:

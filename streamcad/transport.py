@@ -1,17 +1,20 @@
 """ZeroMQ publisher: one stream of Score/Status messages, never blocking the pipeline.
 
-Data flow::
+The ZeroMQ implementation of the Sink interface (streamcad.sinks). Data flow::
 
-    pipeline publish thread ──► Publisher.publish_score(**fields)
-        ──► fills schema/stream/publisher/seq/t_publish_ns, validates (msgspec, strict)
+    pipeline publish thread ──► ScoreStream (streamcad.messages) builds the message: fills
+        schema/stream/publisher/seq/t_publish_ns, validates (msgspec, strict)
+        ──► Publisher.write_score(msg) / write_status(msg)    (standalone: publish_score(**fields))
         ──► encode_frame ──► XPUB.send(NOBLOCK)
               bound (UIs connect here): each subscriber has its own queue of ``hwm`` messages; a
                   full queue drops THAT subscriber's message only (libzmq PUB semantics), which it
                   sees as a seq gap; every other subscriber is unaffected
               connected to a proxy (connect=True): one peer, XPUB_NODROP: a full queue raises
                   EAGAIN ──► self.dropped += 1 (seq still consumed, so every subscriber sees the gap)
-        ◄── subscription messages (XPUB_VERBOSE) ──► log + send a Status at once
-        ──► a Status heartbeat whenever heartbeat_s passed since the last one
+        ◄── subscription messages (XPUB_VERBOSE), drained by poll() ──► log; the joins are
+            answered with a Status at once, and a Status heartbeat goes out whenever heartbeat_s
+            passed since the last one, both by the ScoreStream's owner: the pipeline (one
+            heartbeat owner), or this class's publish_score/publish_status/service when standalone
 
 One XPUB socket, bound (default ``tcp://127.0.0.1:5555``) or connected to a proxy's XSUB frontend
 (``connect=True``). ``hwm_seconds`` is time: the queue per subscriber holds
@@ -38,7 +41,6 @@ import errno
 import logging
 import math
 import os
-import secrets
 import socket as pysocket
 import stat
 import time
@@ -52,24 +54,32 @@ from zmq.utils.monitor import recv_monitor_message
 from streamcad.errors import MessageError, TransportError
 from streamcad.messages import (
     ENCODINGS,
-    SCHEMA_VERSION,
+    OWNED_FIELDS,
     Message,
     Preview,
     Score,
+    ScoreStream,
     Status,
     check_stream_name,
     encode_frame,
 )
 from streamcad.ratelimit import LogLimiter
-from streamcad.security import ServerCurve, apply_server, start_authenticator
+from streamcad.security import (
+    ClientCurve,
+    Revocation,
+    ServerCurve,
+    apply_client,
+    apply_server,
+    start_authenticator,
+)
+from streamcad.sinks.base import Sink
 
-__all__ = ["DEFAULT_ENDPOINT", "Publisher", "check_bind_endpoint", "bind_socket"]
+__all__ = ["DEFAULT_ENDPOINT", "Publisher", "publisher_from_config", "check_bind_endpoint", "bind_socket"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
-_OWNED = frozenset({"schema", "stream", "publisher", "seq", "t_publish_ns", "type"})
 _MONITOR_EVENTS = (
     zmq.EVENT_ACCEPTED
     | zmq.EVENT_DISCONNECTED
@@ -158,33 +168,49 @@ def bind_socket(sock: zmq.Socket, endpoint: str, allow_remote: bool = False) -> 
     return last.decode() if isinstance(last, bytes) and last else endpoint
 
 
-def _numpy_to_builtin(obj: Any) -> Any:
-    if hasattr(obj, "dtype") and hasattr(obj, "tolist"):  # numpy scalar or array
-        return obj.tolist()
-    raise TypeError(f"unsupported type {type(obj).__name__}")
-
-
-class Publisher:
+class Publisher(Sink):
     """Publish Score/Status messages of one stream. See the module docstring.
+
+    Two ways to use it:
+
+    * standalone: ``publish_score(**fields)`` / ``publish_status()`` / ``service()`` build the
+      messages with the publisher's ScoreStream (``self.scores``) and keep its heartbeat;
+    * as a pipeline Sink (streamcad.sinks): the pipeline owns the ScoreStream (pass it as
+      ``scores=``) and the heartbeat; ``write_score`` / ``write_status`` only send the finished
+      message, ``poll()`` drains subscription events and reports the joins (the pipeline answers
+      them with a status). Nothing here then builds a message on its own.
 
     >>> with Publisher("tcp://127.0.0.1:5555", stream="probe0") as pub:   # doctest: +SKIP
     ...     pub.publish_score(frame_index=0, t_capture_ns=t0, latency_ms={...}, probs=..., ...)
     """
 
+    name = "zmq"
+
     def __init__(
         self,
         endpoint: str = DEFAULT_ENDPOINT,
         *,
-        stream: str = "probe0",
+        stream: str | None = None,
         encoding: str = "json",
         hwm_seconds: float = 4.0,
         fps: float = 30.0,
         linger_ms: int = 200,
-        curve: ServerCurve | None = None,
+        curve: ServerCurve | ClientCurve | None = None,
         connect: bool = False,
         allow_remote: bool = False,
-        heartbeat_s: float = 1.0,
+        heartbeat_s: float | None = None,
+        scores: ScoreStream | None = None,
     ) -> None:
+        # the stream's name, id and heartbeat are the ScoreStream's; given one, they are not restated
+        if scores is not None:
+            if (stream is not None and stream != scores.stream) or (
+                    heartbeat_s is not None and heartbeat_s != scores.heartbeat_s):
+                raise TransportError(f"Publisher(scores=...) takes stream and heartbeat_s from the ScoreStream "
+                                     f"({scores.stream!r}, {scores.heartbeat_s} s), got stream={stream!r}, "
+                                     f"heartbeat_s={heartbeat_s!r}")
+            stream, heartbeat_s = scores.stream, scores.heartbeat_s
+        stream = "probe0" if stream is None else stream
+        heartbeat_s = 1.0 if heartbeat_s is None else heartbeat_s
         if encoding not in ENCODINGS:
             raise TransportError(f"unknown encoding {encoding!r}: expected one of {ENCODINGS}")
         try:
@@ -195,8 +221,11 @@ class Publisher:
             raise TransportError(f"hwm_seconds and fps must be finite and > 0, got {hwm_seconds} and {fps}")
         if not 0 < heartbeat_s < math.inf:
             raise TransportError(f"heartbeat_s must be finite and > 0, got {heartbeat_s}")
-        if curve is not None and connect:
-            raise TransportError("curve with connect=True is not supported: secure the proxy's backend instead")
+        if connect and isinstance(curve, ServerCurve):
+            raise TransportError("connect=True takes a ClientCurve (this pipeline's key pair + the proxy's public key); "
+                                 "a ServerCurve is for a bound publisher")
+        if not connect and isinstance(curve, ClientCurve):
+            raise TransportError("a bound publisher is the CURVE server: give a ServerCurve, not a ClientCurve")
         self.stream = stream
         self.encoding = encoding
         self.hwm_seconds = float(hwm_seconds)
@@ -205,17 +234,13 @@ class Publisher:
         self.heartbeat_s = float(heartbeat_s)
         self.rate = float(fps)  # scores per second each subscriber's queue is sized for
         self.hwm = self._hwm_for(self.rate)  # messages per subscriber queue (set_rate() resizes)
-        self.publisher_id = secrets.token_hex(8)
+        self.scores = scores if scores is not None else ScoreStream(stream, heartbeat_s=self.heartbeat_s)
         self.sent = 0
         self.dropped = 0
         self.subscriptions = 0  # subscribe messages seen (XPUB_VERBOSE: every one, duplicates too)
-        self._seq = 0
-        self._last_score_seq = -1
-        self._t_start = time.monotonic()
-        self._t_last_status: float | None = None
-        self._status_fields: dict[str, Any] = {}
         self._closed = False
         self._auth = None
+        self._revocation: Revocation | None = None  # bound + allow-list: cuts removed keys
         self._monitor = None
         self._limiter = LogLimiter(10.0)
 
@@ -227,9 +252,16 @@ class Publisher:
                 sock.setsockopt(zmq.XPUB_NODROP, 1)
             sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscribe, so each new UI gets a status
             sock.setsockopt(zmq.LINGER, self.linger_ms)
-            if curve is not None:
+            if isinstance(curve, ServerCurve):
                 self._auth = start_authenticator(self._ctx, curve)
                 apply_server(sock, curve)
+                self._revocation = Revocation(self._auth)
+            elif curve is not None:  # connect mode: a CURVE client of the proxy's frontend
+                apply_client(sock, curve)
+            elif connect:
+                log.warning("stream %s: publishing in PLAINTEXT to %s (connect mode without CURVE): whoever binds "
+                            "that address receives the scores; set publish.curve_secret_key and "
+                            "publish.curve_server_key to encrypt", stream, endpoint)
             self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             self._monitor.setsockopt(zmq.LINGER, 0)
             if connect:
@@ -284,9 +316,18 @@ class Publisher:
 
     # --- publishing ---------------------------------------------------------------------------
     @property
+    def publisher_id(self) -> str:
+        """The id in every message's ``publisher`` field (the ScoreStream's)."""
+        return self.scores.publisher_id
+
+    @property
+    def written(self) -> int:  # Sink counter
+        return self.sent
+
+    @property
     def seq(self) -> int:
         """The seq the next message will carry."""
-        return self._seq
+        return self.scores.seq
 
     def publish_score(self, *, t_ready_ns: int | None = None, t_publish_ns: int | None = None,
                       **fields: Any) -> bool:
@@ -298,21 +339,8 @@ class Publisher:
         publisher drops per subscriber instead, seen there as a gap). Raises MessageError on bad fields.
         """
         self._check_open()
-        self._check_owned(fields)
-        now = time.monotonic_ns() if t_publish_ns is None else t_publish_ns
-        latency = dict(fields.pop("latency_ms", None) or {})
-        t_cap = fields.get("t_capture_ns")
-        if "total" not in latency and isinstance(t_cap, int):
-            latency["total"] = (now - t_cap) / 1e6
-        if t_ready_ns is not None and "publish" not in latency:
-            latency["publish"] = (now - int(t_ready_ns)) / 1e6
-        fields["latency_ms"] = latency
-        msg = self._build(Score, fields, now)
-        bad = [k for k, v in msg.latency_ms.items() if not math.isfinite(v)]
-        if bad:
-            raise MessageError(f"non-finite latency at $.latency_ms.{bad[0]}: expected a finite number of ms")
+        msg = self.scores.score(t_ready_ns=t_ready_ns, t_publish_ns=t_publish_ns, **fields)
         ok = self._send(msg)
-        self._last_score_seq = msg.seq
         self._service(time.monotonic())
         return ok
 
@@ -323,16 +351,14 @@ class Publisher:
             raise MessageError(f"cannot publish {type(msg).__name__}: expected Score or Status")
         if isinstance(msg, Status):
             fields = msgspec.structs.asdict(msg)
-            return self.publish_status(**{k: v for k, v in fields.items() if k not in _OWNED})
-        fields = {k: v for k, v in msgspec.structs.asdict(msg).items() if k not in _OWNED}
+            return self.publish_status(**{k: v for k, v in fields.items() if k not in OWNED_FIELDS})
+        fields = {k: v for k, v in msgspec.structs.asdict(msg).items() if k not in OWNED_FIELDS}
         return self.publish_score(**fields)
 
     def set_status(self, **fields: Any) -> None:
         """Remember Status fields (source, counters, fps_in, fps_out, backend, model, model_sha256)
         for the next heartbeat / new-subscriber status, without sending now."""
-        self._check_owned(fields)
-        fields.pop("last_seq", None)  # the publisher knows which score went out last
-        self._status_fields.update(fields)
+        self.scores.set_status(**fields)
 
     def publish_status(self, **fields: Any) -> bool:
         """Send a Status now (merging `fields` into the remembered ones). Returns sent/dropped."""
@@ -372,27 +398,49 @@ class Publisher:
         if self._closed:
             raise TransportError(f"publisher on {self.endpoint} is closed")
 
-    @staticmethod
-    def _check_owned(fields: dict) -> None:
-        owned = _OWNED.intersection(fields)
-        if owned:
-            raise MessageError(f"fields {sorted(owned)} are set by the publisher, not the caller")
+    # --- the Sink interface (the pipeline owns the ScoreStream and the heartbeat) ----------------
+    def write_score(self, msg: Score) -> bool:
+        """Send a finished Score as it is (no re-stamping). True if sent, False if dropped."""
+        self._check_open()
+        if not isinstance(msg, Score):
+            raise MessageError(f"write_score takes a Score, got {type(msg).__name__}")
+        return self._send(msg)
 
-    def _build(self, cls: type, fields: dict, now_ns: int) -> Any:
-        if not isinstance(now_ns, int) or isinstance(now_ns, bool):
-            raise MessageError(f"t_publish_ns must be an int of monotonic ns, got {type(now_ns).__name__}")
-        full = dict(fields, schema=SCHEMA_VERSION, stream=self.stream, publisher=self.publisher_id,
-                    seq=self._seq, t_publish_ns=now_ns)
-        try:
-            builtins = msgspec.to_builtins(full, enc_hook=_numpy_to_builtin)
-            msg = msgspec.convert(builtins, cls)
-        except (msgspec.ValidationError, TypeError) as exc:
-            raise MessageError(f"invalid {cls.__name__.lower()} fields: {exc}") from exc
-        return msg
+    def write_status(self, msg: Status) -> bool:
+        """Send a finished Status as it is. True if sent, False if dropped."""
+        self._check_open()
+        if not isinstance(msg, Status):
+            raise MessageError(f"write_status takes a Status, got {type(msg).__name__}")
+        return self._send(msg)
+
+    def poll(self) -> int:
+        """Subscription events, key revocation, monitor events; returns the joins seen (the
+        caller answers them with a status). Sends nothing."""
+        self._check_open()
+        new = 0
+        while True:  # subscription messages: b'\x01' + topic (subscribe) / b'\x00' + topic
+            try:
+                ev = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if ev[:1] == b"\x01":
+                new += 1
+                self.subscriptions += 1
+                log.info("stream %s: new subscription to %r", self.stream, ev[1:])
+            elif ev[:1] == b"\x00":
+                log.info("stream %s: subscription to %r ended", self.stream, ev[1:])
+        if self._revocation is not None:
+            self._revocation.poll(self._sock, self.endpoint)
+        self._drain_monitor()
+        if new:
+            # a bound listener hands new pipes the HWM it had at bind(); setting it again
+            # resizes every live pipe, the new one included
+            self._sock.setsockopt(zmq.SNDHWM, self.hwm)
+        return new
 
     def _send(self, msg: Message) -> bool:
+        # the seq was consumed when the ScoreStream built msg: a drop shows as a gap
         frame = encode_frame(msg, self.encoding)
-        self._seq += 1  # consumed even when dropped: subscribers see the gap
         try:
             self._sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
@@ -406,40 +454,13 @@ class Publisher:
         return True
 
     def _send_status(self, now: float) -> bool:
-        fields = dict(self._status_fields)
-        try:
-            counters = msgspec.to_builtins(fields.get("counters") or {}, enc_hook=_numpy_to_builtin)
-        except TypeError as exc:
-            raise MessageError(f"invalid status counters: {exc}") from exc
-        if not isinstance(counters, dict):
-            raise MessageError(f"invalid status counters: expected Counters or a dict, got {type(counters).__name__}")
-        counters["dropped_publish"] = self.dropped  # the publisher is the authority on its drops
-        fields["counters"] = counters
-        fields["last_seq"] = self._last_score_seq
-        fields.setdefault("uptime_s", now - self._t_start)
-        msg = self._build(Status, fields, time.monotonic_ns())
-        self._t_last_status = now
-        return self._send(msg)
+        # standalone use: the publisher is the authority on its own drops
+        return self._send(self.scores.status(dropped=self.dropped))
 
     def _service(self, now: float) -> int:
-        new = 0
-        while True:  # subscription messages: b'\x01' + topic (subscribe) / b'\x00' + topic
-            try:
-                ev = self._sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if ev[:1] == b"\x01":
-                new += 1
-                self.subscriptions += 1
-                log.info("stream %s: new subscription to %r", self.stream, ev[1:])
-            elif ev[:1] == b"\x00":
-                log.info("stream %s: subscription to %r ended", self.stream, ev[1:])
-        self._drain_monitor()
-        if new:
-            # a bound listener hands new pipes the HWM it had at bind(); setting it again
-            # resizes every live pipe, the new one included
-            self._sock.setsockopt(zmq.SNDHWM, self.hwm)
-        if new or self._t_last_status is None or now - self._t_last_status >= self.heartbeat_s:
+        """Standalone use: poll(), then a status for new subscribers or when the heartbeat is due."""
+        new = self.poll()
+        if new or self.scores.status_due():
             self._send_status(now)
         return new
 
@@ -494,3 +515,26 @@ class Publisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def publisher_from_config(config, scores: ScoreStream | None = None) -> Publisher:
+    """The ZeroMQ sink of a RunConfig's [publish] section (CURVE keys read here)."""
+    p = config.publish
+    curve = None
+    if p.curve_secret_key:
+        if p.connect:  # a CURVE client of the proxy's frontend (config checked both keys are set)
+            curve = ClientCurve.from_files(p.curve_secret_key, p.curve_server_key)
+        else:
+            curve = ServerCurve.from_files(p.curve_secret_key, p.curve_allowed_dir)
+    if scores is None:
+        scores = ScoreStream(p.stream, heartbeat_s=p.heartbeat_s)
+    return Publisher(
+        p.endpoint,
+        encoding=p.encoding,
+        hwm_seconds=p.hwm_seconds,
+        fps=config.source.fps or 30.0,
+        connect=p.connect,
+        allow_remote=p.allow_remote,
+        curve=curve,
+        scores=scores,
+    )

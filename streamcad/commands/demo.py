@@ -12,6 +12,7 @@ from streamcad.errors import ArtifactError
 from streamcad.pipeline import DEFAULT_MODEL
 
 HELP = "simulated probe sweep over sample images with the shipped model"
+HANDLES_SIGINT = True  # run_pipeline installs the Ctrl-C handler (see streamcad.cli)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ import sys
 from streamcad.config import load_config
 
 HELP = "run the pipeline: source -> model -> ZeroMQ scores"
+HANDLES_SIGINT = True  # the CLI defers Ctrl-C during start-up until run_pipeline installs its own handler
 
 # flag dest -> (section, key)
 _FLAG_KEYS = {
@@ -92,6 +93,10 @@ def run_pipeline(config, report_json: str | None = None, source=None) -> int:
     with Pipeline(config, source=source) as pipe:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: pipe.stop())
+        from streamcad.cli import startup_interrupted
+
+        if startup_interrupted():  # Ctrl-C while the model and source were loading
+            return 130
         show = config.dashboard and sys.stdout.isatty()
         if show:
             from rich.live import Live
