@@ -36,6 +36,8 @@ __all__ = [
     "SmoothingConfig",
     "QualitySection",
     "PublishConfig",
+    "PreviewConfig",
+    "IgtlConfig",
     "RunConfig",
     "load_config",
     "config_from_dict",
@@ -166,6 +168,29 @@ class PublishConfig(_Section):
                              "the CURVE server: set curve_secret_key and curve_allowed_dir")
 
 
+class PreviewConfig(_Section):
+    # The 'preview' topic (streamcad.preview): a downscaled JPEG of scored frames with the ROI,
+    # saliency and lesion box as data, for `streamcad view` and other UIs. Off by default: a
+    # pipeline nobody watches spends no CPU on JPEGs. CLI: run --preview.
+    enabled: bool = False
+    fps: Annotated[float, msgspec.Meta(gt=0, le=30.0)] = 10.0  # enough to follow the probe; <= 15 keeps the encoder's CPU small
+    max_side: Annotated[int, msgspec.Meta(ge=64, le=1280)] = 480  # px, the JPEG's long side (~20-40 KB a frame)
+    quality: Annotated[int, msgspec.Meta(ge=10, le=95)] = 70  # JPEG quality: enough to check the crop box
+
+
+class IgtlConfig(_Section):
+    # OpenIGTLink server for 3D Slicer (streamcad.sinks.igtl, the igtl extra): per scored frame an
+    # IMAGE of the ROI, the score as STRING (JSON) and the lesion centre as POINT. CLI: run --igtl [HOST:]PORT.
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback unless allow_remote, as for [publish]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 18944  # the OpenIGTLink port PlusServer uses
+    allow_remote: bool = False
+    image_device: Annotated[str, msgspec.Meta(min_length=1, max_length=20)] = "Image"  # device names: <= 20 bytes (OpenIGTLink header)
+    score_device: Annotated[str, msgspec.Meta(min_length=1, max_length=20)] = "Score"
+    lesion_device: Annotated[str, msgspec.Meta(min_length=1, max_length=20)] = "Lesion"
+    queue: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8  # frames waiting for a slow client before the oldest is dropped
+
+
 class RunConfig(_Section):
     version: int = CONFIG_VERSION
     source: SourceConfig = SourceConfig()
@@ -174,6 +199,8 @@ class RunConfig(_Section):
     smoothing: SmoothingConfig = SmoothingConfig()
     quality: QualitySection = QualitySection()
     publish: PublishConfig = PublishConfig()
+    preview: PreviewConfig = PreviewConfig()
+    igtl: IgtlConfig = IgtlConfig()
     frames: Annotated[int, msgspec.Meta(ge=1)] | None = None  # stop after N published frames
     dashboard: bool = True
 
