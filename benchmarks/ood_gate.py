@@ -87,10 +87,10 @@ def synthetic_streams(rng: np.random.Generator, n: int = 30) -> dict[str, list[n
     }
     text = []
     for i in range(n):
-        img = np.full((H, W), 235, np.float32)
+        img = np.full((H, W), 235, np.uint8)
         for r in range(12):
             cv2.putText(img, f"Report line {r + i} lorem ipsum 12.{r}", (20, 35 + 36 * r), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 30, 1)
-        text.append(img)
+        text.append(img.astype(np.float32))
     out["text_screen"] = text
     return {k: [cv2.cvtColor(np.clip(f, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR) for f in v] for k, v in out.items()}
 

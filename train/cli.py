@@ -289,7 +289,7 @@ def _run_gate(args) -> int:
                     write=not args.dry_run, threads=args.threads)
     r = ood["rates"]
     print(f"gate D={ood['dim']} threshold {ood['threshold']:.4g} ({ood['chosen']}); "
-          f"flagged: calibration {100 * r['calibration_flagged']:.1f}%, fit {100 * r['fit_flagged']:.1f}%"
+          f"breast training frames flagged: out of fit {100 * r['out_of_fit_flagged']:.1f}%, in fit {100 * r['fit_flagged']:.1f}%"
           + (" (dry run: manifest unchanged)" if args.dry_run else f"; written to {Path(args.model).with_suffix('.json')}"))
     return 0
 
