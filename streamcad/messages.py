@@ -14,6 +14,14 @@ then the payload. Subscribers filter by prefix (``b"score/"`` = all score stream
 0x80-0x8f, 0xde or 0xdf); decoders tell the two apart by that first byte. Both carry the same
 fields, including ``"type"``. Decoding never unpickles and never evaluates anything.
 
+Schema evolution (docs/PROTOCOL.md, "Versions"): within schema version 1 a publisher may ADD
+optional fields (to any object); readers ignore fields they do not know, so decoding here drops
+them and the JSON Schemas allow them (no ``additionalProperties: false``). Removing or renaming
+a field, changing its type, unit or meaning, making it required, or a new value of an enum
+(``type``, ``state``, ``flags``, source ``state``) is a new ``schema`` version, which readers of
+version 1 refuse. Building a message is still strict: ScoreStream refuses a field the Structs do
+not have (``_unknown_keys``), so a typo in the pipeline never goes out silently dropped.
+
 The committed JSON Schema files under ``streamcad/schemas/`` are generated from these Structs
 (``python -m streamcad.messages --write-schemas``); a test keeps them equal. See docs/PROTOCOL.md.
 """
@@ -21,8 +29,11 @@ The committed JSON Schema files under ``streamcad/schemas/`` are generated from 
 from __future__ import annotations
 
 import json
+import math
 import re
+import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -49,6 +60,8 @@ __all__ = [
     "SaliencyMap",
     "Preview",
     "Message",
+    "ScoreStream",
+    "OWNED_FIELDS",
     "topic",
     "check_stream_name",
     "encode",
@@ -64,8 +77,9 @@ __all__ = [
 SCHEMA_VERSION = 1
 MESSAGE_TYPES = ("score", "status", "preview")
 ENCODINGS = ("json", "msgpack")
-# Latency stages in Score.latency_ms; 'total' is capture -> publish.
-STAGES = ("grab", "preprocess", "infer", "smooth", "publish", "total")
+# Latency stages in Score.latency_ms, in pipeline order ('queue': waits between the stages);
+# 'total' is capture -> publish. The one definition (pipeline, benchmarks and clients import it).
+STAGES = ("grab", "preprocess", "queue", "infer", "smooth", "publish", "total")
 FLAGS = ("blank", "frozen", "no_signal", "not_ultrasound", "doppler", "out_of_domain")
 SCORE_STATES = ("suspicious", "clear", "no_lesion", "flagged")
 SOURCE_STATES = ("connecting", "live", "stale", "reconnecting", "error", "ended")
@@ -84,7 +98,7 @@ StreamName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 Flag = Literal["blank", "frozen", "no_signal", "not_ultrasound", "doppler", "out_of_domain"]
 
 
-class Probs(Struct, forbid_unknown_fields=True, kw_only=True):
+class Probs(Struct, kw_only=True):
     """Class probabilities of one frame (softmax of the temperature-scaled logits), each in [0, 1]."""
 
     normal: Unit
@@ -92,14 +106,14 @@ class Probs(Struct, forbid_unknown_fields=True, kw_only=True):
     malignant: Unit
 
 
-class Lesion(Struct, forbid_unknown_fields=True, kw_only=True):
+class Lesion(Struct, kw_only=True):
     """The lesion the model outlines in this frame (models with a lesion head; streamcad.lesion)."""
 
     box: tuple[NonNegInt, NonNegInt, NonNegInt, NonNegInt]  # x, y, w, h in frame pixels
     confidence: Unit  # highest p(lesion) inside the box
 
 
-class Score(Struct, tag="score", tag_field="type", forbid_unknown_fields=True, kw_only=True):
+class Score(Struct, tag="score", tag_field="type", kw_only=True):
     """One analysed frame. Times are CLOCK_MONOTONIC nanoseconds of the publishing host."""
 
     schema: Literal[1]
@@ -109,6 +123,9 @@ class Score(Struct, tag="score", tag_field="type", forbid_unknown_fields=True, k
     frame_index: NonNegInt  # source frame index
     t_capture_ns: NonNegInt  # monotonic ns at grab
     t_publish_ns: NonNegInt  # monotonic ns at send
+    # wall clock at send: ns since the Unix epoch, UTC (time.time_ns()): lines scores up with
+    # DICOM, recordings and other devices. Not for latency (NTP may step it); None: an older publisher
+    t_utc_ns: NonNegInt | None = None
     latency_ms: dict[str, float]  # per stage (STAGES); 'total' = capture -> publish
     probs: Probs | None  # None when the frame is flagged (not scored)
     malignancy: Unit | None  # smoothed p(malignant) over the lesion frames; None when there is no lesion track
@@ -126,7 +143,7 @@ class Score(Struct, tag="score", tag_field="type", forbid_unknown_fields=True, k
     ood_score: NonNegFloat | None = None
 
 
-class SourceStatus(Struct, forbid_unknown_fields=True, kw_only=True):
+class SourceStatus(Struct, kw_only=True):
     """What the frame source reports. Geometry is None until the first frame."""
 
     uri: str
@@ -138,7 +155,7 @@ class SourceStatus(Struct, forbid_unknown_fields=True, kw_only=True):
     backend: str | None = None  # capture backend (e.g. FFMPEG, V4L2, sweep)
 
 
-class Counters(Struct, forbid_unknown_fields=True, kw_only=True):
+class Counters(Struct, kw_only=True):
     """Running totals since publisher start."""
 
     frames_in: NonNegInt = 0  # frames grabbed from the source
@@ -150,7 +167,7 @@ class Counters(Struct, forbid_unknown_fields=True, kw_only=True):
     reconnects: NonNegInt = 0
 
 
-class Status(Struct, tag="status", tag_field="type", forbid_unknown_fields=True, kw_only=True):
+class Status(Struct, tag="status", tag_field="type", kw_only=True):
     """Heartbeat: at least once per second per stream, and at once when a subscriber joins."""
 
     schema: Literal[1]
@@ -158,6 +175,7 @@ class Status(Struct, tag="status", tag_field="type", forbid_unknown_fields=True,
     publisher: str
     seq: NonNegInt  # shares the counter with Score
     t_publish_ns: NonNegInt
+    t_utc_ns: NonNegInt | None = None  # wall clock at send, ns since the Unix epoch (UTC), as in Score
     source: SourceStatus | None = None
     counters: Counters = msgspec.field(default_factory=Counters)
     last_seq: int = -1  # seq of the last score sent on this stream (-1: none yet)
@@ -353,6 +371,153 @@ def decode_frame(frame: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Me
             f"topic {kind}/{stream} disagrees with the payload ($.type={want!r}, $.stream={msg.stream!r})"
         )
     return msg
+
+
+# ----------------------------------------------------------------------------- the score stream
+def _numpy_to_builtin(obj: object) -> object:
+    if hasattr(obj, "dtype") and hasattr(obj, "tolist"):  # numpy scalar or array
+        return obj.tolist()
+    raise TypeError(f"unsupported type {type(obj).__name__}")
+
+
+# set by the ScoreStream, never by the caller
+OWNED_FIELDS = frozenset({"schema", "stream", "publisher", "seq", "t_publish_ns", "t_utc_ns", "type"})
+
+
+class ScoreStream:
+    """The messages of one stream, built and validated here, independent of any transport.
+
+    It owns what every output must agree on: the stream name, the publisher id (random, new at
+    every start), ONE ``seq`` counter shared by scores and statuses (consumed by every message
+    built, so a message a sink then drops shows as a gap), the stamps (``t_publish_ns``,
+    ``latency_ms['total']`` / ``['publish']``), strict validation (msgspec; MessageError naming
+    the field), and the status heartbeat timer. Sinks (streamcad.sinks) receive the finished
+    messages and only deliver them: every sink of a pipeline sees the same messages with the
+    same seq, so a recording matches what the ZeroMQ subscribers got.
+
+    Not thread-safe: one thread (the pipeline's publish thread) builds every message.
+
+    >>> s = ScoreStream("probe0")
+    >>> msg = s.score(frame_index=0, t_capture_ns=1, latency_ms={}, probs=None, malignancy=None,
+    ...               state="flagged", flags=["blank"], roi=None, model_sha256="ab")
+    >>> (msg.seq, s.seq, s.last_score_seq)
+    (0, 1, 0)
+    """
+
+    def __init__(self, stream: str = "probe0", *, heartbeat_s: float = 1.0, publisher_id: str | None = None) -> None:
+        check_stream_name(stream)
+        if not (isinstance(heartbeat_s, (int, float)) and 0 < heartbeat_s < math.inf):
+            raise MessageError(f"heartbeat_s: expected a finite number of seconds > 0, got {heartbeat_s!r}")
+        self.stream = stream
+        self.heartbeat_s = float(heartbeat_s)
+        self.publisher_id = publisher_id if publisher_id is not None else secrets.token_hex(8)
+        self.last_score_seq = -1  # seq of the last score built (-1: none yet)
+        self._seq = 0
+        self._t_start = time.monotonic()
+        self._t_last_status: float | None = None
+        self._status_fields: dict = {}
+
+    @property
+    def seq(self) -> int:
+        """The seq the next message will carry."""
+        return self._seq
+
+    @staticmethod
+    def check_owned(fields: dict) -> None:
+        owned = OWNED_FIELDS.intersection(fields)
+        if owned:
+            raise MessageError(f"fields {sorted(owned)} are set by the publisher (its ScoreStream), not the caller")
+
+    def score(self, *, t_ready_ns: int | None = None, t_publish_ns: int | None = None, **fields) -> Score:
+        """Build the next Score. `fields` are the Score fields but schema/stream/publisher/seq.
+        t_publish_ns defaults to now (monotonic ns); latency_ms['total'] is filled from
+        t_capture_ns when absent, latency_ms['publish'] from t_ready_ns. Raises MessageError."""
+        self.check_owned(fields)
+        now = time.monotonic_ns() if t_publish_ns is None else t_publish_ns
+        latency = dict(fields.pop("latency_ms", None) or {})
+        t_cap = fields.get("t_capture_ns")
+        if "total" not in latency and isinstance(t_cap, int):
+            latency["total"] = (now - t_cap) / 1e6
+        if t_ready_ns is not None and "publish" not in latency:
+            latency["publish"] = (now - int(t_ready_ns)) / 1e6
+        fields["latency_ms"] = latency
+        msg = self._build(Score, fields, now)
+        bad = [k for k, v in msg.latency_ms.items() if not math.isfinite(v)]
+        if bad:
+            raise MessageError(f"non-finite latency at $.latency_ms.{bad[0]}: expected a finite number of ms")
+        self._seq += 1
+        self.last_score_seq = msg.seq
+        return msg
+
+    def set_status(self, **fields) -> None:
+        """Remember Status fields (source, counters, fps_in, ...) for the next status."""
+        self.check_owned(fields)
+        fields.pop("last_seq", None)  # the stream knows which score went out last
+        self._status_fields.update(fields)
+
+    def status(self, *, dropped: int | None = None, **fields) -> Status:
+        """Build the next Status from the remembered fields merged with `fields`; restarts the
+        heartbeat timer. `dropped` (messages the sinks dropped) goes into counters.dropped_publish."""
+        self.set_status(**fields)
+        now = time.monotonic()
+        merged = dict(self._status_fields)
+        try:
+            counters = msgspec.to_builtins(merged.get("counters") or {}, enc_hook=_numpy_to_builtin)
+        except TypeError as exc:
+            raise MessageError(f"invalid status counters: {exc}") from exc
+        if not isinstance(counters, dict):
+            raise MessageError(f"invalid status counters: expected Counters or a dict, got {type(counters).__name__}")
+        if dropped is not None:
+            counters["dropped_publish"] = int(dropped)
+        merged["counters"] = counters
+        merged["last_seq"] = self.last_score_seq
+        merged.setdefault("uptime_s", now - self._t_start)
+        msg = self._build(Status, merged, time.monotonic_ns())
+        self._seq += 1
+        self._t_last_status = now
+        return msg
+
+    def status_due(self, lead_s: float = 0.0) -> bool:
+        """True when no status was built yet or heartbeat_s (less `lead_s`) has passed since the last."""
+        last = self._t_last_status
+        return last is None or time.monotonic() - last >= self.heartbeat_s - lead_s
+
+    def _build(self, cls: type, fields: dict, now_ns: int):
+        if not isinstance(now_ns, int) or isinstance(now_ns, bool):
+            raise MessageError(f"t_publish_ns must be an int of monotonic ns, got {type(now_ns).__name__}")
+        full = dict(fields, schema=SCHEMA_VERSION, stream=self.stream, publisher=self.publisher_id,
+                    seq=self._seq, t_publish_ns=now_ns, t_utc_ns=time.time_ns())
+        try:
+            data = msgspec.to_builtins(full, enc_hook=_numpy_to_builtin)
+            unknown = _unknown_keys(data, cls)
+            if unknown:  # readers ignore unknown fields; the publisher never sends one
+                raise MessageError(f"invalid {cls.__name__.lower()} fields: unknown field {unknown[0]} "
+                                   f"(fields of {cls.__name__}: {', '.join(cls.__struct_fields__)})")
+            return msgspec.convert(data, cls)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise MessageError(f"invalid {cls.__name__.lower()} fields: {exc}") from exc
+
+
+def _struct_types(tp: object) -> list[type]:
+    """The Struct classes inside a field type (Optional / Union / Annotated unwrapped)."""
+    import typing
+
+    if isinstance(tp, type) and issubclass(tp, Struct):
+        return [tp]
+    return [c for a in typing.get_args(tp) for c in _struct_types(a)]
+
+
+def _unknown_keys(data: object, cls: type, path: str = "$") -> list[str]:
+    """Paths of keys in `data` (plain builtins) that Struct `cls` has no field for, recursively."""
+    if not isinstance(data, dict):
+        return []
+    fields = {f.name: f.type for f in msgspec.structs.fields(cls)}
+    tag_field = cls.__struct_config__.tag_field
+    out = [f"{path}.{k}" for k in data if k not in fields and k != tag_field]
+    for k, v in data.items():
+        for sub in _struct_types(fields.get(k)):
+            out += _unknown_keys(v, sub, f"{path}.{k}")
+    return out
 
 
 def json_schemas() -> dict[str, dict]:
