@@ -213,10 +213,11 @@ def black_opening(
 def track(frames: list[np.ndarray], truths: list[tuple[int, int, int, int] | None]) -> dict:
     """RoiTracker over the gray frames as the pipeline runs it. truths[i] None = no sector
     should be found on frame i (a black frame). -> IoU summary and per-call cost."""
+    from streamcad.quality import is_blank
     from streamcad.roi import RoiTracker, iou
 
     tracker = RoiTracker()
-    ious, ms, missed, false_box = [], [], 0, 0
+    ious, ms, missed, false_box, blank = [], [], 0, 0, 0
     first = None
     for i, (f, t) in enumerate(zip(frames, truths, strict=True)):
         t0 = time.perf_counter()
@@ -224,6 +225,7 @@ def track(frames: list[np.ndarray], truths: list[tuple[int, int, int, int] | Non
         ms.append((time.perf_counter() - t0) * 1e3)
         if t is None:
             false_box += r.confidence > 0
+            blank += is_blank(f)  # what the pipeline flags a frame without a sector
             continue
         if r.confidence == 0:
             missed += 1
@@ -241,6 +243,7 @@ def track(frames: list[np.ndarray], truths: list[tuple[int, int, int, int] | Non
         "frames_below_0.9": int((a < 0.9).sum()),
         "frames_without_box": missed,
         "boxes_on_black_frames": int(false_box),
+        "black_frames_blank": int(blank),
         "update_ms": {f"p{q}": round(float(np.percentile(ms, q)), 3) for q in (50, 99)}
         | {"max": round(float(max(ms)), 3)},
     }

@@ -1,21 +1,33 @@
 """Find the ultrasound image sector (ROI) inside a scanner screen.
 
 A capture card delivers the whole scanner screen: a dark background, UI text, icons, a depth
-ruler, perhaps a colour logo, and the image sector (a rectangle for linear probes, a fan or an
-annulus for curved ones). The classifier must see the sector and nothing else.
+ruler, perhaps a colour logo, colour and grey bars, an ECG trace, on a duplex screen a scrolling
+spectral-Doppler panel, and the image sector (a rectangle for linear probes, a fan or an annulus
+for curved ones). The classifier must see the sector and nothing else. docs/ROI.md has the
+measured accuracy per recording, the cost and the limits.
 
-    gray uint8 frames (H, W) --downscale (longest side 256)--> small frames
-        spatial cue:  temporal max > background + margin (the sector is bright and textured)
-                      --close (join speckle) -> open (drop text strokes, ruler ticks, thin lines)
-                      -> fill holes (dark anechoic regions inside the sector)
-        temporal cue: per-pixel std over the frames (the live image changes, the UI is static)
-        --> connected components, scored by area x speckle texture x liveness --> best one
-        --> its bounding box, mapped back to full resolution --> Roi(x, y, w, h, shape, confidence)
+    gray uint8 frames (H, W) --downscale (longest side 256)--> small frames (T of them)
+        signal:   temporal max > border background + margin (the sector is brighter than the
+                  screen) --close (join speckle) -> open (drop text strokes, ruler ticks, thin
+                  lines, the ECG trace) -> fill holes (dark anechoic regions inside the sector)
+        --> connected components
+        traces:   with T >= 3, a component whose frame-to-frame change is a rigid sideways
+                  shift (scrolling) or sits in a narrow band of columns (an erase bar sweeping)
+                  is a spectral-Doppler / M-mode / ECG trace: out of the running (_trace_like)
+        score:    area x speckle texture inside the component (x liveness: temporal std, when
+                  the frames move; the UI is static) --> the best component
+        pieces:   other thick, textured components beside it, within its row or column span,
+                  across gaps of <= 5% of the screen (a sector split by dark water) join it
+        box:      bounding box -> full resolution -> edges snapped to the full-resolution frame
+        fan:      a curved sector is symmetric about the line through its apex: the flank seen
+                  further out sets both sides (a flank without echo is still sector)
+        --> Roi(x, y, w, h, shape, confidence)
 
 `detect_roi` works on one frame or many. `RoiTracker` runs per frame in the pipeline: it detects
-on the first frame, refines once after `warmup_frames` frames (temporal cue), re-detects when
-the frame size changes, and otherwise returns the same box (no jitter, near-zero cost).
-Only numpy and OpenCV are used.
+on the first frame (single-frame cues: a box from frame 0), refines once after `warmup_frames`
+frames (temporal cues), re-detects on a window every `redetect_every` frames and when the frame
+size changes, and otherwise returns the same box (no jitter, near-zero cost). A frame without
+any sector (a black screen) gets confidence 0 and the whole frame. Only numpy and OpenCV.
 """
 
 from __future__ import annotations
