@@ -38,6 +38,7 @@ __all__ = [
     "PublishConfig",
     "PreviewConfig",
     "IgtlConfig",
+    "RecordConfig",
     "RunConfig",
     "load_config",
     "config_from_dict",
@@ -191,6 +192,17 @@ class IgtlConfig(_Section):
     queue: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8  # frames waiting for a slow client before the oldest is dropped
 
 
+class RecordConfig(_Section):
+    # Session recording (streamcad.recording; CLI: run --record DIR): the delivered frames as
+    # lossless PNG files, every published message as JSON lines, the run config, the model
+    # manifest and versions; written as it happens (a kill loses at most the last second).
+    # Reaching a bound stops the recording, never the run. Replay: streamcad replay DIR.
+    dir: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # None = no recording; must not exist or be empty
+    max_size_mb: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] = 4096.0  # ~20 min of 640x480 at 30 fps
+    max_duration_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 3600.0  # an hour: a long exam
+    frames: bool = True  # false: messages only (no pixels on disk; --rescore then has nothing to score)
+
+
 class RunConfig(_Section):
     version: int = CONFIG_VERSION
     source: SourceConfig = SourceConfig()
@@ -201,6 +213,7 @@ class RunConfig(_Section):
     publish: PublishConfig = PublishConfig()
     preview: PreviewConfig = PreviewConfig()
     igtl: IgtlConfig = IgtlConfig()
+    record: RecordConfig = RecordConfig()
     frames: Annotated[int, msgspec.Meta(ge=1)] | None = None  # stop after N published frames
     dashboard: bool = True
 

@@ -33,6 +33,7 @@ import numpy as np
 from streamcad.config import RunConfig
 from streamcad.errors import SourceError, StreamcadError
 from streamcad.manifest import CLASS_NAMES
+from streamcad.messages import STAGES, ScoreStream
 from streamcad.preprocess import preprocess
 from streamcad.quality import doppler_fraction
 from streamcad.smoothing import Smoother
@@ -41,12 +42,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Pipeline", "PipelineReport", "Item", "STAGES", "DEFAULT_MODEL"]
 
-STAGES = ("grab", "preprocess", "queue", "infer", "smooth", "publish", "total")
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engines" / "models" / "default.onnx"
 _POLL_S = 0.05  # every blocking wait wakes this often to check for shutdown (< 1 s contract)
-# A status is due this much before heartbeat_s: the publish loop may wait one poll before it
-# looks, and the publisher's own heartbeat (same period) must never go out first with old fields.
-_STATUS_LEAD_S = _POLL_S + 0.02
 
 
 @dataclass(slots=True)
@@ -66,6 +63,7 @@ class Item:
     probs: tuple[float, float, float] | None = None
     saliency_peak: tuple[int, int] | None = None
     t: dict = field(default_factory=dict)  # stage -> monotonic ns at the stage's end
+    frame: object | None = None  # the delivered Frame, kept only while a sink wants frames (the recorder)
 
 
 @dataclass
@@ -114,7 +112,11 @@ class _Stats:
 class Pipeline:
     """Build from a RunConfig; components may be injected (tests, benchmarks)."""
 
-    def __init__(self, config: RunConfig, *, model=None, source=None, publisher=None) -> None:
+    def __init__(self, config: RunConfig, *, model=None, source=None, publisher=None, sinks=None) -> None:
+        """`publisher`: a Publisher to publish through instead of the configured one (its
+        ScoreStream becomes the pipeline's, so its publisher_id is the messages' id). `sinks`:
+        the outputs besides `publisher`; None = the configured ones (streamcad.sinks.open_sinks:
+        ZeroMQ unless `publisher` is given, the recorder when [record] dir is set)."""
         from streamcad.quality import QualityChecker, QualityConfig
         from streamcad.roi import RoiTracker
 
@@ -133,7 +135,21 @@ class Pipeline:
             raise
         self.spec = self.model.spec
         self.source = source if source is not None else _open_source(config)
-        self.publisher = publisher if publisher is not None else _open_publisher(config)
+        # ONE ScoreStream builds every message (seq, stamps, the heartbeat timer): the status has
+        # one owner, this pipeline's publish thread, and every sink gets the same messages
+        self.scores = publisher.scores if publisher is not None else ScoreStream(
+            config.publish.stream, heartbeat_s=config.publish.heartbeat_s)
+        try:
+            self.sinks = self._open_sinks(publisher, sinks)
+        except BaseException:
+            if source is None:
+                self.source.close()
+            raise
+        # the ZeroMQ sink (benchmarks and the dashboard read its counters); None without one
+        self.publisher = next((s for s in self.sinks if getattr(s, "name", None) == "zmq"), None)
+        self._frame_sinks = [s for s in self.sinks if s.wants_frames]
+        # sinks that also take the model's saliency map of each frame (the preview sink)
+        self._saliency_sinks = [s for s in self.sinks if getattr(s, "wants_saliency", False)]
         box = tuple(config.roi.box) if config.roi.box else None
         self.roi_tracker = RoiTracker(override=box, warmup_frames=config.roi.warmup_frames)
         try:
@@ -157,7 +173,6 @@ class Pipeline:
         self._stopped = False  # stop() was called (Ctrl-C, SIGTERM), not a source end
         self._outage_published = False
         self._t_start_ns = 0
-        self._t_status_ns = 0
 
     # ---------------------------------------------------------------- stage functions
     def prepare(self, frame) -> Item:
@@ -165,6 +180,8 @@ class Pipeline:
         t0 = time.monotonic_ns()
         item = Item(index=frame.index, t_capture_ns=frame.t_capture_ns, label=frame.label)
         item.t["grab"] = t0
+        if self._frame_sinks:
+            item.frame = frame
         image = frame.image
         roi = self.roi_tracker.update(image)
         item.roi = roi.as_tuple()
@@ -224,7 +241,9 @@ class Pipeline:
             p = e / e.sum()
             item.probs = (float(p[0]), float(p[1]), float(p[2]))
             item.saliency_peak = self._saliency_peak(item.saliency, item.roi)
-            item.logits = item.saliency = None
+            item.logits = None
+            if not self._saliency_sinks:  # the preview sink draws the map: keep it for finish()
+                item.saliency = None
 
     def finish(self, item: Item) -> None:
         """Post-processing, smoothing and publishing (publish thread)."""
@@ -242,12 +261,12 @@ class Pipeline:
         probs = None
         if item.probs is not None:
             probs = dict(zip(CLASS_NAMES, item.probs, strict=True))
-        if self._status_due():  # before publish_score, whose own heartbeat would carry old fields
+        if self._status_due():
             self.publish_status()
         t_pub = time.monotonic_ns()
         lat["publish"] = (t_pub - t_smooth) / 1e6
         lat["total"] = (t_pub - item.t_capture_ns) / 1e6
-        self.publisher.publish_score(
+        msg = self.scores.score(
             frame_index=item.index,
             t_capture_ns=item.t_capture_ns,
             t_publish_ns=t_pub,
@@ -263,6 +282,14 @@ class Pipeline:
             label=item.label,
             ood_score=item.ood_score,
         )
+        frame, item.frame = item.frame, None
+        saliency, item.saliency = item.saliency, None
+        for sink in self.sinks:
+            if frame is not None and sink.wants_frames:
+                sink.write_frame(frame)
+            if sink in self._saliency_sinks:
+                sink.write_saliency(item.index, saliency if item.probs is not None else None)
+            sink.write_score(msg)
         st = self.stats
         for k, v in lat.items():
             st.lat[k].append(v)
@@ -276,12 +303,32 @@ class Pipeline:
         if item.flags:
             self.report.flagged += 1
         self._last_index = item.index
+        # after the counters: a subscriber that joined gets a status counting this score
+        self._poll_sinks()
         outage = "no_signal" in item.flags
         if outage != self._outage_published:  # the source went away or came back: say so now
             self._outage_published = outage
             self.publish_status()
+        elif self.report.frames_out == 1:  # the first score: the start-up status said 'connecting, 0/0'
+            self.publish_status()
 
     # ---------------------------------------------------------------- helpers
+    def _open_sinks(self, publisher, sinks) -> list:
+        from streamcad.sinks import SINKS, open_sinks
+
+        out = [publisher] if publisher is not None else []
+        if sinks is not None:
+            out += list(sinks)
+            for sink in sinks:
+                sink.open()
+            return out
+        context = {"model": self.model, "source": self.source}
+        if publisher is not None:
+            context["zmq"] = publisher  # the preview sink sends through it
+        if publisher is None:
+            return open_sinks(self.config, self.scores, context)
+        return out + open_sinks(self.config, self.scores, context, only=[n for n in SINKS if n != "zmq"])
+
     def _saliency_peak(self, sal: np.ndarray, roi) -> tuple[int, int]:
         """argmax of the (h, w) saliency map -> (x, y) in frame pixels (undo letterbox + ROI)."""
         h, w = sal.shape
@@ -315,13 +362,22 @@ class Pipeline:
         return None
 
     def _status_due(self) -> bool:
-        # due slightly before the publisher's own heartbeat timer, so the publisher never
-        # re-sends the remembered (older) source state and counters in our place
-        lead_ns = _STATUS_LEAD_S * 1e9
-        return time.monotonic_ns() - self._t_status_ns >= self.config.publish.heartbeat_s * 1e9 - lead_ns
+        return self.scores.status_due()  # the one heartbeat timer: the sinks keep none
+
+    def _poll_sinks(self) -> None:
+        """Sink housekeeping; a client that joined (a new subscriber) gets a status at once."""
+        joined = 0
+        for sink in self.sinks:
+            joined += sink.poll()
+        if joined:
+            self.publish_status()
+
+    @property
+    def dropped(self) -> int:
+        """Messages the sinks dropped, all together (the status' counters.dropped_publish)."""
+        return sum(s.dropped for s in self.sinks)
 
     def publish_status(self) -> None:
-        self._t_status_ns = time.monotonic_ns()
         src = self.source
         stats = src.stats
         info = src.info
@@ -329,13 +385,14 @@ class Pipeline:
         self.report.overwritten = stats.frames_overwritten
         self.report.rejected = stats.frames_rejected
         self.report.reconnects = stats.reconnects
-        self.report.dropped_publish = self.publisher.dropped
+        self.report.dropped_publish = dropped = self.dropped
         fps_out = self.stats.fps_out()
         set_rate = getattr(self.publisher, "set_rate", None)
         if set_rate is not None and fps_out > 1.2 * getattr(self.publisher, "rate", 0.0):
             set_rate(fps_out)  # unpaced media: size the subscriber queues for the measured rate
         uptime = (time.monotonic_ns() - self._t_start_ns) / 1e9
-        self.publisher.publish_status(
+        msg = self.scores.status(
+            dropped=dropped,
             source={
                 "uri": getattr(info, "uri", None) or self.config.source.uri,
                 "state": state,
@@ -351,7 +408,7 @@ class Pipeline:
                 "overwritten": stats.frames_overwritten,
                 "rejected": stats.frames_rejected,
                 "flagged": self.report.flagged,
-                "dropped_publish": self.publisher.dropped,
+                "dropped_publish": dropped,
                 "reconnects": stats.reconnects,
             },
             fps_in=self.report.frames_in / uptime if uptime > 0 else 0.0,
@@ -366,6 +423,8 @@ class Pipeline:
             off_threshold=self.smoother.point.off,
             threshold_source=self.smoother.point.source,
         )
+        for sink in self.sinks:
+            sink.write_status(msg)
 
     def _target_reached(self) -> bool:
         n = self.config.frames
@@ -431,6 +490,7 @@ class Pipeline:
         while not self._finished():
             if self._status_due():
                 self.publish_status()
+            self._poll_sinks()
             item = self._get(self._q_pub)
             if item is None:
                 if self.source.ended and not self._threads[1].is_alive() and self._q_pub.empty():
@@ -469,6 +529,7 @@ class Pipeline:
             while not self._finished():
                 if self._status_due():
                     self.publish_status()
+                self._poll_sinks()
                 got = self._read()
                 if got is None:
                     if self.source.ended:
@@ -502,7 +563,7 @@ class Pipeline:
         publish.wait_subscribers subscriptions (up to publish.wait_timeout_s, then start with a
         warning; the late UI sees the seq it joined at, Subscriber.joined_at)."""
         want = self.config.publish.wait_subscribers
-        if not want or not getattr(self.source, "lossless", False):
+        if not want or not getattr(self.source, "lossless", False) or self.publisher is None:
             return
         pub = self.publisher
         deadline = time.monotonic() + self.config.publish.wait_timeout_s
@@ -515,7 +576,8 @@ class Pipeline:
                             "misses the first messages (it sees the seq it joined at)",
                             pub.subscriptions, want, self.config.publish.wait_timeout_s)
                 return
-            pub.service(min(left, 0.1))
+            self._poll_sinks()  # a join is answered with a status, to every sink
+            self._stop.wait(min(left, 0.05))
 
     def _end(self) -> None:
         self.report.wall_s = (time.monotonic_ns() - self._t_start_ns) / 1e9
@@ -531,9 +593,9 @@ class Pipeline:
             raise SourceError(self.source.stats.error or f"{self.config.source.uri}: the source failed")
 
     def close(self) -> None:
-        """Release source, publisher and backend (each bounded in time)."""
+        """Release source, sinks and backend (each bounded in time)."""
         self._stop.set()
-        for part in (self.source, self.publisher, self.model.backend):
+        for part in (self.source, *self.sinks, self.model.backend):
             try:
                 part.close()
             except StreamcadError:
@@ -581,28 +643,3 @@ def _open_source(config: RunConfig):
         initial_s=s.reconnect_initial_s, max_s=s.reconnect_max_s, max_attempts=s.reconnect_max_attempts
     )
     return open_source(uri, **opts)
-
-
-def _open_publisher(config: RunConfig):
-    from streamcad.transport import Publisher
-
-    p = config.publish
-    curve = None
-    if p.curve_secret_key:
-        from streamcad.security import ClientCurve, ServerCurve
-
-        if p.connect:  # a CURVE client of the proxy's frontend (config checked both keys are set)
-            curve = ClientCurve.from_files(p.curve_secret_key, p.curve_server_key)
-        else:
-            curve = ServerCurve.from_files(p.curve_secret_key, p.curve_allowed_dir)
-    return Publisher(
-        p.endpoint,
-        stream=p.stream,
-        encoding=p.encoding,
-        hwm_seconds=p.hwm_seconds,
-        fps=config.source.fps or 30.0,
-        connect=p.connect,
-        allow_remote=p.allow_remote,
-        curve=curve,
-        heartbeat_s=p.heartbeat_s,
-    )
