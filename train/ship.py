@@ -36,6 +36,58 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_FOLD = 0
 
 
+# The terms of the labelled data (../shared/data/MANIFEST.md); the video clips' terms are read
+# per clip from video/sectors.json (data_terms), since the pool takes every clip in the folder.
+DATASET_TERMS = {
+    "BUSI": "no licence text with the release; cite Al-Dhabyani et al., Data in Brief 28 (2020) 104863",
+    "BUS-BRA": "permissive licence (the release's LICENSE.txt, copied in streamcad/data/sample/LICENSE.txt): "
+               "cite Gómez-Flores et al., Medical Physics (2024)",
+}
+
+
+def data_terms(root: str | os.PathLike | None, data_npz: str | os.PathLike | None = None) -> dict:
+    """The terms of everything the weights were trained on: the two datasets (DATASET_TERMS) and
+    each video clip of the SSL pool with its licence note from video/sectors.json.
+    -> {'datasets': {name: terms}, 'video_clips': [{'file', 'licence'}] | None, 'unlicensed': [file]}
+    ('video_clips' None: a packed data file, whose clip list is not recorded)."""
+    from train.data.arrays import data_root
+
+    out: dict = {"datasets": dict(DATASET_TERMS), "video_clips": None, "unlicensed": []}
+    if data_npz:
+        return out
+    vdir = data_root(root) / "video"
+    notes: dict[str, str] = {}
+    sectors = vdir / "sectors.json"
+    if sectors.is_file():
+        for c in json.loads(sectors.read_text()):
+            notes[c["file"]] = c.get("licence") or c.get("licence_note") or ""
+    clips = [{"file": f.name, "licence": notes.get(f.name) or "not recorded in sectors.json"}
+             for f in sorted(vdir.glob("*.mp4"))]
+    out["video_clips"] = clips
+    out["unlicensed"] = [c["file"] for c in clips if c["licence"].upper().startswith(("NO LICENCE", "NOT RECORDED"))]
+    return out
+
+
+def _terms_section(report: dict) -> str:
+    """The model card's 'Data terms' section from report['data_terms'] (older reports: the
+    datasets' terms and a note that the clips were not recorded)."""
+    terms = report.get("data_terms") or {"datasets": DATASET_TERMS, "video_clips": None, "unlicensed": []}
+    lines = ["## Data terms", "The weights are derived from the data below; its terms travel with them.", ""]
+    lines += [f"- **{name}** (labelled; fine-tuning, SSL pool): {t}." for name, t in terms["datasets"].items()]
+    clips = terms.get("video_clips")
+    if clips is None:
+        lines.append("- **Video frames** (SSL pool only): the clips were not recorded in this report; their "
+                     "terms are per clip in ../shared/data/video/sectors.json and MANIFEST.md.")
+    else:
+        lines.append(f"- **Video frames** (SSL pool only, {len(clips)} clips):")
+        lines += [f"  - `{c['file']}`: {c['licence']}" for c in clips]
+    if terms.get("unlicensed"):
+        lines += ["", f"**Trained on {len(terms['unlicensed'])} recording(s) without a licence** "
+                  f"({', '.join(terms['unlicensed'])}; all rights reserved by default): these weights are for "
+                  "local development only; do not redistribute them until they are retrained without those clips."]
+    return "\n".join(lines) + "\n"
+
+
 def combine(arrays: dict) -> object:
     """{'busi': LabeledArrays, 'busbra': LabeledArrays} -> one LabeledArrays (ids/groups prefixed)."""
     from train.data import LabeledArrays
@@ -165,6 +217,7 @@ def ship(
         "ood_gate": {k: ood[k] for k in ("method", "dim", "threshold", "chosen", "rates", "fitted_on")},
         "wall_s": {"ssl": t_ssl, "total": time.perf_counter() - t0},
         "git_commit": git_commit(), "machine": machine_info(),
+        "data_terms": data_terms(root, data_npz),
     }
     path = Path(report_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +297,7 @@ macro AUC (one-vs-rest) also counts BUSI's normal images.
 These are one fold (about a fifth of each dataset), so the intervals are wide; the 5-fold
 protocol results of the architecture are in docs/TRAINING.md.
 
+{_terms_section(report)}
 ## Calibration
 Temperature scaling on validation data; ECE above (15 equal-width bins) and the reliability
 diagrams of the experiment runs in `train/results/plots/`.
