@@ -57,6 +57,9 @@ _MIN_PIECE_FRAC = 0.002  # components below 0.2% of the screen are never traces 
 _MIN_PIECE_SIDE = (
     0.03  # ... and must be this thick (x the working side): bars and rulers are thinner
 )
+_STILL_PIECE_MAX = (
+    0.25  # with moving frames, a still piece may join only up to this x the sector's area
+)
 _MERGE_REACH = 0.05  # sector pieces join across dark gaps of up to 5% of the working side
 _MOVE_MIN = 0.5  # mean |frame difference| (grey levels) below which a frame pair shows no motion
 _MAX_SHIFT = (
@@ -419,6 +422,10 @@ def _detect_small(
         stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
     ) >= _MIN_PIECE_SIDE * max(h, w)
     ok = (tex_frac >= 0.5 * tex_frac[best]) & (areas >= min_piece) & thick & ~trace
+    if live_frac is not None:
+        # ... but a large still region beside a live image is another display (the frozen half
+        # of a dual view, a reference image, thumbnails), not a piece of the live sector
+        ok &= (live_frac >= 0.5 * live_frac[best]) | (areas <= _STILL_PIECE_MAX * areas[best])
     members = _merge_pieces(best, stats, ok, _MERGE_REACH * max(h, w))
     comp = np.isin(labels, members)
     area = int(areas[members].sum())
