@@ -117,6 +117,11 @@ class Subscriber:
             prefixes = [topic(k, s) for k in kinds for s in (streams or [None])]
         except MessageError as exc:
             raise TransportError(str(exc)) from exc
+        # scores and statuses share one seq counter: a score-only subscriber still takes the
+        # statuses (one a second) to count gaps right, and recv() does not return them
+        self._status_for_seq = "score" in kinds and "status" not in kinds and not latest_only
+        if self._status_for_seq:
+            prefixes += [topic("status", s) for s in (streams or [None])]
         if latest_only and len(prefixes) > 1:
             # libzmq conflates the outgoing subscriptions too: only the last one would survive.
             if streams is None and set(kinds) >= {"score", "status"}:
@@ -221,6 +226,10 @@ class Subscriber:
                     return None
                 continue
             self._track(msg)
+            if self._status_for_seq and isinstance(msg, Status):  # taken for its seq only
+                if time.monotonic() >= deadline:
+                    return None
+                continue
             return msg
 
     def __iter__(self) -> Iterator[Message]:

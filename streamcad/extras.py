@@ -22,6 +22,8 @@ __all__ = ["EXTRA_OF_MODULE", "CHECKOUT", "install_command", "missing_module_mes
 # top-level module -> the extra that provides it
 EXTRA_OF_MODULE: dict[str, str] = {
     "onnxruntime": "cpu",
+    "aiohttp": "viewer",
+    "pyigtl": "igtl",
     "sklearn": "eval",
     "scipy": "eval",
     "matplotlib": "eval",

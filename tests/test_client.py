@@ -337,3 +337,22 @@ def test_listen_says_at_which_seq_it_joined(raw, capsys):
         th.join(5)
     err = capsys.readouterr().err
     assert "joined stream a (publisher pubJ) at seq 5" in err and "earlier messages went out before" in err
+
+
+def test_score_only_subscriber_counts_no_false_gap_for_statuses(raw):
+    """Scores and statuses share the seq counter: a subscriber that asked for scores only used
+    to count every status in between as a lost message."""
+    def status(seq: int) -> None:
+        raw.send(b"status/a " + msgspec.json.encode(
+            dict(type="status", schema=1, stream="a", publisher="p", seq=seq, t_publish_ns=3)))
+
+    with Subscriber(raw.endpoint, streams=["a", "sync"], kinds=("score",)) as sub:
+        raw.sync(sub)
+        raw.score("a", "p", 0)
+        status(1)
+        raw.score("a", "p", 2)
+        status(3)
+        raw.score("a", "p", 5)  # 4 really is missing
+        got = recv_all(sub)
+    assert [(type(m).__name__, m.seq) for m in got] == [("Score", 0), ("Score", 2), ("Score", 5)]
+    assert sub.gap_count == 1

@@ -195,3 +195,78 @@ def test_subscribers_get_previews_only_when_they_ask(free_tcp_endpoint):
     assert not any(isinstance(m, Preview) for m in got_plain) and any(isinstance(m, Score) for m in got_plain)
     assert got_latest is not None and not isinstance(got_latest, Preview)
     assert pub.preview_sent == 3 and pub.dropped == 0
+
+
+def test_a_real_pipeline_publishes_previews_of_its_frames(free_tcp_endpoint):
+    """Sweep source, the shipped model: previews arrive on their topic at <= fps, each the JPEG of
+    the frame it names (compared with the frame itself), with that frame's ROI and the model's
+    saliency grid; the score stream beside them has no gaps."""
+    import threading
+
+    from streamcad.config import config_from_dict
+    from streamcad.pipeline import Pipeline
+    from streamcad.sinks.memory import MemorySink
+    from streamcad.sinks.preview import PreviewSink
+    from streamcad.sources import open_source
+
+    ep = free_tcp_endpoint
+    cfg = config_from_dict({"frames": 45, "dashboard": False, "publish": {"endpoint": ep}})
+    pub = Publisher(ep, stream="probe0")
+    mem = MemorySink(wants_frames=True)
+    src = open_source("sweep:", pace="native", fps=30.0, seed=2, loop=True)
+    with Pipeline(cfg, source=src, publisher=pub,
+                  sinks=[mem, PreviewSink(pub, fps=10, max_side=320, quality=90, input_size=160)]) as pipe, \
+            Subscriber(ep, kinds=("score", "status", "preview")) as sub:
+        time.sleep(0.3)
+        t = threading.Thread(target=pipe.run, daemon=True)
+        t.start()
+        scores, previews = {}, []
+        while len(scores) < 45 and (m := sub.recv(5.0)) is not None:
+            if isinstance(m, Score):
+                scores[m.frame_index] = m
+            elif isinstance(m, Preview):
+                previews.append(m)
+        t.join(10)
+        while (m := sub.recv(0.5)) is not None:  # the last preview may trail the last score
+            if isinstance(m, Preview):
+                previews.append(m)
+    assert len(scores) == 45 and sub.gap_count == 0
+    assert 10 <= len(previews) <= 16  # 1.5 s at 10 previews/s, give or take the ends
+    assert [p.seq for p in previews] == list(range(previews[0].seq, previews[0].seq + len(previews)))
+    frames = {i: img for i, _, img in mem.frames}
+    for p in previews:
+        s = scores[p.frame_index]
+        assert p.roi == s.roi and p.t_capture_ns == s.t_capture_ns and p.publisher == s.publisher
+        img = frames[p.frame_index]
+        assert (p.frame_width, p.frame_height) == (img.shape[1], img.shape[0]) and max(p.width, p.height) == 320
+        jpeg = cv2.imdecode(np.frombuffer(p.image, np.uint8), cv2.IMREAD_GRAYSCALE)
+        ref = cv2.resize(img, (p.width, p.height), interpolation=cv2.INTER_AREA)
+        assert np.abs(jpeg.astype(float) - ref).mean() < 2.0
+        if s.probs is not None:
+            assert p.saliency is not None and p.saliency.kind == "attention"
+            grid = np.frombuffer(p.saliency.data, np.uint8).reshape(p.saliency.height, p.saliency.width)
+            assert grid.max() == 255  # max-normalised attention
+        else:
+            assert p.saliency is None
+
+
+def test_open_sinks_builds_the_preview_sink_from_config(free_tcp_endpoint):
+    from streamcad.config import config_from_dict
+    from streamcad.errors import StreamcadError
+    from streamcad.messages import ScoreStream
+    from streamcad.sinks import open_sinks
+    from streamcad.sinks.preview import PreviewSink
+
+    cfg = config_from_dict({"publish": {"endpoint": free_tcp_endpoint}, "preview": {"enabled": True, "fps": 5}})
+    sinks = open_sinks(cfg, ScoreStream("probe0"), {})
+    try:
+        assert [s.name for s in sinks] == ["zmq", "preview"]
+        prev = sinks[1]
+        assert isinstance(prev, PreviewSink) and prev.publisher is sinks[0]
+        assert prev.encoder.interval_ns == 200_000_000
+        assert sinks[0].hwm == 4 * (30 + 5 + 1)  # the queue holds 4 s of scores + previews + statuses
+    finally:
+        for s in sinks:
+            s.close()
+    with pytest.raises(StreamcadError, match="preview.enabled: previews go out through the ZeroMQ publisher"):
+        open_sinks(cfg, ScoreStream("probe0"), {}, only=["preview"])

@@ -32,6 +32,7 @@ _FLAG_KEYS = {
     "stream": ("publish", "stream"),
     "encoding": ("publish", "encoding"),
     "connect": ("publish", "connect"),
+    "preview": ("preview", "enabled"),
     "frames": (None, "frames"),
 }
 
@@ -42,6 +43,19 @@ def roi_arg(text: str) -> tuple[int, int, int, int]:
     from streamcad.roi import parse_roi
 
     return parse_roi(text)
+
+
+def igtl_arg(text: str) -> dict:
+    """--igtl '[HOST:]PORT' -> the [igtl] keys it sets (enabled, host, port)."""
+    from streamcad.errors import ConfigError
+
+    host, sep, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536 or (sep and not host):
+        raise ConfigError(f"--igtl {text!r}: expected [HOST:]PORT with a port 1-65535 (e.g. 18944 or 127.0.0.1:18944)")
+    out = {"enabled": True, "port": int(port)}
+    if sep:
+        out["host"] = host.strip("[]")
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,6 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", action="store_true", default=None,
                    help="connect --endpoint (a `streamcad proxy` frontend) instead of binding it")
     p.add_argument("--allow-remote", action="store_true", default=None, help="permit binding beyond loopback")
+    p.add_argument("--preview", action="store_true", default=None,
+                   help="publish the 'preview' topic (JPEG + overlays as data) for `streamcad view`")
+    p.add_argument("--igtl", metavar="[HOST:]PORT",
+                   help="serve OpenIGTLink for 3D Slicer (default port 18944, loopback unless --allow-remote)")
     p.add_argument("--report-json", help="write the final report (counters, latency percentiles) here")
 
 
@@ -84,6 +102,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
             out.setdefault(section, {})[key] = list(val) if isinstance(val, tuple) else val
     if getattr(args, "dashboard", None) is not None:
         out["dashboard"] = args.dashboard
+    if getattr(args, "igtl", None) is not None:
+        out["igtl"] = igtl_arg(args.igtl)
+        if getattr(args, "allow_remote", None):
+            out["igtl"]["allow_remote"] = True
     return out
 
 
