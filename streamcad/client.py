@@ -221,12 +221,8 @@ class Subscriber:
                 if time.monotonic() >= deadline:
                     return None
                 continue
+            self._track(msg)  # a status a score-only subscriber took for its seq counts too
             if kind_of(msg) not in self.kinds:  # latest_only's b"" filter lets every kind through
-                if time.monotonic() >= deadline:
-                    return None
-                continue
-            self._track(msg)
-            if self._status_for_seq and isinstance(msg, Status):  # taken for its seq only
                 if time.monotonic() >= deadline:
                     return None
                 continue
