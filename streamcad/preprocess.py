@@ -24,7 +24,7 @@ __all__ = ["PreprocessSpec", "letterbox", "preprocess", "preprocess_batch"]
 class PreprocessSpec:
     """Parameters stored in every model manifest; the runtime reads them from there."""
 
-    size: int = 160  # model input S; 160 keeps CPU training feasible (DESIGN.md compute budget)
+    size: int = 160  # model input S; 160 keeps CPU training feasible (docs/ARCHITECTURE.md, compute budget)
     mean: float = 0.0  # in [0, 1] units, after /255
     std: float = 1.0
     resize: str = "letterbox"  # the only mode: keeps aspect ratio, pads with black

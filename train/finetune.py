@@ -74,7 +74,7 @@ class FinetuneConfig:
     """One fine-tuning run. `from_dict` rejects unknown keys and wrong types, naming the key."""
 
     model: str = "tiny"  # registry name (train.model): tiny/small/base/resnet18
-    size: int = 160  # input S; 160 keeps CPU training feasible (DESIGN.md compute budget)
+    size: int = 160  # input S; 160 keeps CPU training feasible (docs/ARCHITECTURE.md, compute budget)
     init: str = "scratch"  # 'scratch' or the path of an SSL checkpoint ({'kind': 'ssl'})
     multiscale: bool = True  # False: the -multiscale ablation (StreamcadNet only)
     cross_attention: bool = True  # False: the -cross-scale-attention ablation (StreamcadNet only)

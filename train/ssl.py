@@ -79,7 +79,7 @@ class SSLConfig:
     model: str = "tiny"  # registry name (train.model)
     multiscale: bool = True  # False: the -multiscale ablation
     cross_attention: bool = True  # False: the -cross-scale-attention ablation
-    size: int = 160  # input S (DESIGN.md compute budget: 160 keeps CPU epochs under a minute or so)
+    size: int = 160  # input S (docs/ARCHITECTURE.md compute budget: 160 keeps CPU epochs under a minute or so)
     epochs: int = 30
     batch_size: int = 64  # global batch (split over DDP ranks); 2B-2 = 126 negatives per anchor
     lr: float = 2e-3  # AdamW peak lr (small model, small batch)
