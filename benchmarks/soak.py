@@ -2,14 +2,22 @@
 
     sweep source --FaultySource(RandomFaults: drop, corrupt, resize, stall/hang, disconnect)-->
     Pipeline (prepare / infer / publish threads, ONNX Runtime) --ZeroMQ 127.0.0.1--> Subscriber
-    (this process: per-publisher seq check, status gaps)  + psutil RSS and thread counts
+    (this process: per-publisher seq check, status gaps, capture -> arrival latency)
+                                                     +--> stalled UIs: raw SUBs that never read
+    + psutil RSS and thread counts
 
 Checked and written to JSON: exceptions out of the pipeline (none expected), seq gaps at the
 subscriber and publisher drops (none expected), RSS growth after warm-up, the largest gap between
 status messages, threads left behind after close (abandoned hung readers must end too).
+With ``--stalled-subscribers N`` (default 1) N raw SUB sockets connect before the run and never
+read, the whole time: the healthy subscriber must still see every seq, keep its latency
+(``healthy_latency_ms``: t_capture_ns -> arrival here, same host clock) and see its statuses
+(per-subscriber queues on the bound publisher; before that fix one stalled UI silenced all).
+What the stalled ones got is counted at the end (``stalled_received``).
 
     python -m benchmarks.soak --minutes 60                # writes benchmarks/results/soak-*.json
     python -m benchmarks.soak --minutes 5 --pace none     # as fast as it goes (CPU bound)
+    python -m benchmarks.soak --minutes 1 --faults-per-minute 0 --pace none   # stalled UI only
 
 A checkpoint is rewritten every --checkpoint-s seconds, so an interrupted soak still leaves its
 numbers. tests/test_soak.py runs `run_soak` for 20,000 frames in CI.
@@ -72,11 +80,14 @@ def default_faults(seed: int, per_minute: float, fps: float, hang_timeout_s: flo
 def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: float | None = None,
              pace: str = "native", fps: float = 30.0, screen: tuple[int, int] = (640, 480),
              faults: RandomFaults | None = None, hang_timeout_s: float = 1.0, warmup_frames: int = 2000,
-             checkpoint_s: float = 60.0, on_checkpoint=None, threads: int = 1, seed: int = 0) -> dict:
+             checkpoint_s: float = 60.0, on_checkpoint=None, threads: int = 1, seed: int = 0,
+             stalled_subscribers: int = 0, hwm_seconds: float = 100.0) -> dict:
     """Run until `frames` are published or `seconds` pass. Returns the result dict (see module doc).
 
     Memory is measured after `warmup_frames` published frames and again at the end, after the
-    pipeline stopped but before anything is closed (the live state's growth)."""
+    pipeline stopped but before anything is closed (the live state's growth). `hwm_seconds`:
+    100 s by default (the pipeline is measured, not a slow UI); the CLI passes the run default
+    (4 s) so stalled subscribers overflow their own queues."""
     if frames is None and seconds is None:
         raise ValueError("give frames or seconds")
     threads_before = set(threading.enumerate())
@@ -84,8 +95,7 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
     cfg = config_from_dict({
         "source": {"uri": "sweep:", "fps": fps, "pace": pace},
         "model": {"path": str(model_path), "threads": threads},
-        # a generous queue: this soak measures the pipeline, not a slow UI
-        "publish": {"endpoint": endpoint, "stream": "soak", "hwm_seconds": 100.0},
+        "publish": {"endpoint": endpoint, "stream": "soak", "hwm_seconds": hwm_seconds},
         "frames": frames,
         "dashboard": False,
     })
@@ -94,7 +104,7 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
     source = FaultySource(inner, faults) if faults is not None else inner
     res: dict = {"frames_target": frames, "seconds_target": seconds, "pace": pace, "fps": fps,
                  "screen": list(screen), "hang_timeout_s": hang_timeout_s, "model": str(model_path),
-                 "checkpoints": []}
+                 "stalled_subscribers": stalled_subscribers, "hwm_seconds": hwm_seconds, "checkpoints": []}
     err: list[BaseException] = []
     n_scores = n_no_signal = n_status = n_msgs = 0
     expected: dict[str, int] = {}
@@ -109,6 +119,8 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
     t_ckpt = t0
     pipe = Pipeline(cfg, source=source)
     sub = Subscriber(endpoint, rcvhwm=2_000_000, heartbeat_s=1.0)
+    stalled = _stalled_subscribers(endpoint, stalled_subscribers)
+    latencies: list[float] = []  # healthy UI: capture -> arrival, ms
     try:
         time.sleep(0.3)  # the subscription reaches the publisher before the first message
 
@@ -134,6 +146,7 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
                 expected[m.publisher] = m.seq + 1
                 if isinstance(m, Score):
                     n_scores += 1
+                    latencies.append((time.monotonic_ns() - m.t_capture_ns) / 1e6)
                     n_no_signal += "no_signal" in m.flags
                 elif isinstance(m, Status):
                     n_status += 1
@@ -158,12 +171,16 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
                 if on_checkpoint is not None:
                     on_checkpoint(dict(res, partial=True))
         runner.join(timeout=10)
+        res["stalled_received"] = [_count_waiting(s) for _, s in stalled]
         res["rss_warm_mb"] = rss_warm
         res["rss_end_mb"] = _rss_mb()
         res["wall_s"] = time.monotonic() - t0
     finally:
         pipe.close()
         sub.close()
+        for ctx, s in stalled:
+            s.close(linger=0)
+            ctx.term()
     report = res.pop("report_obj", None)
     # abandoned readers are daemons woken by close(); give every thread a grace period to end
     grace_end = time.monotonic() + 3.0
@@ -194,9 +211,45 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
         "rss_growth_mb": None if rss_warm is None else round(res["rss_end_mb"] - rss_warm, 2),
         "threads_left": left,
         "latency_ms": report.latency_ms if report else {},
+        "healthy_latency_ms": _percentiles(latencies),
         "fps_out": round(report.fps, 1) if report else None,
     })
     return res
+
+
+def _stalled_subscribers(endpoint: str, n: int) -> list:
+    """n raw SUB sockets (everything subscribed, 1-message queue, 1 KiB kernel buffer) that never
+    read: UIs that hang. Returns (context, socket) pairs."""
+    import zmq
+
+    out = []
+    for _ in range(n):
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.RCVHWM, 1)
+        s.setsockopt(zmq.RCVBUF, 1024)
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.connect(endpoint)
+        out.append((ctx, s))
+    return out
+
+
+def _count_waiting(sock) -> int:
+    """Messages a stalled subscriber can still read (what reached it before its queue filled)."""
+    n = 0
+    while sock.poll(200):
+        sock.recv()
+        n += 1
+    return n
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    import numpy as np
+
+    a = np.asarray(values)
+    return {f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 90, 99)} | {"max": round(float(a.max()), 2)}
 
 
 def _default_model(size: int) -> Path:
@@ -224,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hang-timeout", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint-s", type=float, default=60.0)
+    ap.add_argument("--stalled-subscribers", type=int, default=1,
+                    help="raw SUBs connected the whole run that never read (default 1)")
+    ap.add_argument("--hwm-seconds", type=float, default=4.0, help="publish.hwm_seconds (default: the run default)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/soak-YYYYmmdd-HHMM.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -242,15 +298,17 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps({**meta, **res}, indent=2, default=str))
         tmp.replace(out)
 
-    faults = default_faults(args.seed, args.faults_per_minute, args.fps, args.hang_timeout, sizes=((w * 5 // 8, h * 5 // 8), None))
+    faults = None if args.faults_per_minute <= 0 else default_faults(args.seed, args.faults_per_minute, args.fps, args.hang_timeout, sizes=((w * 5 // 8, h * 5 // 8), None))
     res = run_soak(model, seconds=args.minutes * 60, pace=args.pace, fps=args.fps, screen=(w, h), faults=faults,
                    hang_timeout_s=args.hang_timeout, checkpoint_s=args.checkpoint_s, on_checkpoint=write,
-                   seed=args.seed)
+                   seed=args.seed, stalled_subscribers=args.stalled_subscribers, hwm_seconds=args.hwm_seconds)
     res["partial"] = False
     write(res)
     ok = not res["exceptions"] and res["seq_gaps"] == 0 and not res["threads_left"]
     print(f"soak {res['wall_s'] / 60:.1f} min: {res['scores']} scores, {res['faults']} faults {res['fault_kinds']}, "
           f"gaps {res['seq_gaps']}, exceptions {len(res['exceptions'])}, RSS growth {res['rss_growth_mb']} MB, "
+          f"healthy UI latency {res['healthy_latency_ms']} ms with {args.stalled_subscribers} stalled UI(s) "
+          f"(they got {res['stalled_received']}), "
           f"threads left {res['threads_left']} -> {out}", file=sys.stderr)
     return 0 if ok else 1
 

@@ -1,5 +1,6 @@
 """A test-sized soak: 20,000 frames of the sweep source at pace 'none', random faults injected,
-through the real pipeline to a real subscriber (benchmarks/soak.py run_soak; the hour-long run
+through the real pipeline to a real subscriber, with a stalled UI (a raw SUB that never reads)
+connected the whole time (benchmarks/soak.py run_soak; the hour-long run
 is `python -m benchmarks.soak --minutes 60`)."""
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def test_soak_20k_frames_with_random_faults(model_path):
                                           "stall": 0.0001, "disconnect": 0.0001},
                           stall_s=(0.1, 0.9), disconnect_s=(0.1, 0.3), sizes=((200, 150), None))
     res = run_soak(model_path, frames=FRAMES, pace="none", fps=30.0, screen=(320, 240), faults=faults,
-                   hang_timeout_s=hang, warmup_frames=3000, checkpoint_s=1e9)
+                   hang_timeout_s=hang, warmup_frames=3000, checkpoint_s=1e9,
+                   stalled_subscribers=1, hwm_seconds=4.0)
     keys = ("scores", "faults", "fault_kinds", "seq_gaps", "rss_warm_mb", "rss_growth_mb", "threads_left",
             "max_status_gap_s", "max_status_gap_publish_s", "reconnects", "readers_abandoned", "frames_rejected",
             "wall_s")
@@ -41,6 +43,8 @@ def test_soak_20k_frames_with_random_faults(model_path):
     assert res["frames_out"] == FRAMES and res["scores"] >= FRAMES - 5  # the first few precede the subscription
     assert res["publishers"] == 1  # never restarted
     assert res["seq_gaps"] == 0 and res["subscriber_gap_count"] == 0 and res["dropped_publish"] == 0
+    # the stalled UI lost its own messages only (it holds what its queue and buffers took)
+    assert 0 < res["stalled_received"][0] < res["messages"]
     kinds = res["fault_kinds"]
     assert {"drop", "corrupt", "resize", "disconnect"} <= set(kinds) and res["faults"] >= 20, kinds
     assert res["frames_rejected"] > 0 and res["reconnects"] >= kinds["disconnect"] - 1
