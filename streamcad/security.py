@@ -225,6 +225,13 @@ class _AllowList:
             self._admitted.clear()
 
 
+class _AllowAny:
+    """ZAP credentials provider for CURVE without an allow-list: any key pair may connect."""
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return True
+
+
 class _Authenticator(ThreadAuthenticator):
     """ThreadAuthenticator that keeps the allow-list of each ZAP domain it serves."""
 
@@ -234,7 +241,9 @@ class _Authenticator(ThreadAuthenticator):
 
     def add(self, curve: ServerCurve, domain: str = "*", role: str = "client") -> None:
         if curve.allowed_clients_dir is None:
-            self.configure_curve(domain=domain, location=zmq.auth.CURVE_ALLOW_ANY)
+            # not configure_curve(CURVE_ALLOW_ANY): pyzmq keeps that flag for ALL domains, so
+            # it would also open a domain that has an allow-list (the proxy's publishers)
+            self.configure_curve_callback(domain=domain, credentials_provider=_AllowAny())
         else:
             allow = self.allow_lists[domain] = _AllowList(curve.allowed_clients_dir, role)
             self.configure_curve_callback(domain=domain, credentials_provider=allow)

@@ -254,3 +254,87 @@ def test_secret_key_readable_by_others_is_refused(keys):
 def test_bad_key_names_refused(tmp_path, name):
     with pytest.raises(ConfigError, match="invalid key name"):
         generate_keypair(tmp_path, name)
+
+
+# --------------------------------------------------------------------------- the real CLI, end to end
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_pipeline_publishes_into_an_authenticating_proxy(keys, tmp_path):
+    """`streamcad run` (connect mode, CURVE client) -> `streamcad proxy --curve-allow-publishers`
+    -> a UI: scores arrive; the same pipeline with a key the proxy does not list gets nothing through."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from streamcad.manifest import write_manifest
+    from streamcad.messages import Score
+    from tests.helpers_onnx import make_contract_onnx
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    model = make_contract_onnx(tmp_path / "m.onnx", size=32, saliency_hw=(4, 4))
+    write_manifest(model, operating_threshold=0.5)
+    front, back = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+
+    def config(name: str, secret) -> Path:
+        p = tmp_path / f"{name}.toml"
+        p.write_text(f'version = 1\n[publish]\nendpoint = "{front}"\nconnect = true\nstream = "{name}"\n'
+                     f'curve_secret_key = "{secret}"\ncurve_server_key = "{keys["server_public"]}"\n')
+        return p
+
+    proxy = subprocess.Popen([sys.executable, "-m", "streamcad.cli", "proxy", "--frontend", front, "--backend", back,
+                              "--curve-secret", str(keys["server_secret"]), "--curve-allow-publishers", str(keys["pub_allow"])],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = []
+    try:
+        assert "proxy:" in proxy.stdout.readline()  # bound
+        # --curve-secret encrypts the backend too (any CURVE client there: no --curve-allow)
+        with Subscriber(back, rcvhwm=100_000, curve=_client(keys, "ui1")) as ui:
+            for name, secret in (("allowed", keys["pub1"]), ("unlisted", keys["intruder"])):
+                runs.append(subprocess.Popen(
+                    [sys.executable, "-m", "streamcad.cli", "run", "--no-dashboard", "--frames", "40", "--model", str(model),
+                     "--source", "sweep:", "--config", str(config(name, secret))],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            scores: dict[str, int] = {}
+            end = time.monotonic() + 90
+            while time.monotonic() < end and any(r.poll() is None for r in runs):
+                m = ui.recv(0.2)
+                if isinstance(m, Score):
+                    scores[m.stream] = scores.get(m.stream, 0) + 1
+            while (m := ui.recv(0.5)) is not None:  # what is still queued
+                if isinstance(m, Score):
+                    scores[m.stream] = scores.get(m.stream, 0) + 1
+        errs = [r.communicate(timeout=30)[1] for r in runs]
+    finally:
+        for p in (proxy, *runs):
+            if p.poll() is None:
+                p.kill()
+        proxy.communicate()
+    assert [r.returncode for r in runs] == [0, 0], errs
+    assert scores.get("allowed", 0) >= 30, (scores, errs[0])
+    assert "unlisted" not in scores, scores
+    assert not any("PLAINTEXT" in e for e in errs)
+
+
+def test_an_open_ui_side_does_not_open_the_publisher_side(keys):
+    """CURVE without a UI allow-list (any key pair may read) must not let any key pair publish:
+    pyzmq's CURVE_ALLOW_ANY is one flag for every ZAP domain of the context."""
+    with Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", curve=ServerCurve(keys["server_secret"], None),
+               publisher_curve=ServerCurve(keys["server_secret"], keys["pub_allow"])) as proxy:
+        pubs = [Publisher(proxy.frontend, stream="allowed", connect=True, curve=_client(keys, "pub1"), heartbeat_s=60),
+                Publisher(proxy.frontend, stream="unlisted", connect=True, curve=_client(keys, "intruder"), heartbeat_s=60)]
+        try:
+            with Subscriber(proxy.backend, curve=_client(keys, "intruder")) as ui:  # any key may read here
+                got = _pump(pubs, [ui], lambda g: sum(m.stream == "allowed" for _, m in g[0]) >= 30)
+        finally:
+            for p in pubs:
+                p.close()
+    assert sum(m.stream == "allowed" for _, m in got[0]) >= 30
+    assert _streams(got[0]) == {"allowed"}, _streams(got[0])
