@@ -25,6 +25,7 @@ from streamcad.extras import missing_module_message
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("streamcad.commands.run", "run the pipeline: source -> model -> ZeroMQ scores"),
     "listen": ("streamcad.commands.listen", "subscribe to a stream and print messages"),
+    "replay": ("streamcad.commands.replay", "re-publish a recorded session, or re-score its frames (--rescore)"),
     "view": ("streamcad.commands.view", "web page of the live streams: picture, overlays, state, score trace"),
     "demo": ("streamcad.commands.demo", "simulated probe sweep over sample images with the shipped model"),
     "info": ("streamcad.commands.info", "versions, available backends and GPUs"),

@@ -322,7 +322,8 @@ class Pipeline:
             for sink in sinks:
                 sink.open()
             return out
-        context = {"model": self.model, "source": self.source}
+        path = Path(self.config.model.path) if self.config.model.path else DEFAULT_MODEL
+        context = {"model": self.model, "source": self.source, "model_path": str(path.resolve())}
         if publisher is not None:
             context["zmq"] = publisher  # the preview sink sends through it
         if publisher is None:

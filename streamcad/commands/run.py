@@ -33,6 +33,7 @@ _FLAG_KEYS = {
     "encoding": ("publish", "encoding"),
     "connect": ("publish", "connect"),
     "preview": ("preview", "enabled"),
+    "record": ("record", "dir"),
     "frames": (None, "frames"),
 }
 
@@ -85,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="publish the 'preview' topic (JPEG + overlays as data) for `streamcad view`")
     p.add_argument("--igtl", metavar="[HOST:]PORT",
                    help="serve OpenIGTLink for 3D Slicer (default port 18944, loopback unless --allow-remote)")
+    p.add_argument("--record", metavar="DIR",
+                   help="keep the session in DIR (new or empty): frames (PNG), every message, config, model; "
+                        "`streamcad replay DIR` plays it back")
     p.add_argument("--report-json", help="write the final report (counters, latency percentiles) here")
 
 

@@ -1,7 +1,12 @@
 """Frame sources. ``open_source(uri, **options)`` is the one factory:
 
     file:PATH | device:N | device:/dev/videoN | url:rtsp://... | url:http://... | gst:PIPELINE
-    | sweep:DIR (sweep: alone = the bundled BUS-BRA sample)
+    | sweep:DIR (sweep: alone = the bundled BUS-BRA sample) | file:DIR (a session recording)
+
+How to add a source: subclass ThreadedSource (streamcad.sources.base: the _open / _grab /
+_release hooks, all on the reader thread), add its scheme to SCHEMES and its loader to
+_LOADERS (both or the import fails), and give it keyword-only options (open_source checks
+them by name).
 
     with open_source("file:clip.mp4", pace="none") as src:   # start() on enter
         while (frame := src.read(timeout=1.0)) is not None or not src.ended:
@@ -38,26 +43,52 @@ __all__ = [
 SCHEMES = ("file", "device", "url", "gst", "sweep")
 
 
-def _factory(scheme: str):
-    if scheme == "file":
-        from streamcad.sources.capture import FileSource
+def _file_source(rest: str):
+    from pathlib import Path
 
-        return FileSource
-    if scheme == "device":
-        from streamcad.sources.capture import DeviceSource
+    if Path(rest).expanduser().is_dir():  # file:DIR = a session recording (streamcad.recording)
+        from streamcad.recording import RecordingSource
 
-        return DeviceSource
-    if scheme == "url":
-        from streamcad.sources.capture import UrlSource
+        return RecordingSource
+    from streamcad.sources.capture import FileSource
 
-        return UrlSource
-    if scheme == "gst":
-        from streamcad.sources.capture import GstSource
+    return FileSource
 
-        return GstSource
+
+def _capture(name: str):
+    def load(rest: str):
+        from streamcad.sources import capture
+
+        return getattr(capture, name)
+
+    return load
+
+
+def _sweep(rest: str):
     from streamcad.sources.sweep import SweepSource
 
     return SweepSource
+
+
+# scheme -> loader(rest) -> source class. The one table: a scheme in SCHEMES without a loader
+# here is an error at import, never a silent fallback to another source.
+_LOADERS = {
+    "file": _file_source,
+    "device": _capture("DeviceSource"),
+    "url": _capture("UrlSource"),
+    "gst": _capture("GstSource"),
+    "sweep": _sweep,
+}
+if set(_LOADERS) != set(SCHEMES):
+    raise ImportError(f"streamcad.sources: SCHEMES {SCHEMES} and the loaders {sorted(_LOADERS)} disagree")
+
+
+def _factory(scheme: str, rest: str = ""):
+    try:
+        loader = _LOADERS[scheme]
+    except KeyError:
+        raise SourceError(f"unknown source scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}") from None
+    return loader(rest)
 
 
 def open_source(uri: str, **options) -> FrameSource:
@@ -70,7 +101,7 @@ def open_source(uri: str, **options) -> FrameSource:
     scheme, rest = uri.split(":", 1)
     if scheme not in SCHEMES:
         raise SourceError(f"source {uri!r}: unknown scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
-    cls = _factory(scheme)
+    cls = _factory(scheme, rest)
     allowed = set()
     for klass in cls.__mro__:
         if "__init__" in vars(klass):

@@ -1,0 +1,259 @@
+"""Session recording and replay (streamcad.recording) on a real scanner clip, the shipped ONNX
+model, real ZeroMQ sockets on loopback and a real `streamcad run` process killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamcad.client import Subscriber
+from streamcad.config import config_from_dict
+from streamcad.errors import SourceError
+from streamcad.messages import Score, Status
+from streamcad.pipeline import DEFAULT_MODEL, Pipeline
+from streamcad.recording import (
+    Recorder,
+    Recording,
+    RecordingError,
+    RecordingSource,
+    replay,
+    rescore,
+)
+from tests.helpers_stream import free_port
+
+CLIP = "lung-convex-noui-neuruppin.mp4"  # CC BY 4.0 (sectors.json), 370x370, 150 frames at 25 fps
+N = 40  # frames per recording: enough for the ROI warm-up and a few status messages
+
+
+def _collect(sub: Subscriber, done: threading.Event, out: list, idle_s: float = 1.0) -> None:
+    """Receive until `done` is set and nothing arrived for idle_s."""
+    last = time.monotonic()
+    while not (done.is_set() and time.monotonic() - last > idle_s):
+        m = sub.recv(timeout=0.1)
+        if m is not None:
+            out.append(m)
+            last = time.monotonic()
+
+
+def _cfg(tmp_path: Path, source: str, **extra) -> object:
+    d = {
+        "source": {"uri": source, "pace": "none"},
+        "model": {"path": str(DEFAULT_MODEL), "threads": 1},
+        "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "stream": "rec", "wait_subscribers": 1,
+                    "wait_timeout_s": 20.0},
+        "record": {"dir": str(tmp_path / "session")},
+        "frames": N,
+        "dashboard": False,
+    }
+    for k, v in extra.items():
+        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
+    return config_from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def recorded(video_dir, tmp_path_factory):
+    """One recording of N frames of a real clip, with what a live subscriber received meanwhile."""
+    tmp = tmp_path_factory.mktemp("rec")
+    cfg = _cfg(tmp, f"file:{video_dir / CLIP}")
+    live: list = []
+    done = threading.Event()
+    with Pipeline(cfg) as pipe, Subscriber(cfg.publish.endpoint, rcvhwm=100_000) as sub:
+        th = threading.Thread(target=_collect, args=(sub, done, live))
+        th.start()
+        try:
+            report = pipe.run()  # waits for the subscriber (publish.wait_subscribers), then every frame
+        finally:
+            done.set()
+            th.join(15)
+    return Path(cfg.record.dir), live, report, cfg
+
+
+def test_recording_holds_every_published_message_and_frame(recorded):
+    d, live, report, _ = recorded
+    rec = Recording(d)
+    assert rec.complete and rec.end["dropped_messages"] == 0 and rec.end["dropped_frames"] == 0
+    msgs = rec.messages()
+    scores = [m for m in msgs if isinstance(m, Score)]
+    assert len(scores) == report.frames_out == N
+    # the live subscriber joined before the first message (wait_subscribers): it saw exactly what was recorded
+    assert [m.seq for m in msgs] == list(range(len(msgs)))
+    assert live == msgs
+    frames = rec.frames()
+    assert [f.index for f in frames] == [s.frame_index for s in scores]
+    # the pixels are the clip's, exactly (PNG is lossless): frame k of the file in gray
+    import cv2
+
+    cap = cv2.VideoCapture(str(Path(rec.session["source_uri"].removeprefix("file:"))))
+    for f in frames[:5]:
+        ok, bgr = cap.read()
+        assert ok
+        assert np.array_equal(rec.load_frame(f).image, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    cap.release()
+    assert rec.session["model"]["sha256"] == scores[0].model_sha256
+    assert rec.manifest["sha256"] == scores[0].model_sha256
+    assert rec.session["config"]["record"]["dir"] == str(d)
+
+
+def test_replay_to_a_real_subscriber_is_message_by_message_the_recording(recorded):
+    d, _, _, _ = recorded
+    msgs = Recording(d).messages()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    got: list = []
+    done = threading.Event()
+    with Subscriber(endpoint, rcvhwm=100_000) as sub:
+        th = threading.Thread(target=_collect, args=(sub, done, got))
+        th.start()
+        try:
+            res = replay(d, endpoint=endpoint, speed=20.0, wait_subscribers=1, wait_timeout_s=20.0)
+        finally:
+            done.set()
+            th.join(15)
+    assert res["sent"] == res["messages"] == len(msgs)
+    assert got == msgs  # every field: publisher id, seq, stamps, probs, flags, roi
+
+
+def test_replay_keeps_the_recorded_timing(recorded):
+    """At speed 4 the gaps between re-published messages are the recorded ones / 4: the last
+    message cannot go out before (its recorded offset / 4); an event, not a timing bound."""
+    d, _, _, _ = recorded
+    msgs = Recording(d).messages()
+    span = (msgs[-1].t_publish_ns - msgs[0].t_publish_ns) / 1e9
+    t0 = time.monotonic()
+    replay(d, endpoint=f"tcp://127.0.0.1:{free_port()}", speed=4.0, wait_subscribers=0)
+    assert time.monotonic() - t0 >= span / 4 * 0.95
+
+
+def test_rescore_with_the_same_model_gives_identical_probabilities(recorded):
+    d, _, _, _ = recorded
+    out = rescore(d)
+    s = out["summary"]
+    assert s["recorded_scores"] == s["compared"] == N and s["not_rescored"] == 0
+    assert s["identical_probs"] == N and s["max_abs_delta"] in (0.0, None)
+    assert s["flag_changes"] == 0
+    assert all(f["recorded_probs"] == f["new_probs"] for f in out["frames"])
+
+
+def test_a_published_score_is_offline_preprocess_and_infer_of_the_recorded_frame(recorded):
+    """The score on the wire = softmax(model(preprocess(frame, roi))) computed here, offline."""
+    from streamcad.manifest import load_model
+    from streamcad.preprocess import preprocess
+
+    d, _, _, _ = recorded
+    rec = Recording(d)
+    scores = [m for m in rec.messages() if isinstance(m, Score)]
+    frames = rec.frames()
+    checked = 0
+    with load_model(DEFAULT_MODEL, intra_op_threads=1) as model:
+        for e, sc in list(zip(frames, scores, strict=True))[-10:]:
+            if sc.probs is None:
+                continue
+            x = preprocess(rec.load_frame(e).image, model.spec, tuple(sc.roi))
+            logits = np.asarray(model.backend.infer(x[None])["logits"][0], np.float64)
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            np.testing.assert_allclose([sc.probs.normal, sc.probs.benign, sc.probs.malignant], p, rtol=0, atol=1e-6)
+            checked += 1
+    assert checked >= 5
+
+
+def test_rescore_with_another_model_reports_the_differences(recorded, tmp_path):
+    from tests.helpers_onnx import make_contract_onnx
+
+    d, _, _, _ = recorded
+    from streamcad.manifest import write_manifest
+
+    other = make_contract_onnx(tmp_path / "other.onnx", size=64, seed=11)
+    write_manifest(other, class_names=["normal", "benign", "malignant"], operating_threshold=0.5)  # a fixture threshold
+    out = rescore(d, model=other)
+    s = out["summary"]
+    assert s["compared"] == N and s["new_sha256"] != s["recorded_sha256"]
+    assert s["identical_probs"] < N and s["max_abs_delta"] > 0
+
+
+def test_file_dir_reads_a_recording_as_a_source(recorded):
+    d, _, _, _ = recorded
+    rec = Recording(d)
+    src = RecordingSource(d, pace="none")
+    with src:
+        got = []
+        while (f := src.read(timeout=2.0)) is not None or not src.ended:
+            if f is not None:
+                got.append(f)
+    assert [f.index for f in got] == [e.index for e in rec.frames()]
+    first = rec.load_frame(rec.frames()[0])
+    assert np.array_equal(got[0].image, first.image) and got[0].chroma == first.chroma
+    assert (got[0].colour is None) == (first.colour is None)
+
+
+def test_recording_refuses_a_used_folder_and_reading_refuses_a_non_recording(tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x.txt").write_text("x")
+    with pytest.raises(RecordingError, match="not an empty directory"):
+        Recorder(tmp_path / "used").open()
+    with pytest.raises(RecordingError, match="not a streamcad recording"):
+        Recording(tmp_path / "used")
+    with pytest.raises(SourceError, match="not a streamcad recording"):
+        RecordingSource(tmp_path / "used")
+
+
+def test_a_size_bound_stops_the_recording_not_the_run(video_dir, tmp_path):
+    cfg = _cfg(tmp_path, f"file:{video_dir / CLIP}", record={"max_size_mb": 0.3},
+               publish={"wait_subscribers": 0})
+    with Pipeline(cfg) as pipe:
+        report = pipe.run_sequential()
+    assert report.frames_out == N
+    rec = Recording(cfg.record.dir)
+    assert rec.end["stopped"].startswith("max_size_mb") and rec.end["bytes"] <= 0.3e6
+    assert 0 < len(rec.frames()) < N and rec.end["dropped_frames"] == 0  # stopped is not dropped
+
+
+def test_sigkill_loses_at_most_the_last_second(video_dir, tmp_path, repo_root):
+    """A real `streamcad run --record` at the clip's own pace, killed with SIGKILL: every message a
+    live subscriber received more than 1 s before the kill is in the recording, with its frame."""
+    d = tmp_path / "killed"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "streamcad.cli", "run", "--source", f"file:{video_dir / CLIP}", "--loop",
+           "--record", str(d), "--endpoint", endpoint, "--no-dashboard", "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    live: list = []
+    with Subscriber(endpoint, rcvhwm=100_000) as sub:
+        proc = subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 90
+            while sum(isinstance(m, Score) for m in live) < 75 and time.monotonic() < deadline:  # ~3 s at 25 fps
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                m = sub.recv(timeout=0.2)
+                if m is not None:
+                    live.append(m)
+            t_kill = time.monotonic_ns()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stderr.close()
+    assert sum(isinstance(m, Score) for m in live) >= 75, "the run did not get going in 90 s"
+    rec = Recording(d)
+    assert not rec.complete  # killed: no end.json
+    recorded = {m.seq: m for m in rec.messages()}
+    old = [m for m in live if m.t_publish_ns < t_kill - 1_000_000_000]
+    drops = max((m.counters.dropped_publish for m in live if isinstance(m, Status)), default=0)
+    missing = [m.seq for m in old if recorded.get(m.seq) != m]
+    assert old and len(missing) <= drops, f"{len(missing)} messages older than 1 s not recorded: {missing[:10]}"
+    frames = {e.index: e for e in rec.frames()}
+    old_scores = [m for m in old if isinstance(m, Score) and m.seq in recorded]
+    lost_frames = [m.frame_index for m in old_scores if m.frame_index not in frames]
+    assert len(lost_frames) <= drops, f"frames of scores older than 1 s not recorded: {lost_frames[:10]}"
+    for m in old_scores[-3:]:  # complete PNGs: they load at the recorded size
+        e = frames[m.frame_index]
+        assert rec.load_frame(e).image.shape == tuple(e.shape)
+    json.loads((d / "session.json").read_text())  # written whole at the start (atomic rename)
