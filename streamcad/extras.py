@@ -28,7 +28,6 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "scipy": "eval",
     "matplotlib": "eval",
     "torch": "train",
-    "kornia": "train",
     "onnx": "train",
     "tensorrt": "tensorrt",
     "cuda": "tensorrt",

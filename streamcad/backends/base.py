@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from streamcad.errors import ArtifactError, BackendError
+from streamcad.extras import install_command
 
 __all__ = [
     "Backend",
@@ -101,9 +102,9 @@ _BUILTIN: dict[str, str] = {
 }
 # the third-party package each built-in backend needs, and how to install it
 _REQUIRES: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("onnxruntime", "pip install onnxruntime"),
-    "torch": ("torch", "pip install streamcad[train]"),
-    "tensorrt": ("tensorrt", "pip install streamcad[tensorrt]"),
+    "onnxruntime": ("onnxruntime", f"install the 'cpu' extra: {install_command('cpu')}, or 'gpu' for onnxruntime-gpu"),
+    "torch": ("torch", f"install the 'train' extra: {install_command('train')}"),
+    "tensorrt": ("tensorrt", f"install the 'tensorrt' extra: {install_command('tensorrt')}"),
 }
 _REGISTRY: dict[str, type[Backend]] = {}
 

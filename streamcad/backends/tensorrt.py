@@ -42,6 +42,7 @@ import numpy as np
 
 from streamcad.backends.base import EMBEDDING_NAME, N_CLASSES, OUTPUT_NAMES, Backend, register_backend
 from streamcad.errors import ArtifactError, BackendError
+from streamcad.extras import install_command
 
 __all__ = [
     "EngineKey",
@@ -190,12 +191,12 @@ def unavailable_reason() -> str | None:
     """Why this backend cannot run here, checked without importing TensorRT; None when it can."""
     try:
         if importlib.util.find_spec("tensorrt") is None:
-            return "tensorrt not installed (pip install streamcad[tensorrt])"
+            return f"tensorrt not installed (install the 'tensorrt' extra: {install_command('tensorrt')})"
         has_cuda = importlib.util.find_spec("cuda") is not None
     except (ImportError, ValueError):
         return "tensorrt or cuda-python not importable"
     if not has_cuda:
-        return "cuda-python not installed (pip install streamcad[tensorrt])"
+        return f"cuda-python not installed (install the 'tensorrt' extra: {install_command('tensorrt')})"
     return None
 
 
@@ -207,7 +208,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendError(f"tensorrt is not installed or broken ({exc}); pip install streamcad[tensorrt]") from exc
+        raise BackendError(f"tensorrt is not installed or broken ({exc}); install the 'tensorrt' extra: {install_command('tensorrt')}") from exc
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:
         raise BackendError(f"TensorRT {trt.__version__} is too old; this backend needs TensorRT >= 10 (name-based I/O API)")
@@ -222,7 +223,7 @@ def import_cudart() -> Any:
         try:
             from cuda import cudart  # cuda-python < 12.6
         except ImportError as exc:
-            raise BackendError(f"cuda-python is not installed ({exc}); pip install streamcad[tensorrt]") from exc
+            raise BackendError(f"cuda-python is not installed ({exc}); install the 'tensorrt' extra: {install_command('tensorrt')}") from exc
     return cudart
 
 

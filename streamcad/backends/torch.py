@@ -19,6 +19,7 @@ import numpy as np
 
 from streamcad.backends.base import N_CLASSES, Backend, register_backend
 from streamcad.errors import ArtifactError, BackendError
+from streamcad.extras import install_command
 
 __all__ = ["TorchBackend", "unavailable_reason"]
 
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 
 def unavailable_reason() -> str | None:
     """Why this backend cannot run here (checked without importing torch), or None."""
-    for mod, what in (("torch", "torch not installed (pip install streamcad[train])"),
-                      ("train", "the train package is not installed (pip install streamcad[train])")):
+    for mod, what in (("torch", f"torch not installed (install the 'train' extra: {install_command('train')})"),
+                      ("train", f"the train package is not installed (install from the checkout: {install_command('train')})")):
         try:
             if importlib.util.find_spec(mod) is None:
                 return what
