@@ -140,7 +140,7 @@ class PublishConfig(_Section):
     encoding: Literal["json", "msgpack"] = "json"
     heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=1.0)] = 1.0  # the contract: >= 1 status per second
     # a slow UI may lag this long (at the stream's real rate) before IT loses messages (its seq gaps)
-    hwm_seconds: Annotated[float, msgspec.Meta(gt=0, le=60.0)] = 4.0
+    hwm_seconds: Annotated[float, msgspec.Meta(gt=0, le=300.0)] = 4.0
     connect: bool = False  # connect to a proxy's XSUB instead of binding
     # recorded media at pace = "none" wait for this many subscribers before the first frame, so
     # a UI started first sees every score (0: start at once; a late UI sees the seq it joined at)
