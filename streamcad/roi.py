@@ -72,6 +72,7 @@ _SCROLL_RESID = (
 _SWEEP_CONC = 0.8  # > 80% of a frame's change in 15% of the columns: an erase bar sweeping
 _FAN_END_RATIO = 0.6  # a fan's narrow end is < 60% as wide as its far end
 _FAN_MIRROR_MAX = 0.75  # mirroring may not widen the box by more than half again (a bad axis)
+_FAN_AXIS_OFFSET = 0.15  # ... and the apex must lie within 15% of the box width of its middle
 
 
 @dataclass(frozen=True)
@@ -479,7 +480,10 @@ def _detect_small(
             # signal pixels per column, which a sparse dim flank may not reach
             a = (axis + 0.5) * sx
             half = max(a - min(x0, coarse[0]), max(x1, coarse[1]) - a)
-            if half <= _FAN_MIRROR_MAX * (x1 - x0):
+            # only a fan whose apex sits near the middle of what is seen: a linear image with a
+            # shadowed corner also has a 'narrow end', but far off its centre
+            centred = abs(a - (x0 + x1) / 2.0) <= _FAN_AXIS_OFFSET * (x1 - x0)
+            if centred and half <= _FAN_MIRROR_MAX * (x1 - x0):
                 x0, x1 = max(0, int(np.floor(a - half))), min(W, int(np.ceil(a + half)))
 
     dominance = area / max(total_area, 1.0)  # 1.0 when nothing else on screen looks like signal

@@ -104,6 +104,31 @@ def test_colour_doppler_box_keeps_the_whole_sector(
         assert iou(r.as_tuple(), truth_at(e, i)) >= 0.9, (name, i, r)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "butterfly-ocular-phantom.mp4",
+        "lung-linear-noui-neuruppin.mp4",
+        "linear-bone-ultrasonix-canvas.mp4",
+    ],
+)
+def test_linear_image_with_a_shadowed_corner_is_not_taken_for_a_fan(
+    video_dir: Path, sectors: dict, name: str
+) -> None:
+    """A linear image with an oblique shadow over its lower left corner (a triangle, legs half
+    the width and 90% of the height, no echo) has a narrow end like a fan, but far off its
+    middle: no fan symmetry is applied and the box stays on the image."""
+    e = sectors[name]
+    x, y, w, h = e["sector_box"]
+    _, g = _frames(video_dir, name, 12)
+    yy, xx = np.mgrid[0 : g[0].shape[0], 0 : g[0].shape[1]]
+    shadow = (xx >= x) & (yy < y + h) & ((xx - x) / (0.5 * w) + (y + h - yy) / (0.9 * h) < 1)
+    for f in g:
+        f[shadow] = 0
+    for i, r in enumerate(_track(g)):
+        assert iou(r.as_tuple(), (x, y, w, h)) >= 0.9, (name, i, r)
+
+
 # ---------------------------------------------------------------- composed: duplex
 
 
