@@ -21,7 +21,7 @@ PIP_TORCH_INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 RUNTIME_TESTS ?= tests/test_cli_extras.py tests/test_no_torch.py tests/test_messages.py tests/test_config.py \
 	tests/test_client.py tests/test_docs_examples.py
 
-.PHONY: demo test test-runtime evaluate lint clean check-python ffmpeg
+.PHONY: demo test test-runtime evaluate lint clean check-python ffmpeg chromium
 
 check-python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "make: $(PY) not found; streamcad needs Python >= 3.11: make PY=/path/to/python3.11 ..." >&2; exit 1; }
@@ -56,7 +56,7 @@ $(VENV)/.eval: pyproject.toml | $(VENV)/.base
 # when given) so that the train extra does not pull another build.
 $(VENV)/.full: pyproject.toml | $(VENV)/.made
 	$(BIN)/python -m pip install -q $(PIP_TORCH_INDEX) '$(TORCH)'
-	$(BIN)/python -m pip install -q -e '.[cpu,train,dev]'
+	$(BIN)/python -m pip install -q -e '.[cpu,train,dev,viewer,igtl]'
 	touch $@
 
 $(RT_VENV)/.made: | check-python
@@ -83,7 +83,16 @@ ffmpeg:
 	      || echo "make: could not install ffmpeg; the network-source tests will skip" >&2; \
 	  else echo "make: ffmpeg is missing and apt-get is unavailable (or not root): the network-source tests will skip" >&2; fi; }
 
-test: $(VENV)/.full ffmpeg
+# Chromium for the viewer's browser test (tests/test_viewer.py: headless, driven over DevTools):
+# Debian's package, installed the same way; without it that test skips itself.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "make: could not install chromium; the browser test will skip" >&2; \
+	  else echo "make: chromium is missing and apt-get is unavailable (or not root): the browser test will skip" >&2; fi; }
+
+test: $(VENV)/.full ffmpeg chromium
 	$(BIN)/python -m pytest -q -ra
 
 # The runtime's tests where torch, scikit-learn and the rest of train/ are NOT installed: every

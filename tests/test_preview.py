@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -18,8 +19,6 @@ from streamcad.lesion import input_to_frame
 from streamcad.messages import SCHEMA_DIR, Preview, SaliencyMap, Score, decode_frame, encode_frame
 from streamcad.preview import PreviewEncoder
 from streamcad.transport import Publisher
-
-import socket
 
 SAMPLE = Path(__file__).resolve().parents[1] / "streamcad" / "data" / "sample" / "images"
 
