@@ -9,7 +9,7 @@
     synthetic: a smooth grey video (through an mp4v round trip), the same with noise, a
         gradient, white noise, a text screen
       --> flagged rates (gate alone, quality cues alone, any flag), ROC of the gate score
-          (breast test frames vs non-breast frames), JSON under benchmarks/results/
+          (breast test frames vs non-breast frames), JSON + ROC plot (PNG) under benchmarks/results/
 
 The gate is fitted on breast training folds only (no recording and no synthetic frame is seen
 by it), so every non-breast number here is out of sample. Run:
@@ -55,7 +55,30 @@ def auc(neg_scores: np.ndarray, pos_scores: np.ndarray) -> float:
     return float((ranks[n_b:].sum() - n_o * (n_o + 1) / 2) / (n_b * n_o))
 
 
-def roc_points(breast: np.ndarray, other: np.ndarray, n: int = 60) -> list[dict]:
+def roc_plot(res: dict, out: Path) -> Path:
+    """ROC of the gate score (non-breast frames flagged vs breast frames flagged), chosen point marked."""
+    from benchmarks.plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    pts = sorted(res["roc"], key=lambda p: (p["breast_flagged"], p["other_flagged"]))
+    ax.plot([p["breast_flagged"] for p in pts], [p["other_flagged"] for p in pts], lw=1.5, label="gate score")
+    s = res["summary"]
+    ax.plot([s["breast_ood_flagged"]], [s["non_breast_ood_flagged"]], "o", color="C3",
+            label=f"manifest threshold ({100 * s['breast_ood_flagged']:.1f}%, {100 * s['non_breast_ood_flagged']:.1f}%)")
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("held-out breast frames flagged")
+    ax.set_ylabel("non-breast recording frames flagged")
+    ax.set_title(f"{res['model']}: ROC AUC {s['roc_auc_gate_score']:.3f}", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def roc_points(breast: np.ndarray, other: np.ndarray, n: int = 200) -> list[dict]:
     thr = np.unique(np.quantile(np.concatenate([breast, other]), np.linspace(0, 1, n)))
     return [{"threshold": float(t), "breast_flagged": float(np.mean(breast > t)), "other_flagged": float(np.mean(other > t))}
             for t in thr]
@@ -163,6 +186,7 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
     res["command"] = f"python -m benchmarks.ood_gate {model} --out {out}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
+    roc_plot(res, out.with_suffix(".png"))
     return res
 
 

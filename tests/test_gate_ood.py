@@ -62,9 +62,10 @@ def exported(tmp_path_factory):
     """A random-init tiny exported by the real exporter (parity on the repo's sample images)."""
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
+    from test_export import _checkpoint
+
     from engines.export import export_checkpoint
     from engines.gate import sample_images_dir
-    from test_export import _checkpoint
 
     if sample_images_dir() is None:
         pytest.skip("repository sample images absent")
@@ -121,6 +122,7 @@ def test_score_equals_full_covariance_mahalanobis():
 
 def test_manifest_round_trip_and_refusals(exported, tmp_path):
     from helpers_onnx import make_contract_onnx
+
     from train.ood import fit_gate
 
     _, path = exported
