@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from streamcad.backends.base import EMBEDDING_NAME, N_CLASSES, OUTPUT_NAMES, Backend, register_backend
+from streamcad.backends.base import (
+    EMBEDDING_NAME,
+    N_CLASSES,
+    OUTPUT_NAMES,
+    Backend,
+    register_backend,
+)
 from streamcad.errors import ArtifactError, BackendError
 
 __all__ = ["OnnxRuntimeBackend", "check_contract", "embedding_dim"]
