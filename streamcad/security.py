@@ -209,6 +209,8 @@ class _AllowList:
             now = time.monotonic()
             last = self._denied_at.get(key)
             if last is None or now - last >= _DENIAL_LOG_EVERY_S:
+                if len(self._denied_at) >= 1024:  # a client making new key pairs must not grow this
+                    self._denied_at.clear()
                 self._denied_at[key] = now
                 log.warning("CURVE %s DENIED: public key %s is not in the allow-list %s (repeats of this denial "
                             "are not logged for %.0f s)", self.role, shown, self.directory, _DENIAL_LOG_EVERY_S)
