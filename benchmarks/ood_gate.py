@@ -190,14 +190,51 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
     return res
 
 
+def render_table(res: dict) -> str:
+    """Markdown tables (summary, per recording, per breast set, synthetic) from a results JSON."""
+    s, pct = res["summary"], (lambda x: f"{100 * x:.1f}%")  # noqa: E731
+    g = res["gate"]
+    lines = [
+        f"Model `{res['model']}` (sha256 `{res['model_sha256'][:16]}…`), gate D={g['dim']}, threshold {g['threshold']:.3f} "
+        f"(target {pct(g.get('target_rate', 0))} per stratum of out-of-fit breast training frames); test fold {res['test_fold']}.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| ROC AUC of the gate score (held-out breast frames vs non-breast recording frames) | {s['roc_auc_gate_score']:.3f} |",
+        f"| held-out breast frames flagged by the gate / by any flag ({s['breast_frames']} frames) | {pct(s['breast_ood_flagged'])} / {pct(s['breast_any_flagged'])} |",
+        f"| non-breast recording frames flagged by the gate / by any flag ({s['non_breast_frames']} frames) | {pct(s['non_breast_ood_flagged'])} / {pct(s['non_breast_any_flagged'])} |",
+        f"| recordings with >= 90% of frames flagged | {s['clips_at_least_90pct_flagged']} of {s['clips']} |",
+        "",
+        "| recording | organ | probe | frames | gate | quality flags | any flag |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, r in res["non_breast"].items():
+        q = ", ".join(f"{f} {n}" for f, n in sorted(r["quality_flags"].items())) or "-"
+        lines.append(f"| {k} | {r.get('organ')} | {r.get('probe')} | {r['frames']} | {pct(r['ood_flagged'])} | {q} | {pct(r['any_flagged'])} |")
+    lines += ["", "| held-out breast images (test fold), screen | frames | gate | any flag |", "|---|---|---|---|"]
+    for k, r in res["breast"].items():
+        lines.append(f"| {k} | {r['frames']} | {pct(r['ood_flagged'])} | {pct(r['any_flagged'])} |")
+    lines += ["", "| synthetic video (mp4v) | frames | gate | quality flags | any flag |", "|---|---|---|---|---|"]
+    for k, r in res["synthetic"].items():
+        q = ", ".join(f"{f} {n}" for f, n in sorted(r["quality_flags"].items())) or "-"
+        lines.append(f"| {k} | {r['frames']} | {pct(r['ood_flagged'])} | {q} | {pct(r['any_flagged'])} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=Path, nargs="?", help="MODEL.onnx to measure")
+    p.add_argument("--table", type=Path, default=None, help="print the markdown tables of a results JSON and exit")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/ood_gate.json"))
     p.add_argument("--root", default=None, help="data root (default ../shared/data)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.table:
+        print(render_table(json.loads(args.table.read_text())))
+        return 0
+    if args.model is None:
+        p.error("give MODEL.onnx (or --table RESULTS.json)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = run(args.model, args.out, args.root, args.threads, args.seed)
     s = res["summary"]

@@ -276,3 +276,22 @@ def test_doppler_not_raised_by_green_overlay_recording(video_dir):
     mask = colour_flow_mask(frame)
     assert mask is not None  # a colour frame
     assert doppler_fraction(mask, frame.shape[:2], (x, y, w, h)) <= QualityChecker().config.doppler_min_fraction
+
+
+def test_torch_backend_embedding_equals_onnxruntime(exported):
+    from streamcad.backends import load_backend
+
+    ckpt, path = exported
+    x = np.random.default_rng(3).uniform(0, 1, (3, 1, S, S)).astype(np.float32)
+    with load_backend("torch", ckpt, device="cpu") as tb, load_backend("onnxruntime", path) as ob:
+        assert tb.embedding_dim == ob.embedding_dim == 336
+        np.testing.assert_allclose(tb.infer(x)["embedding"], ob.infer(x)["embedding"], rtol=1e-4, atol=1e-5)
+
+
+def test_benchmark_auc_known_values():
+    from benchmarks.ood_gate import auc
+
+    assert auc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0  # every non-breast frame above every breast one
+    assert auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    assert auc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5  # ties count one half
+    assert auc(np.array([0.0, 2.0]), np.array([1.0])) == 0.5
