@@ -244,11 +244,15 @@ def analyse(scores: list[dict], on: float, off: float, threshold: float | None,
         # on every scored frame (probs present): is `suspicious` the same as this frame's p >= threshold?
         "state_vs_frame_ge_threshold": _rate(int((sus[scored] == (pm[scored] >= thr)).sum()), int(scored.sum())),
     }
+    # the same smoothed scores without the hysteresis band (off = on): what the band costs
+    sus_noband = np.array([r == "suspicious" for r in replay_states(scores, on, on)], bool)
     for name, mask in (("all_frames", np.ones(len(scores), bool)), ("scored_frames", scored)):
         m, b = mask & (labels == "malignant"), mask & (labels == "benign")
         out[name] = {
             "suspicious_sensitivity": _rate(int((sus & m).sum()), int(m.sum())),
             "suspicious_specificity": _rate(int((~sus & b).sum()), int(b.sum())),
+            "suspicious_without_band_sensitivity": _rate(int((sus_noband & m).sum()), int(m.sum())),
+            "suspicious_without_band_specificity": _rate(int((~sus_noband & b).sum()), int(b.sum())),
             "frame_p_ge_threshold_sensitivity": _rate(int((pm[m] >= thr).sum()), int(m.sum())),
             "frame_p_ge_threshold_specificity": _rate(int((pm[b] < thr).sum()), int(b.sum())),
             "n_malignant": int(m.sum()), "n_benign": int(b.sum()),
