@@ -295,3 +295,39 @@ def test_benchmark_auc_known_values():
     assert auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
     assert auc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5  # ties count one half
     assert auc(np.array([0.0, 2.0]), np.array([1.0])) == 0.5
+
+
+def test_pipeline_flags_doppler_frames_of_a_real_doppler_image(exported, tmp_path, busi_dir):
+    """A video of BUSI's colour-Doppler image through the real pipeline: every frame 'doppler',
+    no probabilities; the same video of a caliper-only colour image: no 'doppler'."""
+    from streamcad.client import Subscriber
+    from streamcad.messages import Score
+    from streamcad.pipeline import Pipeline
+
+    _, path = exported
+    _rewrite_ood(path, {})
+    rng = np.random.default_rng(4)
+    results = {}
+    for name in ("benign (255)", "benign (6)"):
+        img = _busi_colour(busi_dir, name)
+        video = tmp_path / f"{name.replace(' ', '_')}.avi"
+        vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (img.shape[1], img.shape[0]))
+        for _ in range(8):  # fewer than the frozen check's 10 frames; a little noise on each
+            vw.write(np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8))
+        vw.release()
+        cfg = make_config(path, f"file:{video}", frames=8)
+        scores = []
+        with Pipeline(cfg) as pipe, Subscriber(cfg.publish.endpoint, heartbeat_s=1.0) as sub:
+            time.sleep(0.3)
+            pipe.run_sequential()
+            end = time.monotonic() + 5
+            while len(scores) < 8 and time.monotonic() < end:
+                msg = sub.recv(timeout=0.5)
+                if isinstance(msg, Score):
+                    scores.append(msg)
+        results[name] = scores
+    assert len(results["benign (255)"]) == 8 and len(results["benign (6)"]) == 8
+    for s in results["benign (255)"]:
+        assert "doppler" in s.flags and s.probs is None
+    for s in results["benign (6)"]:
+        assert "doppler" not in s.flags
