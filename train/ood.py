@@ -2,8 +2,8 @@
 
     exported NAME.onnx (outputs logits, saliency, embedding) + NAME.json (training_data: folds)
     breast training images of both datasets (BUSI + BUS-BRA, the folds the model trained on)
-      --streamcad.sources.sweep.SweepRenderer: each image once, inside the simulated scanner
-        screen (half linear, half curved sector, probe motion and speckle)
+      --streamcad.sources.sweep.SweepRenderer: every image once in a linear and once in a curved
+        simulated scanner screen (probe motion, speckle, gain drift)
       --the runtime's path: RoiTracker -> QualityChecker -> preprocess -> ONNX Runtime--> embeddings
     cross-fitting over the training folds: for each fold f, fit_gate on the other training folds
         (standardise, class means, shared covariance as top-k principal axes + residual variance)
