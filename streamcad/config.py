@@ -110,8 +110,10 @@ class SmoothingConfig(_Section):
     leave_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 0.5  # no lesion this long = probe left it: reset
     # 'suspicious' is entered when the smoothed p(malignant) reaches the model's validated
     # operating threshold (its manifest's operating_threshold) and left when it falls below
-    # that minus `band` (hysteresis: no flicker around one threshold). See streamcad.smoothing.
-    band: Annotated[float, msgspec.Meta(ge=0.0, le=0.5)] = 0.05  # ~3x the frame-to-frame wobble of the EMA
+    # that minus `band` (hysteresis: fewer flips while the score hovers at the threshold). See streamcad.smoothing.
+    # 0.05: above the 90th-percentile std of the smoothed score over an unchanging view at 30 fps
+    # (0.025 on held-out BUS-BRA, 0.045 on the repo sample: benchmarks/results/operating-point-*.json)
+    band: Annotated[float, msgspec.Meta(ge=0.0, le=0.5)] = 0.05
     on_threshold: Prob | None = None  # override of the manifest's threshold (logged, shown in status)
     off_threshold: Prob | None = None  # override of on_threshold - band
 

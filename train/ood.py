@@ -363,7 +363,8 @@ def calibrate(
 def add_arguments(p: Any) -> None:
     p.add_argument("model", type=Path, help="exported NAME.onnx (with its manifest) to fit the gate for")
     p.add_argument("--target-rate", type=float, default=TARGET_RATE,
-                   help=f"fraction of calibration-fold breast frames flagged at the threshold (default {TARGET_RATE})")
+                   help=f"fraction of out-of-fit breast training frames flagged at the threshold, in the worst "
+                        f"(dataset x screen) stratum (default {TARGET_RATE})")
     p.add_argument("--test-fold", type=int, default=None, help="held-out fold never used (default: the manifest's)")
     p.add_argument("--axes", type=int, default=N_AXES, help=f"principal axes kept (default {N_AXES})")
     p.add_argument("--dry-run", action="store_true", help="fit and print, do not rewrite the manifest")
