@@ -92,7 +92,7 @@ class ModelConfig(_Section):
     # ORT intra-op threads. 1: on a 2-core box the decode, prepare and publish threads need the
     # other core; 2 ORT threads measured 50 fps vs 128 fps with 1 (benchmarks/README.md)
     threads: Annotated[int, msgspec.Meta(ge=1, le=MAX_THREADS)] = 1
-    device: str | None = None  # torch backend: 'cpu' or 'cuda[:i]', never guessed
+    device: str | None = None  # 'cpu' or 'cuda[:i]' (onnxruntime: its execution provider), never guessed
     precision: Literal["fp32", "fp16"] = "fp32"
     cuda_graph: bool = False  # torch / tensorrt: replay a captured graph (fixed batch 1)
 
@@ -110,7 +110,7 @@ class SmoothingConfig(_Section):
     leave_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 0.5  # no lesion this long = probe left it: reset
     # 'suspicious' is entered when the smoothed p(malignant) reaches the model's validated
     # operating threshold (its manifest's operating_threshold) and left when it falls below
-    # that minus `band` (hysteresis: fewer flips while the score hovers at the threshold). See streamcad.smoothing.
+    # that minus `band` (hysteresis: fewer flips while the score hovers there). See streamcad.smoothing.
     # 0.05: above the 90th-percentile std of the smoothed score over an unchanging view at 30 fps
     # (0.025 on held-out BUS-BRA, 0.045 on the repo sample: benchmarks/results/operating-point-*.json)
     band: Annotated[float, msgspec.Meta(ge=0.0, le=0.5)] = 0.05

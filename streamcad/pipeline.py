@@ -610,7 +610,16 @@ class Pipeline:
 
 
 # -------------------------------------------------------------------- factories
+def _same_device(wanted: str, got: str) -> bool:
+    norm = {"cuda": "cuda:0"}
+    return norm.get(wanted, wanted) == norm.get(got, got)
+
+
 def _load_model(config: RunConfig):
+    """The [model] section -> a loaded model. Every option is either passed to a backend that
+    honours it or refused: ONNX Runtime gets its execution provider from `device`, and a device
+    or precision the loaded backend does not run on is an error, never a silent CPU / FP32 run."""
+    from streamcad.errors import BackendError, ConfigError
     from streamcad.manifest import load_model
 
     m = config.model
@@ -618,11 +627,28 @@ def _load_model(config: RunConfig):
     options = {}
     if m.backend == "onnxruntime":
         options["intra_op_threads"] = m.threads
+        if m.device is not None:  # 'cpu' | 'cuda' | 'cuda:i' -> the provider (the backend refuses a missing one)
+            options["providers"] = ("cuda",) if m.device.startswith("cuda") else (m.device,)
+        if m.cuda_graph:
+            raise ConfigError("model.cuda_graph = true: the onnxruntime backend does not replay CUDA graphs; "
+                              "expected backend = 'torch' or 'tensorrt', or cuda_graph = false")
     elif m.backend == "torch":
         options.update(device=m.device, precision=m.precision, cuda_graph_batch=1 if m.cuda_graph else None)
     elif m.backend == "tensorrt":
         options.update(cuda_graph_batch=1 if m.cuda_graph else None)
-    return load_model(path, backend=m.backend, allow_unverified=m.allow_unverified, **options)
+    model = load_model(path, backend=m.backend, allow_unverified=m.allow_unverified, **options)
+    be = model.backend
+    problem = None
+    if m.precision != be.precision:
+        problem = (f"model.precision = {m.precision!r} but backend {m.backend!r} runs {path.name} in {be.precision}"
+                   + ("; ONNX Runtime runs the graph's own precision: for fp16 use backend 'torch' on CUDA or a "
+                      "TensorRT engine (streamcad convert --fp16)" if m.backend == "onnxruntime" else ""))
+    elif m.device is not None and not _same_device(m.device, be.device):
+        problem = f"model.device = {m.device!r} but backend {m.backend!r} runs {path.name} on {be.device}"
+    if problem:
+        model.close()
+        raise BackendError(problem + "; refusing to run on something else than asked")
+    return model
 
 
 def _open_source(config: RunConfig):
