@@ -52,8 +52,14 @@ def make_clip(path: Path, seconds: float = 2.0, fps: int = 25, size: str = "320x
 
 class _Ffmpeg:
     def __init__(self, args: list[str]) -> None:
+        import tempfile
+
+        self.log = tempfile.NamedTemporaryFile(prefix="ffmpeg-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc = subprocess.Popen([need_ffmpeg(), "-v", "error", "-nostdin", *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
+
+    def log_tail(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")[-500:]
 
     def stall(self) -> None:
         self.proc.send_signal(signal.SIGSTOP)
@@ -66,6 +72,8 @@ class _Ffmpeg:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
         self.proc.wait(10)
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
 
 
 class HttpFeed(_Ffmpeg):
@@ -74,22 +82,30 @@ class HttpFeed(_Ffmpeg):
     def __init__(self, clip: Path, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}/live.ts"
-        super().__init__(["-re", "-stream_loop", "-1", "-i", str(clip), "-c:v", "copy", "-an",
-                          "-f", "mpegts", "-listen", "1", self.url])
-        _wait_listening(port)
+        args = ["-re", "-stream_loop", "-1", "-i", str(clip), "-c:v", "copy", "-an",
+                "-f", "mpegts", "-listen", "1", self.url]
+        for _ in range(5):  # a restart on the same port may race the old socket's teardown
+            super().__init__(args)
+            if _wait_listening(port, self.proc):
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"ffmpeg never listened on 127.0.0.1:{port}: {self.log_tail()}")
 
 
-def _wait_listening(port: int, timeout: float = 10.0) -> None:
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> bool:
     """Wait until a socket LISTENs on 127.0.0.1:port, without connecting to it (FFmpeg's
-    ``-listen 1`` serves exactly one client: a probe connection would be that client)."""
+    ``-listen 1`` serves exactly one client: a probe connection would be that client).
+    False when the process exited first."""
     want = f"0100007F:{port:04X}"
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
         with open("/proc/net/tcp") as f:
             for line in f.readlines()[1:]:
                 cols = line.split()
                 if cols[1] == want and cols[3] == "0A":  # 0A = TCP_LISTEN
-                    return
+                    return True
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
