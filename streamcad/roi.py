@@ -53,6 +53,7 @@ _LIVE_STD = 1.5  # temporal std (grey levels, downscaled) above which a pixel is
 _TEXTURE_RESID = 1.0  # |g - blur3(g)| above this is speckle-like texture
 _MIN_AREA_FRAC = 0.02  # a sector smaller than 2% of the screen is not a usable image
 _CURVED_FILL = 0.85  # sector area / box area below this -> a fan or annulus ('curved')
+_EARLY_FRAMES = 3  # the tracker detects once more on its first 3 frames (the first temporal cues)
 _MIN_PIECE_FRAC = 0.002  # components below 0.2% of the screen are never traces or sector pieces
 _MIN_PIECE_SIDE = (
     0.03  # ... and must be this thick (x the working side): bars and rulers are thinner
@@ -530,7 +531,8 @@ class RoiTracker:
     frame (H, W) uint8 --update()--> Roi
       override given      -> the override (checked against the frame size)
       first frame / resize -> detect on that frame (single-frame cues)
-      warmup_frames seen  -> re-detect on their downscaled copies (adds the temporal cue)
+      3 frames seen       -> detect on them (first temporal cues: traces, live vs still)
+      warmup_frames seen  -> re-detect on their downscaled copies (the temporal cues settle)
       every redetect_every frames (or redetect_every_s seconds)
                           -> collect warmup_frames frames again and re-detect (a depth or layout
                              change on the scanner); the box changes only if the new one differs
@@ -634,6 +636,8 @@ class RoiTracker:
             self._buffer.append(_downscale(image))
             if len(self._buffer) >= self.warmup_frames:
                 self._refine(image)
+            elif not self._refined and len(self._buffer) == _EARLY_FRAMES:
+                self._early(image)
         else:
             self._since += 1
             if (self.redetect_every is not None and self._since >= self.redetect_every) or (
@@ -665,6 +669,19 @@ class RoiTracker:
         self._refined = False
         if len(self._buffer) >= self.warmup_frames:
             self._refine(image)
+
+    def _early(self, image: np.ndarray) -> None:
+        """First temporal evidence, before the warm-up window is full: 3 frames already show a
+        trace scrolling and a live image beside a still one. The buffer keeps filling."""
+        try:
+            new = _detect_small(self._buffer, self._shape, image)
+        except FrameError:
+            return  # the single-frame box stays until the warm-up refinement
+        if new.as_tuple() != self._roi.as_tuple():
+            log.debug(
+                "ROI %s -> %s after %d frames", self._roi.as_tuple(), new.as_tuple(), _EARLY_FRAMES
+            )
+        self._roi = new
 
     def _refine(self, image: np.ndarray) -> None:
         buffer, self._buffer, self._collecting = self._buffer, [], False

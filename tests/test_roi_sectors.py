@@ -27,7 +27,7 @@ from benchmarks.roi_eval import (
 )
 from streamcad.errors import FrameError
 from streamcad.quality import QualityConfig, is_blank
-from streamcad.roi import RoiTracker, detect_roi, iou
+from streamcad.roi import _EARLY_FRAMES, RoiTracker, detect_roi, iou
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,8 +143,8 @@ def test_duplex_returns_the_bmode_sector_not_the_trace(
 ) -> None:
     """The real screen in the top 60% of a duplex screen, a spectral panel (larger than the
     sector) below it that scrolls or sweeps; the B-mode live or frozen ('update' mode, where
-    only the trace moves). From the warm-up refinement on the box is the B-mode sector and
-    never reaches the panel."""
+    only the trace moves). From the third frame on (the tracker's first temporal cues) the box is
+    the B-mode sector and never reaches the panel."""
     _, g = _frames(video_dir, name, 24)
     if bmode == "frozen":
         g = [g[0]] * len(g)
@@ -152,7 +152,7 @@ def test_duplex_returns_the_bmode_sector_not_the_trace(
     panel_top = int(0.6 * frames[0].shape[0])
     tracker = RoiTracker(warmup_frames=8)
     for i, r in enumerate(_track(frames, tracker)):
-        if i < tracker.warmup_frames - 1:
+        if i < _EARLY_FRAMES - 1:
             continue
         assert iou(r.as_tuple(), tbox) >= 0.9, (name, mode, bmode, i, r, tbox)
         assert r.y + r.h <= panel_top, (name, mode, bmode, i, r)
@@ -181,13 +181,13 @@ def test_a_trace_alone_is_not_a_sector(video_dir: Path, sectors: dict, mode: str
 )
 def test_dual_view_returns_the_live_image(video_dir: Path, sectors: dict, name: str) -> None:
     """Two half-size copies of the real screen side by side, the left frozen, the right live:
-    from the warm-up refinement on the box is the live sector, not both (the frozen half is
+    from the third frame on the box is the live sector, not both (the frozen half is
     textured like it, but still)."""
     _, g = _frames(video_dir, name, 20)
     frames, tbox = compose_dual(g, tuple(sectors[name]["sector_box"]))
     tracker = RoiTracker(warmup_frames=8)
     for i, r in enumerate(_track(frames, tracker)):
-        if i >= tracker.warmup_frames - 1:
+        if i >= _EARLY_FRAMES - 1:
             assert iou(r.as_tuple(), tbox) >= 0.9, (name, i, r, tbox)
 
 
