@@ -16,6 +16,9 @@ MODEL ?= engines/models/default.onnx
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_TORCH_INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+# setuptools' notice on every editable install ("Editable installation. Please be careful with
+# folders ... same name as your package") is information, not a problem: keep it off the screen
+QUIET_BUILD := PYTHONWARNINGS="ignore:Editable installation"
 # make test-runtime: every test module is collected there (test_packaging checks that too), and
 # these run: the CLI without the extras, the runtime's import hygiene, messages, config, client
 RUNTIME_TESTS ?= tests/test_cli_extras.py tests/test_no_torch.py tests/test_messages.py tests/test_config.py \
@@ -44,26 +47,26 @@ $(VENV)/.made: | check-python
 
 # The runtime only (no torch): onnxruntime on the CPU.
 $(VENV)/.base: pyproject.toml | $(VENV)/.made
-	$(BIN)/python -m pip install -q -e '.[cpu]'
+	$(QUIET_BUILD) $(BIN)/python -m pip install -q -e '.[cpu]'
 	touch $@
 
 # + the eval extra for `streamcad evaluate` (scikit-learn, scipy, matplotlib; no torch).
 $(VENV)/.eval: pyproject.toml | $(VENV)/.base
-	$(BIN)/python -m pip install -q -e '.[cpu,eval]'
+	$(QUIET_BUILD) $(BIN)/python -m pip install -q -e '.[cpu,eval]'
 	touch $@
 
 # Everything for the test suite. torch is installed first (its pinned release, from TORCH_INDEX
 # when given) so that the train extra does not pull another build.
 $(VENV)/.full: pyproject.toml | $(VENV)/.made
 	$(BIN)/python -m pip install -q $(PIP_TORCH_INDEX) '$(TORCH)'
-	$(BIN)/python -m pip install -q -e '.[cpu,train,dev,viewer,igtl]'
+	$(QUIET_BUILD) $(BIN)/python -m pip install -q -e '.[cpu,train,dev,viewer,igtl]'
 	touch $@
 
 $(RT_VENV)/.made: | check-python
 	$(call make_venv,$(RT_VENV))
 
 $(RT_VENV)/.runtime: pyproject.toml | $(RT_VENV)/.made
-	$(RT_VENV)/bin/python -m pip install -q -e '.[cpu,dev]'
+	$(QUIET_BUILD) $(RT_VENV)/bin/python -m pip install -q -e '.[cpu,dev]'
 	touch $@
 
 demo: $(VENV)/.base
