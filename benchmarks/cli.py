@@ -12,6 +12,7 @@
     streamcad bench --quick         # 100 frames x 1 run, fewer configurations (a minute)
     streamcad bench --long          # >= 100,000 frames, RSS sampled every second
     streamcad bench --report        # regenerate benchmarks/README.md
+    streamcad bench --preview-ab    # preview off/on, interleaved: the cost of the 'preview' topic
 
 Progress: one line on stderr per finished run (count, elapsed time, configuration, result),
 at the default log level. Needs the train extra (torch builds the random-init models and
@@ -62,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", action="store_true", help="100 frames x 1 run, fewer configurations")
     g.add_argument("--long", action="store_true", help="one long run (--long-frames) sampling RSS every second")
     g.add_argument("--report", action="store_true", help="only regenerate benchmarks/README.md from the JSON files")
+    g.add_argument("--preview-ab", action="store_true",
+                   help="A/B of the preview topic: the shipped model on the sweep at 30 fps, preview off and "
+                        "on interleaved (--runs pairs of --frames frames)")
     p.add_argument("--frames", type=int, default=None, help="measured frames per run (default 1000; quick 100)")
     p.add_argument("--runs", type=int, default=None, help="repetitions of the key configurations (default 3; quick 1)")
     p.add_argument("--models", default="tiny,small,base,resnet18", help="model sizes (comma-separated)")
@@ -108,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     global _PROGRESS
     _PROGRESS = _progress_printer()
+    if args.preview_ab:
+        res = run_preview_ab(opts["frames"], opts["runs"])
+        path = args.out / f"{args.name or 'preview-ab'}.json"
+        path.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"wrote {path}")
+        for line in res["summary"]:
+            print(line)
+        return 0
     if args.long:
         res = run_long(args.long_frames, args.long_fps, size=args.size, cache=args.cache, source=args.long_source)
         name = args.name or "long"
@@ -490,6 +502,44 @@ def run_long(n_frames: int, fps: float | None = None, *, size: int = 160, cache:
 
 
 # ----------------------------------------------------------------------------- output
+
+
+def run_preview_ab(frames: int, runs: int, fps: float = 30.0) -> dict:
+    """Preview off / on, interleaved (off, on, off, on, ...): the shipped model, ONNX Runtime 1
+    thread, the sweep paced at `fps`, the benchmark subscriber in its own process (it takes
+    scores and statuses, not previews: the cost measured is the pipeline's, encoding included).
+    The A/B says whether scoring latency and the score stream change with previews on."""
+    from benchmarks.e2e import E2EConfig, run_e2e
+    from streamcad.pipeline import DEFAULT_MODEL
+
+    rows: dict[str, list[dict]] = {"off": [], "on": []}
+    for i in range(runs):
+        for arm in ("off", "on"):
+            cfg = E2EConfig(model_path=str(DEFAULT_MODEL), options={"intra_op_threads": 1}, label="ort-cpu-1t",
+                            source="sweep:", fps=fps, frames=frames, model_name="default", preview=arm == "on")
+            r = run_e2e(cfg)
+            rows[arm].append(r)
+            log.info("preview %s, run %d/%d: e2e p50 %.2f ms, p99 %.2f ms, %.1f fps, dropped %d", arm, i + 1, runs,
+                     r["e2e_ms"]["p50"], r["e2e_ms"]["p99"], r["fps"], r["dropped"]["total"])
+
+    def med(arm: str, f) -> float:
+        return statistics.median(f(r) for r in rows[arm])
+
+    summary = []
+    out = {"meta": _meta("preview-ab", {"frames": frames, "runs": runs, "fps": fps}), "arms": {}}
+    for arm in ("off", "on"):
+        a = {"e2e_p50_ms": med(arm, lambda r: r["e2e_ms"]["p50"]), "e2e_p99_ms": med(arm, lambda r: r["e2e_ms"]["p99"]),
+             "infer_p50_ms": med(arm, lambda r: r["stages_ms"]["infer"]["p50"]), "fps": med(arm, lambda r: r["fps"]),
+             "dropped": sum(r["dropped"]["total"] for r in rows[arm]),
+             "previews_sent": sum(r["previews_sent"] or 0 for r in rows[arm]),
+             "runs": [{k: r[k] for k in ("fps", "e2e_ms", "dropped", "previews_sent", "load_before", "cpu_s")}
+                      for r in rows[arm]]}
+        out["arms"][arm] = a
+        summary.append(f"preview {arm:3s}: e2e p50 {a['e2e_p50_ms']:.2f} ms, p99 {a['e2e_p99_ms']:.2f} ms, infer p50 "
+                       f"{a['infer_p50_ms']:.2f} ms, {a['fps']:.1f} fps, dropped {a['dropped']}, previews {a['previews_sent']} "
+                       f"(median of {runs} run(s) of {frames} frames)")
+    out["summary"] = summary
+    return out
 
 
 def write_results(res: dict, out_dir: Path, name: str, plots: bool = True) -> Path:

@@ -58,6 +58,7 @@ class E2EConfig:
     model_name: str = ""
     seed: int = 0
     replay: bool = False  # True: frames pre-loaded into memory (benchmarks.replay), the pipeline alone
+    preview: bool = False  # True: the pipeline also encodes and publishes the 'preview' topic ([preview] defaults)
 
     @property
     def pace(self) -> str:
@@ -178,6 +179,8 @@ def _open(cfg: E2EConfig):
     }
     if cfg.fps is not None:
         d["source"]["fps"] = float(cfg.fps)
+    if cfg.preview:
+        d["preview"] = {"enabled": True}
     model = load_model(cfg.model_path, backend=cfg.backend, **cfg.options)
     if model.threshold is None:
         # random-init benchmark weights carry no validated operating threshold, and the pipeline
@@ -237,6 +240,8 @@ def run_e2e(cfg: E2EConfig, *, sample_rss: bool = False, keep_raw: bool = False)
                 sampler.stop()
             src_stats = source.stats
             dropped_publish = pipe.publisher.dropped
+            # previews sent (None: the preview topic was off); the proof that the 'on' arm encoded them
+            previews = next((s.written for s in pipe.sinks if s.name == "preview"), None)
             backend_desc = {"name": model.backend.name, "device": getattr(model.backend, "device", None),
                             "precision": getattr(model.backend, "precision", None), "input_size": S}
         try:
@@ -256,6 +261,7 @@ def run_e2e(cfg: E2EConfig, *, sample_rss: bool = False, keep_raw: bool = False)
         os.rmdir(tmp)
     result = _summarize(cfg, raw, report, src_stats, dropped_publish, wall)
     result.update(
+        previews_sent=previews,
         backend=backend_desc,
         load_before=list(load_before),
         load_after=list(load_after),
