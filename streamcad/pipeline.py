@@ -561,7 +561,8 @@ class Pipeline:
     def _wait_for_subscribers(self) -> None:
         """Recorded media read unpaced (lossless) would otherwise start scoring before a UI that
         is still connecting is there, and it would never see those frames: wait for
-        publish.wait_subscribers subscriptions (up to publish.wait_timeout_s, then start with a
+        publish.wait_subscribers subscribers of this stream's statuses, i.e. UIs (every Subscriber
+        takes them; a raw SUB counts when its prefix covers them) (up to publish.wait_timeout_s, then start with a
         warning; the late UI sees the seq it joined at, Subscriber.joined_at)."""
         want = self.config.publish.wait_subscribers
         if not want or not getattr(self.source, "lossless", False) or self.publisher is None:
@@ -570,12 +571,12 @@ class Pipeline:
         deadline = time.monotonic() + self.config.publish.wait_timeout_s
         log.info("waiting for %d subscriber(s) before starting %s (up to %.0f s)",
                  want, self.config.source.uri, self.config.publish.wait_timeout_s)
-        while pub.subscriptions < want and not self._stop.is_set():
+        while pub.status_subscribers < want and not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 log.warning("%d of %d subscriber(s) after %.0f s: starting anyway; a UI joining later "
                             "misses the first messages (it sees the seq it joined at)",
-                            pub.subscriptions, want, self.config.publish.wait_timeout_s)
+                            pub.status_subscribers, want, self.config.publish.wait_timeout_s)
                 return
             self._poll_sinks()  # a join is answered with a status, to every sink
             self._stop.wait(min(left, 0.05))

@@ -62,6 +62,7 @@ from streamcad.messages import (
     Status,
     check_stream_name,
     encode_frame,
+    topic,
 )
 from streamcad.ratelimit import LogLimiter
 from streamcad.security import (
@@ -238,6 +239,9 @@ class Publisher(Sink):
         self.sent = 0
         self.dropped = 0
         self.subscriptions = 0  # subscribe messages seen (XPUB_VERBOSE: every one, duplicates too)
+        # subscriptions that take this stream's statuses: one per UI (every Subscriber takes them)
+        self.status_subscribers = 0
+        self._status_topic = topic("status", stream)
         self._closed = False
         self._auth = None
         self._revocation: Revocation | None = None  # bound + allow-list: cuts removed keys
@@ -426,6 +430,8 @@ class Publisher(Sink):
             if ev[:1] == b"\x01":
                 new += 1
                 self.subscriptions += 1
+                if self._status_topic.startswith(ev[1:]):  # b"", b"status/", b"status/<stream> "
+                    self.status_subscribers += 1
                 log.info("stream %s: new subscription to %r", self.stream, ev[1:])
             elif ev[:1] == b"\x00":
                 log.info("stream %s: subscription to %r ended", self.stream, ev[1:])

@@ -387,3 +387,18 @@ def test_pipeline_style_call_numpy_values_and_own_publish_stamp():
     assert sc.t_publish_ns == t_pub and sc.latency_ms == {"queue": 0.5, "total": 5.0}
     assert sc.probs.malignant == 0.5 and sc.roi == (1, 2, 3, 4) and sc.flags == ["frozen"]
     assert st.uptime_s == 12.5 and st.fps_in == 30.0 and st.last_seq == sc.seq
+
+
+def test_status_subscribers_counts_uis_not_topics():
+    """publish.wait_subscribers waits for this count: one per UI taking this stream's statuses,
+    whatever else it subscribes to (a Subscriber of scores and statuses sends 2 subscriptions)."""
+    with Publisher(ANY_PORT, stream="cnt", heartbeat_s=60) as pub:
+        subs = [Subscriber(pub.endpoint),                              # score/ + status/
+                Subscriber(pub.endpoint, streams=["cnt"], kinds=("score",)),  # takes statuses for seqs
+                Subscriber(pub.endpoint, streams=["other"])]           # another stream: not ours
+        try:
+            _wait_subscriptions(pub, 6)
+            assert pub.status_subscribers == 2
+        finally:
+            for s in subs:
+                s.close()
