@@ -230,7 +230,7 @@ def _progress_printer() -> Callable[[object, dict], None]:
             f"{src}{'' if cfg.fps is None else f'@{cfg.fps:g}fps'} {cfg.mode} "
             f"-> {r['fps']:.1f} fps, e2e p50 {e2e.get('p50', float('nan')):.1f} ms, "
             f"p99 {e2e.get('p99', float('nan')):.1f} ms, dropped {r['dropped']['total']}"
-        ))
+        ), soft_wrap=True)  # one line per run, also in a log file
 
     return show
 
