@@ -32,6 +32,7 @@ from streamcad.errors import TransportError  # noqa: E402
 from streamcad.messages import Score  # noqa: E402
 from streamcad.pipeline import Pipeline  # noqa: E402
 from streamcad.sources.sweep import SweepSource  # noqa: E402
+from streamcad.transport import Publisher  # noqa: E402
 from streamcad.viewer.server import ViewerServer  # noqa: E402
 
 
@@ -124,12 +125,16 @@ class Browser:
 
     def wait_js(self, expression: str, timeout: float = 15.0):
         deadline = time.monotonic() + timeout
+        err = None
         while time.monotonic() < deadline:
-            v = self.js(expression)
+            try:
+                v = self.js(expression)
+            except RuntimeError as exc:  # the page is still loading (an element not there yet)
+                v, err = None, exc
             if v:
                 return v
             time.sleep(0.05)
-        raise TimeoutError(f"the page never satisfied: {expression}")
+        raise TimeoutError(f"the page never satisfied: {expression} (last error: {err})")
 
     def screenshot(self, clip: dict | None = None) -> np.ndarray:
         params = {"format": "png"}
@@ -246,3 +251,95 @@ def test_http_is_loopback_unless_allowed():
     assert parse_http("0.0.0.0:8080", True) == ("0.0.0.0", 8080)
     with pytest.raises(TransportError, match="expected HOST:PORT"):
         parse_http("localhost:http", False)
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    return buf.tobytes()
+
+
+def test_one_panel_per_stream_and_the_lesion_box_is_drawn_from_data():
+    """Two publishers (two probes) through one viewer: two panels. A preview whose score has a
+    lesion box: the page names it, and the lesion toggle changes pixels on the box's outline only."""
+    import msgspec
+
+    from streamcad.messages import Preview
+
+    eps = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(2)]
+    pubs = [Publisher(ep, stream=name) for ep, name in zip(eps, ("left", "right"), strict=True)]
+    server = ViewerServer(eps, host="127.0.0.1", port=_free_port())
+    server.serve_in_thread()
+    browser = None
+    img = np.full((300, 400), 90, np.uint8)
+    img[50:250, 100:300] = 160  # the 'sector'
+    roi, box = (100, 50, 200, 200), (150, 100, 60, 40)
+    try:
+        deadline = time.monotonic() + 10
+        while any(p.subscriptions < 3 for p in pubs) and time.monotonic() < deadline:
+            for p in pubs:
+                p.service(0.05)
+        browser = Browser(server.url)
+        browser.wait_js("document.getElementById('conn').textContent === 'live'")
+        for i, p in enumerate(pubs):
+            p.publish_score(frame_index=5, t_capture_ns=1000 + i, latency_ms={"infer": 2.0}, probs=None,
+                            malignancy=None, state="no_lesion", flags=[], roi=roi, model_sha256="ab",
+                            lesion={"box": box, "confidence": 0.9})
+        prev = msgspec.convert(dict(
+            schema=1, stream="left", publisher=pubs[0].publisher_id, seq=0, frame_index=5, t_capture_ns=1000,
+            t_publish_ns=2000, format="jpeg", image=_jpeg(img), width=400, height=300, frame_width=400,
+            frame_height=300, roi=roi, saliency=None, lesion={"box": box, "confidence": 0.9}), Preview)
+        assert pubs[0].write_preview(prev)
+        browser.wait_js("document.querySelectorAll('.panel').length === 2")
+        names = browser.js("[...document.querySelectorAll('.panel .stream-name')].map(e => e.textContent).sort()")
+        assert names == ["left", "right"]
+        browser.wait_js("document.querySelector('.panel[data-stream=\"left\"] .no-preview').hidden === true")
+        time.sleep(0.2)
+        rect = browser.js("(() => { const r = document.querySelector('.panel[data-stream=\"left\"] canvas.image')"
+                          ".getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; })()")
+        assert (rect["width"], rect["height"]) == (400, 300)
+        on = browser.screenshot(rect)
+        browser.js("document.getElementById('show-lesion').click()")
+        time.sleep(0.2)
+        off = browser.screenshot(rect)
+        changed = np.abs(on.astype(int) - off.astype(int)).sum(axis=2) > 30
+        ys, xs = np.nonzero(changed)
+        assert changed.any(), "the lesion toggle changed nothing"
+        x, y, w, h = box
+        # the outline (2 px) and its label above it: nothing inside the box, nothing elsewhere
+        assert xs.min() >= x - 3 and xs.max() <= x + w + 3 + 80 and ys.min() >= y - 20 and ys.max() <= y + h + 3
+        assert not changed[y + 4:y + h - 4, x + 4:x + w - 4].any()
+        assert browser.js("document.querySelector('.panel[data-stream=\"right\"] .no-preview').hidden") is False
+    finally:
+        if browser is not None:
+            browser.close()
+        server.stop()
+        for p in pubs:
+            p.close()
+
+
+def test_a_slow_browser_loses_its_oldest_messages_and_only_the_newest_preview_waits():
+    from streamcad.viewer.server import _OUTBOX, _Client
+
+    async def go():
+        c = _Client()
+        for i in range(_OUTBOX + 5):
+            c.put("score", "p", f"s{i}")
+        c.put("preview", "p", "old")
+        c.put("preview", "p", "new")
+        c.put("preview", "q", "other")
+        return c
+
+    c = asyncio.run(go())
+    assert len(c.queue) == _OUTBOX and c.queue[0] == "s5" and c.dropped == 5
+    assert c.previews == {"p": "new", "q": "other"}
+
+
+def test_view_cli_refuses_a_remote_bind_in_one_line():
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "streamcad.cli", "view", "--http", "0.0.0.0:8080"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to bind" in lines[0] and "--allow-remote" in lines[0]
