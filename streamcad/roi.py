@@ -339,6 +339,38 @@ def _fan_axis(mask: np.ndarray) -> float | None:
     return float(np.median(centre)) if len(centre) else None
 
 
+def _mirror_fan(
+    hull: np.ndarray,
+    small_shape: tuple[int, int],
+    sx: float,
+    W: int,
+    edges: tuple[int, int],
+    coarse: tuple[int, int],
+) -> tuple[int, int]:
+    """Left and right edges (full resolution) of a fan, made symmetric about its apex.
+
+    A fan flank that shows no echo in these frames (lateral dropout, lung, a dark chamber) is
+    still part of the sector: fans are drawn symmetric about the vertical line through the apex,
+    so the flank seen further out sets both sides. hull: the sector's convex hull in working
+    pixels; edges: the snapped (x0, x1); coarse: the unsnapped ones (snapping counts signal
+    pixels per column, which a sparse dim flank may not reach, so the outer of the two counts).
+    """
+    x0, x1 = edges
+    hull_mask = np.zeros(small_shape, np.uint8)
+    cv2.fillConvexPoly(hull_mask, hull, 1)
+    axis = _fan_axis(hull_mask.astype(bool))
+    if axis is None:
+        return x0, x1
+    a = (axis + 0.5) * sx
+    half = max(a - min(x0, coarse[0]), max(x1, coarse[1]) - a)
+    # only a fan whose apex sits near the middle of what is seen: a linear image with a shadowed
+    # corner also has a 'narrow end', but far off its centre
+    centred = abs(a - (x0 + x1) / 2.0) <= _FAN_AXIS_OFFSET * (x1 - x0)
+    if not centred or half > _FAN_MIRROR_MAX * (x1 - x0):
+        return x0, x1
+    return max(0, int(np.floor(a - half))), min(W, int(np.ceil(a + half)))
+
+
 def _detect_small(
     small: Sequence[np.ndarray], full_shape: tuple[int, int], full: np.ndarray | None = None
 ) -> Roi:
@@ -394,9 +426,8 @@ def _detect_small(
     live = None
     if std is not None:
         live = (std > _LIVE_STD) & ~trace[labels]
-        if (
-            live.mean() < 0.002
-        ):  # nothing moves but traces (frozen or still start): no temporal evidence
+        # nothing moves but traces (a frozen image or a still start): no temporal evidence
+        if live.mean() < 0.002:
             live = None
 
     # Score every component at once: area x speckle texture (x liveness when frames move).
@@ -449,7 +480,7 @@ def _detect_small(
     pts = cv2.findNonZero(comp.astype(np.uint8))
     hull = cv2.convexHull(pts)
     hull_area = cv2.contourArea(hull) if len(pts) >= 3 else area
-    cx0, cy0, cw, ch = cv2.boundingRect(pts)
+    _, _, cw, ch = cv2.boundingRect(pts)
     fill = hull_area / float(max(1, (cw - 1) * (ch - 1)))  # hull of pixel centres over their box
     shape = "curved" if fill < _CURVED_FILL else "linear"
 
@@ -470,22 +501,7 @@ def _detect_small(
         coarse = (x0, x1)
 
     if shape == "curved":
-        # A fan flank that shows no echo in these frames (lateral dropout, lung, a dark chamber)
-        # is still part of the sector: fans are drawn symmetric about the line through the apex,
-        # so the flank seen further out sets both sides.
-        hull_mask = np.zeros((h, w), np.uint8)
-        cv2.fillConvexPoly(hull_mask, hull, 1)
-        axis = _fan_axis(hull_mask.astype(bool))
-        if axis is not None:
-            # the half-width from the outer of the coarse and the snapped edges: snapping counts
-            # signal pixels per column, which a sparse dim flank may not reach
-            a = (axis + 0.5) * sx
-            half = max(a - min(x0, coarse[0]), max(x1, coarse[1]) - a)
-            # only a fan whose apex sits near the middle of what is seen: a linear image with a
-            # shadowed corner also has a 'narrow end', but far off its centre
-            centred = abs(a - (x0 + x1) / 2.0) <= _FAN_AXIS_OFFSET * (x1 - x0)
-            if centred and half <= _FAN_MIRROR_MAX * (x1 - x0):
-                x0, x1 = max(0, int(np.floor(a - half))), min(W, int(np.ceil(a + half)))
+        x0, x1 = _mirror_fan(hull, (h, w), sx, W, (x0, x1), coarse)
 
     dominance = area / max(total_area, 1.0)  # 1.0 when nothing else on screen looks like signal
     conf = dominance * min(1.0, 2.0 * float(tex_frac[best]))
