@@ -1,14 +1,16 @@
 """Preview frames for viewers: a downscaled JPEG of a scored frame, its overlays kept as data.
 
-Data flow (the pipeline's threads; nothing here runs on the infer thread)::
+Data flow (streamcad.sinks.preview.PreviewSink drives it; nothing here runs on the infer thread)::
 
-    prepare thread:  due(t_capture_ns)? (rate limit, `fps`)  -> shrink(frame.image): a small copy
+    publish thread:  due(t_capture_ns)? (a rate grid, `fps`) -> a copy of the frame (~0.1 ms for
+                     1024x768, only for the frames due)
     publish thread:  offer(...) after the frame's score went out: ONE pending slot, a newer
                      offer replaces an older one that the encoder has not taken (counted in
                      `skipped`); never waits
-    encoder thread:  JPEG (cv2.imencode, `quality`), saliency map -> uint8 grid, -> fields
-    publish thread:  take() -> Publisher.publish_preview(**fields), only when no score is
-                     waiting to go out: previews yield to scores, and are skipped first
+    encoder thread:  shrink (INTER_AREA: ~5 ms for 1024x768 -> 480 px, so never on the publish
+                     thread), JPEG (cv2.imencode, `quality`), saliency map -> uint8 grid -> fields
+    publish thread:  take() (the sink's poll(), between scores) -> Publisher.write_preview:
+                     previews go out after their score, and are the first thing skipped
 
 The overlays are not burnt into the pixels: the ROI box, the saliency map (with the box it
 covers in frame pixels) and the lesion box travel as fields of the `preview` message
@@ -87,11 +89,12 @@ class PreviewEncoder:
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
     # ------------------------------------------------------------------ publish thread
-    def offer(self, *, frame_index: int, t_capture_ns: int, small: np.ndarray, frame_shape: tuple[int, int],
+    def offer(self, *, frame_index: int, t_capture_ns: int, image: np.ndarray,
               roi: tuple[int, int, int, int] | None, saliency: np.ndarray | None, lesion) -> None:
-        """Hand one frame to the encoder; replaces (and counts) one it has not started yet."""
-        job = dict(frame_index=frame_index, t_capture_ns=t_capture_ns, small=small, frame_shape=frame_shape,
-                   roi=roi, saliency=saliency, lesion=lesion)
+        """Hand one frame (an (H, W) uint8 array the encoder may keep) to the encoder; replaces
+        (and counts) one it has not started yet."""
+        job = dict(frame_index=frame_index, t_capture_ns=t_capture_ns, image=image, roi=roi,
+                   saliency=saliency, lesion=lesion)
         with self._cv:
             if self._pending is not None:
                 self.skipped += 1
@@ -129,8 +132,9 @@ class PreviewEncoder:
                 self._ready = fields
                 self.encoded += 1
 
-    def encode(self, *, frame_index, t_capture_ns, small, frame_shape, roi, saliency, lesion) -> dict | None:
+    def encode(self, *, frame_index, t_capture_ns, image, roi, saliency, lesion) -> dict | None:
         """One job -> Preview fields (without the publisher's own), or None when it is too large."""
+        small = self.shrink(image)
         ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise StreamcadError(f"OpenCV could not JPEG-encode a {small.shape} preview")
@@ -139,7 +143,7 @@ class PreviewEncoder:
             self._limiter.warning(log, "big", "preview of %d bytes exceeds %d: skipped; lower preview.max_side "
                                   "or preview.quality", len(data), MAX_PREVIEW_BYTES)
             return None
-        fh, fw = frame_shape
+        fh, fw = image.shape[:2]
         return {
             "frame_index": int(frame_index),
             "t_capture_ns": int(t_capture_ns),

@@ -80,8 +80,7 @@ def test_encoder_jpeg_is_the_downscaled_frame():
         small = enc.shrink(img)
         h, w = img.shape
         assert max(small.shape) == 200 and abs(small.shape[1] / small.shape[0] - w / h) < 0.02
-        fields = enc.encode(frame_index=3, t_capture_ns=5, small=small, frame_shape=img.shape, roi=None,
-                            saliency=None, lesion=None)
+        fields = enc.encode(frame_index=3, t_capture_ns=5, image=img, roi=None, saliency=None, lesion=None)
     finally:
         enc.close()
     jpeg = cv2.imdecode(np.frombuffer(fields["image"], np.uint8), cv2.IMREAD_GRAYSCALE)
@@ -136,10 +135,9 @@ def test_encoder_skips_the_older_job_when_busy_and_counts_it():
     img = _frame()
     enc = PreviewEncoder(fps=30, max_side=120, quality=60, saliency_kind="attention", input_size=160)
     try:
-        small = enc.shrink(img)
         with enc._cv:  # hold the encoder off: both offers land before it can take one
-            enc.offer(frame_index=1, t_capture_ns=1, small=small, frame_shape=img.shape, roi=None, saliency=None, lesion=None)
-            enc.offer(frame_index=2, t_capture_ns=2, small=small, frame_shape=img.shape, roi=None, saliency=None, lesion=None)
+            enc.offer(frame_index=1, t_capture_ns=1, image=img, roi=None, saliency=None, lesion=None)
+            enc.offer(frame_index=2, t_capture_ns=2, image=img, roi=None, saliency=None, lesion=None)
         deadline = time.monotonic() + 5
         got = None
         while got is None and time.monotonic() < deadline:

@@ -2,9 +2,9 @@
 
 Data flow (every call on the pipeline's publish thread, as the Sink contract says)::
 
-    write_frame(frame)           due (<= fps)? keep a downscaled copy of the frame
+    write_frame(frame)           due (<= fps)? keep a copy of the frame (downscaled by the encoder)
     write_saliency(index, map)   the model's saliency map of that frame (None: not scored)
-    write_score(score)           -> PreviewEncoder.offer(small, roi, saliency, lesion): never waits
+    write_score(score)           -> PreviewEncoder.offer(image, roi, saliency, lesion): never waits
     poll()                       -> an encoded preview ready? build the Preview message (its own
                                     seq) -> Publisher.write_preview (NOBLOCK)
 
@@ -44,7 +44,7 @@ class PreviewSink(Sink):
         self.written = 0
         self.dropped = 0  # never: a skipped preview is not a lost message (see the module docstring)
         self._seq = 0
-        self._frame = None  # (index, t_capture_ns, small image, (H, W)) of the frame due a preview
+        self._frame = None  # (index, t_capture_ns, image copy) of the frame due a preview
         self._saliency = None  # (index, map)
         self._closed = False
         set_rate = getattr(publisher, "set_preview_rate", None)
@@ -59,7 +59,7 @@ class PreviewSink(Sink):
         if not self.encoder.due(frame.t_capture_ns):
             self._frame = None
             return False
-        self._frame = (frame.index, frame.t_capture_ns, self.encoder.shrink(frame.image), frame.image.shape[:2])
+        self._frame = (frame.index, frame.t_capture_ns, frame.image.copy())  # the frame is shared: copy
         return True
 
     def write_saliency(self, frame_index: int, saliency) -> None:
@@ -70,10 +70,10 @@ class PreviewSink(Sink):
         sal, self._saliency = self._saliency, None
         if held is None or held[0] != msg.frame_index:
             return True
-        index, t_cap, small, shape = held
+        index, t_cap, image = held
         saliency = sal[1] if sal is not None and sal[0] == index and msg.probs is not None else None
-        self.encoder.offer(frame_index=index, t_capture_ns=t_cap, small=small, frame_shape=shape,
-                           roi=msg.roi, saliency=saliency, lesion=msg.lesion)
+        self.encoder.offer(frame_index=index, t_capture_ns=t_cap, image=image, roi=msg.roi,
+                           saliency=saliency, lesion=msg.lesion)
         return True
 
     def write_status(self, msg: Status) -> bool:
