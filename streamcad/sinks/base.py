@@ -28,6 +28,9 @@ How to add a sink (e.g. OpenIGTLink, a preview stream):
    with the delivered ``streamcad.sources.Frame`` (gray uint8 image, index, t_capture_ns, chroma)
    just before that frame's score. The image is shared: copy it if you keep it past the call.
 3. Need to trigger a status (a client joined)? Return the number of joins from ``poll()``.
+   Need the model's saliency map of each frame (streamcad.sinks.preview)? Set
+   ``wants_saliency = True`` and implement ``write_saliency(frame_index, saliency)``: called
+   just before that frame's score with the (h, w) map, or None when the frame was not scored.
 4. Register a builder in ``streamcad.sinks.SINKS`` if it is built from the config, and test it
    against ``MemorySink``: both must see the same messages.
 """
