@@ -3,8 +3,12 @@
     streamcad listen --endpoint tcp://127.0.0.1:5555 --stream probe0 --count 10 --json
 
 --json prints one JSON object per line (the wire payload's fields, "type" included); otherwise
-one compact human line per message. Exit 0 after --count messages (or on Ctrl-C); exit 1 with
-one line when nothing arrives within --timeout seconds.
+one compact human line per message. Until the first message it waits for a publisher (one line
+on stderr says so after --timeout seconds; --wait S gives up after S seconds instead). Exit 0
+after --count messages, when every stream seen has said its source `ended` (a file played to its
+end), or on Ctrl-C; exit 1 with one line when a stream that was talking goes silent for
+--timeout seconds. Seq gaps are counted only when both scores and statuses are received (they
+share one counter: with --kind status alone every score would look like a gap).
 
 A malformed message (bad JSON or msgpack, unknown type or schema, out-of-range field, too deeply
 nested, more than one frame, ...) is reported on stderr (rate-limited: the first few, then one
@@ -38,7 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=0, help="exit after N messages (0: run until Ctrl-C)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of human lines")
     p.add_argument("--latest-only", action="store_true", help="CONFLATE: keep only the newest message")
-    p.add_argument("--timeout", type=float, default=5.0, help="fail if no message arrives for S seconds (default 5)")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="after the first message: fail if none arrives for S seconds (default 5)")
+    p.add_argument("--wait", type=float, default=0.0,
+                   help="before the first message: give up after S seconds (default 0: wait for a publisher)")
     p.add_argument("--heartbeat", type=float, default=1.0, help="expected status interval in s (staleness = 3x)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 on the first malformed message (default: report, count and skip it)")
@@ -64,8 +71,8 @@ def _human(msg: Score | Status | Preview) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.count < 0 or args.timeout <= 0:
-        raise TransportError("--count must be >= 0 and --timeout > 0")
+    if args.count < 0 or args.timeout <= 0 or args.wait < 0:
+        raise TransportError("--count must be >= 0, --timeout > 0 and --wait >= 0")
     curve = None
     if args.curve_secret or args.curve_server_key:
         if not (args.curve_secret and args.curve_server_key):
@@ -79,10 +86,17 @@ def run(args: argparse.Namespace) -> int:
         reported = 0
         t_report = 0.0
         joined: set[tuple[str, str]] = set()
-        t_last = time.monotonic()
+        t_start = t_last = time.monotonic()
+        seen: set[str] = set()
+        ended: set[str] = set()
+        waiting_said = False
         while args.count == 0 or n < args.count:
             try:
-                msg = sub.recv(max(0.0, t_last + args.timeout - time.monotonic()))
+                if n == 0 and not seen:  # no publisher yet: wait for one
+                    msg = sub.recv(min(args.timeout, args.wait - (time.monotonic() - t_start)) if args.wait
+                                   else args.timeout)
+                else:
+                    msg = sub.recv(max(0.0, t_last + args.timeout - time.monotonic()))
             except MessageError as exc:
                 if args.strict:
                     print(f"streamcad listen: malformed message: {exc}", file=sys.stderr)
@@ -92,6 +106,16 @@ def run(args: argparse.Namespace) -> int:
                     reported += 1
                     t_report = now
                     print(f"streamcad listen: skipped a malformed message ({sub.rejected} so far): {exc}",
+                          file=sys.stderr)
+                continue
+            if msg is None and not seen:
+                if args.wait and time.monotonic() - t_start >= args.wait:
+                    print(f"streamcad listen: no publisher on {', '.join(endpoints)} within --wait {args.wait:g} s",
+                          file=sys.stderr)
+                    return 1
+                if not waiting_said:
+                    waiting_said = True
+                    print(f"streamcad listen: waiting for a publisher on {', '.join(endpoints)} (Ctrl-C to stop)",
                           file=sys.stderr)
                 continue
             if msg is None:
@@ -112,7 +136,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 sys.stdout.write(_human(msg) + "\n")
             sys.stdout.flush()
-        if sub.gap_count:
+            seen.add(msg.stream)
+            if isinstance(msg, Status) and msg.source is not None and msg.source.state == "ended":
+                ended.add(msg.stream)
+                if ended >= seen:  # every stream heard from has played to its end
+                    break
+        if sub.gap_count and {"score", "status"} <= set(args.kind or ("score", "status")):
             print(f"streamcad listen: {sub.gap_count} messages missing (seq gaps)", file=sys.stderr)
         if sub.rejected:
             kinds = ", ".join(f"{k}: {v}" for k, v in sub.rejected_by.most_common())
