@@ -7,6 +7,9 @@
         not_ultrasound  chroma (colourfulness of the original frame) above a threshold, or
                         no speckle: too few local intensity maxima inside solid tissue
                         (desktop screens, rendered text, smooth gradients)
+        doppler         colour-flow pixels (the source's colour mask: saturated red/orange or
+                        blue) cover more than a small fraction of the sector: a colour-Doppler
+                        box, whose colours the grayscale model was never meant to read
 
 The pipeline publishes the flags with each score; consumers should not trust a score that
 carries any flag. Only numpy and OpenCV; one small resize plus a few 128-px ops per frame.
@@ -22,9 +25,9 @@ import numpy as np
 
 from streamcad.errors import ConfigError, FrameError
 
-__all__ = ["FLAGS", "QualityConfig", "QualityChecker", "is_blank", "speckle_density"]
+__all__ = ["FLAGS", "QualityConfig", "QualityChecker", "doppler_fraction", "is_blank", "speckle_density"]
 
-FLAGS: tuple[str, ...] = ("blank", "frozen", "no_signal", "not_ultrasound")
+FLAGS: tuple[str, ...] = ("blank", "frozen", "no_signal", "not_ultrasound", "doppler")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ class QualityConfig:
     # fraction instead (thin text strokes on black have no solid tissue at all). The Clarius
     # crop, mostly a black eyeball, has 0.29.
     min_tissue: float = 0.05
+    # doppler: fraction of the sector's colour-mask samples that are colour flow (after a 3x3
+    # opening that removes thin coloured lines) above this. BUSI's colour-Doppler images measure
+    # 0.0024-0.0038 (one with a single small flow spot 0.0005); its yellow calipers and the
+    # recordings' green overlay box and ECG trace 0 (hue excluded or opened away).
+    doppler_min_fraction: float = 0.001
 
     def __post_init__(self) -> None:
         for key in (
@@ -73,6 +81,7 @@ class QualityConfig:
             "chroma_max",
             "min_speckle",
             "min_tissue",
+            "doppler_min_fraction",
         ):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -95,6 +104,22 @@ def speckle_density(g: np.ndarray, min_tissue: float = 0.05) -> float:
     core = cv2.erode(tissue, _CORE, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
     peaks = (g > cv2.dilate(g, _NB) + 0.5) & core
     return float(peaks.sum()) / max(float(core.sum()), min_tissue * g.size, 1.0)
+
+
+def doppler_fraction(colour: np.ndarray | None, frame_shape: tuple[int, int], roi: tuple[int, int, int, int]) -> float:
+    """Fraction of the sector's colour-mask samples that are colour flow (Frame.colour, strided),
+    after a 3x3 opening (a caliper cross or a 1-2 px line never survives it). 0.0 for gray frames."""
+    if colour is None:
+        return 0.0
+    if not isinstance(colour, np.ndarray) or colour.ndim != 2 or colour.size == 0:
+        raise FrameError(f"colour mask must be a non-empty (h, w) array; got {getattr(colour, 'shape', colour)!r}")
+    s = max(1, -(-frame_shape[0] // colour.shape[0]))  # the stride: ceil(H / rows)
+    x, y, w, h = roi
+    crop = colour[y // s : -(-(y + h) // s), x // s : -(-(x + w) // s)]
+    if crop.size == 0:
+        return 0.0
+    opened = cv2.morphologyEx(np.ascontiguousarray(crop, np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    return float(np.count_nonzero(opened)) / crop.size
 
 
 def _blank(g: np.ndarray, cfg: QualityConfig) -> bool:
@@ -154,8 +179,9 @@ class QualityChecker:
             )
         return image
 
-    def check(self, roi_image: np.ndarray, chroma: float, stale: bool) -> frozenset[str]:
-        """ROI crop (h, w) uint8 + chroma of the original frame + source staleness -> set of FLAGS."""
+    def check(self, roi_image: np.ndarray, chroma: float, stale: bool, colour_fraction: float = 0.0) -> frozenset[str]:
+        """ROI crop (h, w) uint8 + chroma of the original frame + source staleness (+ the sector's
+        colour-flow fraction, doppler_fraction) -> set of FLAGS."""
         if (
             not isinstance(roi_image, np.ndarray)
             or roi_image.dtype != np.uint8
@@ -199,4 +225,8 @@ class QualityChecker:
         self._prev = small
         if self._unchanged >= cfg.frozen_frames:
             flags.add("frozen")
+        if not (0.0 <= colour_fraction <= 1.0):
+            raise FrameError(f"quality check expects colour_fraction in [0, 1]; got {colour_fraction!r}")
+        if colour_fraction > cfg.doppler_min_fraction:
+            flags.add("doppler")
         return frozenset(flags)
