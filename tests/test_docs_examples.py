@@ -261,3 +261,41 @@ def test_every_markdown_file_the_docs_name_exists():
             if not any(p.is_file() for p in here):
                 missing.append(f"{path.relative_to(REPO)}: {ref}")
     assert not missing, missing
+
+
+@pytest.mark.parametrize("block", [b for b in ALL if b.lang == "python" and "is_stale(" in b.code], ids=lambda b: b.id)
+def test_python_example_notices_a_silent_stream(block):
+    """The staleness check of an example must fire while the stream is silent, not only when a
+    message arrives (a `for msg in sub` loop never gets to it)."""
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    demo = subprocess.Popen([sys.executable, "-m", "streamcad.cli", "demo", "--no-dashboard", "--frames", "100000",
+                             "--endpoint", endpoint], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    example = subprocess.Popen([sys.executable, "-c", block.code.replace(DEMO_ENDPOINT, endpoint)], cwd=REPO,
+                               env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    stale = threading.Event()
+    scored = threading.Event()
+
+    def read() -> None:
+        for ln in example.stdout:
+            lines.append(ln.strip())
+            if ln.strip() == "demo stale":
+                stale.set()
+            elif len(lines) >= 3:
+                scored.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert scored.wait(60), f"no scores: {lines}"
+        demo.terminate()
+        demo.wait(timeout=30)
+        # stale = nothing for 3 heartbeats (3 s); allow the 1 s receive timeout on top
+        assert stale.wait(15), f"the example never said the stream went stale: {lines[-5:]}"
+    finally:
+        for p in (demo, example):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
