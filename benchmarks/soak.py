@@ -268,6 +268,10 @@ def _default_model(size: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--frames", type=int, help="stop after N published frames instead of --minutes")
+    ap.add_argument("--status-gap-limit", type=float, default=1.25,
+                    help="exit 1 when two statuses were further apart than this at the publisher "
+                         "(s; heartbeat 1 s + scheduling margin; the timing bound the unit test leaves to this run)")
     ap.add_argument("--model", help="model file with manifest (default: shipped model, else a contract graph)")
     ap.add_argument("--size", type=int, default=224, help="input size of the fallback contract graph")
     ap.add_argument("--pace", choices=["native", "none"], default="native")
@@ -299,17 +303,19 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(out)
 
     faults = None if args.faults_per_minute <= 0 else default_faults(args.seed, args.faults_per_minute, args.fps, args.hang_timeout, sizes=((w * 5 // 8, h * 5 // 8), None))
-    res = run_soak(model, seconds=args.minutes * 60, pace=args.pace, fps=args.fps, screen=(w, h), faults=faults,
+    res = run_soak(model, frames=args.frames, seconds=None if args.frames else args.minutes * 60, pace=args.pace, fps=args.fps, screen=(w, h), faults=faults,
                    hang_timeout_s=args.hang_timeout, checkpoint_s=args.checkpoint_s, on_checkpoint=write,
                    seed=args.seed, stalled_subscribers=args.stalled_subscribers, hwm_seconds=args.hwm_seconds)
     res["partial"] = False
     write(res)
-    ok = not res["exceptions"] and res["seq_gaps"] == 0 and not res["threads_left"]
+    gap_ok = res["max_status_gap_publish_s"] <= args.status_gap_limit
+    ok = not res["exceptions"] and res["seq_gaps"] == 0 and not res["threads_left"] and gap_ok
     print(f"soak {res['wall_s'] / 60:.1f} min: {res['scores']} scores, {res['faults']} faults {res['fault_kinds']}, "
           f"gaps {res['seq_gaps']}, exceptions {len(res['exceptions'])}, RSS growth {res['rss_growth_mb']} MB, "
           f"healthy UI latency {res['healthy_latency_ms']} ms with {args.stalled_subscribers} stalled UI(s) "
           f"(they got {res['stalled_received']}), "
-          f"threads left {res['threads_left']} -> {out}", file=sys.stderr)
+          f"threads left {res['threads_left']}, largest status gap {res['max_status_gap_publish_s']} s "
+          f"({'ok' if gap_ok else 'OVER'} the {args.status_gap_limit} s limit) -> {out}", file=sys.stderr)
     return 0 if ok else 1
 
 

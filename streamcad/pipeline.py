@@ -44,6 +44,9 @@ __all__ = ["Pipeline", "PipelineReport", "Item", "STAGES", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engines" / "models" / "default.onnx"
 _POLL_S = 0.05  # every blocking wait wakes this often to check for shutdown (< 1 s contract)
+# A status is due this much before heartbeat_s: the publish loop may wait one poll before it
+# looks, and the contract is at least one status per heartbeat_s, not one every heartbeat_s + poll.
+_STATUS_LEAD_S = _POLL_S + 0.02
 
 
 @dataclass(slots=True)
@@ -363,7 +366,7 @@ class Pipeline:
         return None
 
     def _status_due(self) -> bool:
-        return self.scores.status_due()  # the one heartbeat timer: the sinks keep none
+        return self.scores.status_due(_STATUS_LEAD_S)  # the one heartbeat timer: the sinks keep none
 
     def _poll_sinks(self) -> None:
         """Sink housekeeping; a client that joined (a new subscriber) gets a status at once."""
