@@ -1,6 +1,7 @@
-"""Sector detection on every recording of ../shared/data/video/sectors.json (several vendors, hand-read
-boxes), on cases composed from those real frames on the fly (a colour-Doppler box, a duplex
-screen with a scrolling spectral panel, black opening frames), and through the real pipeline.
+"""Sector detection on every recording of ../shared/data/video/sectors.json (several vendors,
+hand-read boxes), on cases composed from those real frames on the fly (a colour-Doppler box, a
+duplex screen with a scrolling or sweeping spectral panel, a dual view, a shadowed corner, black
+opening frames), and through the real pipeline.
 
 Nothing here is stored: the composed frames are made from the shared recordings at test time.
 """
