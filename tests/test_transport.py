@@ -258,10 +258,23 @@ def test_hwm_seconds_is_time_at_the_streams_rate(tmp_path):
             for i in range(6000):
                 pub.publish_score(**score_fields(i))
             held_after = len(_drain_raw(raw))
+            # a subscriber connecting after set_rate gets the new size too (a bound socket hands
+            # new pipes its bind-time HWM; the publisher re-applies it on the new subscription)
+            ctx2, late = _raw_stalled_sub(pub.endpoint)
+            try:
+                _wait_subscriptions(pub, 2)
+                _drain_raw(late, 100)
+                for i in range(6000):
+                    pub.publish_score(**score_fields(i))
+                held_late = len(_drain_raw(late))
+            finally:
+                late.close()
+                ctx2.term()
         finally:
             raw.close()
             ctx.term()
         assert 204 <= held_before < 1500 and held_after >= 2004, (held_before, held_after)
+        assert held_late > 1500, held_late  # (305 when the new pipe keeps the bind-time size)
         with pytest.raises(TransportError, match="finite"):
             pub.set_rate(float("inf"))
     for bad in (float("inf"), float("nan"), 0.0):
