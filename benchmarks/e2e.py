@@ -32,6 +32,7 @@ import numpy as np
 from benchmarks.replay import ReplaySource, load_frames
 from benchmarks.stats import summarize
 from streamcad.errors import StreamcadError
+from streamcad.messages import STAGES
 
 __all__ = ["E2EConfig", "run_e2e", "RssSampler", "backend_options"]
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 _FRAMES: dict = {}  # (uri, seed) -> pre-loaded frames for replay runs
-STAGES = ("grab", "preprocess", "queue", "infer", "smooth", "publish", "total")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-STAGES = ("grab", "preprocess", "queue", "infer", "smooth", "publish", "total")
+from streamcad.messages import STAGES  # the one list of latency stages
 
 
 def receive(endpoint: str, count: int, idle_s: float = 5.0, start_timeout_s: float = 60.0) -> dict:

@@ -95,7 +95,8 @@ Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 NonNegFloat = Annotated[float, Meta(ge=0.0)]
 StreamName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
-Flag = Literal["blank", "frozen", "no_signal", "not_ultrasound", "doppler", "out_of_domain"]
+# the Literal types below are built from these tuples: each name is written down once
+Flag = Literal[FLAGS]
 
 
 class Probs(Struct, kw_only=True):
@@ -129,7 +130,7 @@ class Score(Struct, tag="score", tag_field="type", kw_only=True):
     latency_ms: dict[str, float]  # per stage (STAGES); 'total' = capture -> publish
     probs: Probs | None  # None when the frame is flagged (not scored)
     malignancy: Unit | None  # smoothed p(malignant) over the lesion frames; None when there is no lesion track
-    state: Literal["suspicious", "clear", "no_lesion", "flagged"]
+    state: Literal[SCORE_STATES]
     flags: list[Flag]  # quality flags; empty = good frame
     roi: tuple[NonNegInt, NonNegInt, NonNegInt, NonNegInt] | None  # sector box x, y, w, h (px)
     model_sha256: str
@@ -147,7 +148,7 @@ class SourceStatus(Struct, kw_only=True):
     """What the frame source reports. Geometry is None until the first frame."""
 
     uri: str
-    state: Literal["connecting", "live", "stale", "reconnecting", "error", "ended"]
+    state: Literal[SOURCE_STATES]
     width: NonNegInt | None = None
     height: NonNegInt | None = None
     fps: NonNegFloat | None = None  # nominal fps of the source

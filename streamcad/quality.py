@@ -24,10 +24,13 @@ import cv2
 import numpy as np
 
 from streamcad.errors import ConfigError, FrameError
+from streamcad.messages import FLAGS as _MESSAGE_FLAGS
 
 __all__ = ["FLAGS", "QualityConfig", "QualityChecker", "doppler_fraction", "is_blank", "speckle_density"]
 
-FLAGS: tuple[str, ...] = ("blank", "frozen", "no_signal", "not_ultrasound", "doppler")
+# the flags this checker raises: every message flag (streamcad.messages.FLAGS, the one list)
+# but 'out_of_domain', which is the out-of-domain gate's (streamcad.gate_ood)
+FLAGS: tuple[str, ...] = tuple(f for f in _MESSAGE_FLAGS if f != "out_of_domain")
 
 
 @dataclass(frozen=True)

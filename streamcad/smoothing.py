@@ -34,12 +34,13 @@ from dataclasses import dataclass
 
 from streamcad.config import SmoothingConfig
 from streamcad.errors import ConfigError
+from streamcad.messages import SCORE_STATES
 
 __all__ = ["Smoother", "SmoothResult", "OperatingPoint", "STATES"]
 
 log = logging.getLogger(__name__)
 
-STATES = ("no_lesion", "clear", "suspicious", "flagged")
+STATES = SCORE_STATES  # the one list (streamcad.messages): Score.state
 
 
 @dataclass(frozen=True, slots=True)
