@@ -221,9 +221,11 @@ def test_listen_cli_json_and_human(capsys):
 
 
 def test_listen_cli_times_out_with_one_line(capsys):
-    assert main(["listen", "--endpoint", "tcp://127.0.0.1:9", "--timeout", "0.3"]) == 1
+    # no publisher: listen waits for one (saying so once); --wait bounds that wait
+    assert main(["listen", "--endpoint", "tcp://127.0.0.1:9", "--timeout", "0.3", "--wait", "0.6"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["streamcad listen: no message from tcp://127.0.0.1:9 within 0.3 s"]
+    assert err == ["streamcad listen: waiting for a publisher on tcp://127.0.0.1:9 (Ctrl-C to stop)",
+                   "streamcad listen: no publisher on tcp://127.0.0.1:9 within --wait 0.6 s"]
 
 
 def _malformed_frames() -> list[list[bytes]]:

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         waiting_said = False
         while args.count == 0 or n < args.count:
             try:
-                if n == 0 and not seen:  # no publisher yet: wait for one
+                if not seen and not sub.rejected:  # no publisher yet (not even a malformed one): wait
                     msg = sub.recv(min(args.timeout, args.wait - (time.monotonic() - t_start)) if args.wait
                                    else args.timeout)
                 else:
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"streamcad listen: skipped a malformed message ({sub.rejected} so far): {exc}",
                           file=sys.stderr)
                 continue
-            if msg is None and not seen:
+            if msg is None and not seen and not sub.rejected:
                 if args.wait and time.monotonic() - t_start >= args.wait:
                     print(f"streamcad listen: no publisher on {', '.join(endpoints)} within --wait {args.wait:g} s",
                           file=sys.stderr)
