@@ -343,3 +343,38 @@ def test_view_cli_refuses_a_remote_bind_in_one_line():
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to bind" in lines[0] and "--allow-remote" in lines[0]
+
+
+def test_the_viewer_subscribes_with_curve_keys_as_listen_does(tmp_path):
+    """A CURVE publisher with an allow-list: the viewer with an allowed key sees the stream, one
+    with a key not on the list sees nothing."""
+    from streamcad.security import ClientCurve, ServerCurve, generate_keypair
+
+    allow = tmp_path / "allowed"
+    allow.mkdir()
+    _, server_secret = generate_keypair(tmp_path / "server", "server")
+    ok_pub, ok_secret = generate_keypair(tmp_path / "ui", "ok")
+    _, bad_secret = generate_keypair(tmp_path / "ui", "bad")
+    (allow / "ok.key").write_bytes(ok_pub.read_bytes())
+    ep = f"tcp://127.0.0.1:{_free_port()}"
+    server_key = tmp_path / "server" / "server.key"
+    with Publisher(ep, stream="secure", curve=ServerCurve(server_secret, allow)) as pub:
+        viewers = {name: ViewerServer([ep], port=_free_port(), curve=ClientCurve.from_files(secret, server_key))
+                   for name, secret in (("ok", ok_secret), ("bad", bad_secret))}
+        try:
+            for v in viewers.values():
+                v.serve_in_thread()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not viewers["ok"].hub.received:
+                pub.publish_status()
+                time.sleep(0.05)
+            for _ in range(10):  # more time for the refused one to (not) get anything
+                pub.publish_status()
+                time.sleep(0.05)
+            states = {n: json.loads(urllib.request.urlopen(v.url + "api/state", timeout=5).read())
+                      for n, v in viewers.items()}
+        finally:
+            for v in viewers.values():
+                v.stop()
+    assert "secure" in states["ok"]["streams"] and states["ok"]["streams"]["secure"]["status"]["stream"] == "secure"
+    assert states["bad"]["streams"] == {} and states["bad"]["received"] == 0
