@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from engines.gate import CLASS_NAMES, load_gate_frames, softmax
+from streamcad.checkpoint import read_classifier
 from streamcad.errors import ArtifactError, ConfigError
 from streamcad.preprocess import PreprocessSpec
 
@@ -128,26 +129,13 @@ def load_classifier(checkpoint: str | os.PathLike) -> tuple[Any, dict, Preproces
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path, map_location="cpu")
-    missing = [k for k in ("kind", "model_config", "model", "preprocess") if k not in ckpt]
-    if missing:
-        raise ArtifactError(f"{path.name}: checkpoint lacks {missing}; expected a classifier checkpoint (train finetune)")
-    if ckpt["kind"] != "classifier":
-        raise ArtifactError(f"{path.name}: checkpoint kind {ckpt['kind']!r}; expected 'classifier' (an SSL checkpoint has no head)")
-    if "temperature" not in ckpt:
-        raise ArtifactError(f"{path.name}: classifier checkpoint has no 'temperature'; expected the calibration T (1.0 if uncalibrated)")
-    temperature = float(ckpt["temperature"])
-    if not (np.isfinite(temperature) and temperature > 0):
-        raise ArtifactError(f"{path.name}: temperature={ckpt['temperature']!r}; expected a finite value > 0")
-    try:
-        spec = PreprocessSpec.from_dict(dict(ckpt["preprocess"]))
-    except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"{path.name}: bad preprocess {ckpt['preprocess']!r}: {exc}") from exc
+    info = read_classifier(ckpt, path.name)  # the one checkpoint contract (streamcad.checkpoint)
     try:
         model = build_model(**ckpt["model_config"])
         model.load_state_dict(ckpt["model"], strict=True)
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise ArtifactError(f"{path.name}: weights do not fit model_config {ckpt['model_config']}: {exc}") from exc
-    return model.eval(), ckpt, spec, temperature
+    return model.eval(), ckpt, info.spec(), info.temperature
 
 
 def _temperature_wrapper(model: Any, temperature: float) -> Any:
@@ -282,16 +270,6 @@ def check_parity(
     )
 
 
-def _training_data(ckpt: dict) -> dict:
-    """What the manifest records about the data: the checkpoint's train_config entries about data."""
-    cfg = ckpt.get("train_config") or {}
-    keys = ("dataset", "datasets", "data", "split", "split_file", "split_sha256", "split_hash", "fold", "folds",
-            "val_fold", "test_fold", "size", "pretrained", "ssl_checkpoint")
-    out = {k: cfg[k] for k in keys if k in cfg}
-    out["epoch"] = ckpt.get("epoch")
-    return _jsonable(out)
-
-
 def _jsonable(x: Any) -> Any:
     """Checkpoint values (numpy / torch scalars, tuples, Paths) -> plain JSON types."""
     if isinstance(x, dict):
@@ -379,8 +357,9 @@ def export_checkpoint(
     meta = {"class_names": ",".join(CLASS_NAMES), "temperature": repr(temperature),
             "model": str(ckpt["model_config"].get("name", "")), "producer": "streamcad export"}
     parity = export_module(module, frames.batch, out, opset, tolerance, frames.source, meta)
-    metrics = _jsonable(ckpt.get("metrics") or {})
-    threshold = metrics.get("operating_threshold") if isinstance(metrics, dict) else None
+    info = read_classifier(ckpt, Path(checkpoint).name)
+    metrics = _jsonable(dict(info.metrics))
+    threshold = info.threshold  # what fine-tuning wrote ('threshold'; older: metrics.operating_threshold)
     try:
         manifest = write_manifest(
             out,
@@ -390,7 +369,7 @@ def export_checkpoint(
             operating_threshold=threshold if isinstance(threshold, (int, float)) else None,
             model={"name": ckpt["model_config"].get("name"), "config": _jsonable(ckpt["model_config"]),
                    "params": int(sum(p.numel() for p in model.parameters()))},
-            training_data=_training_data(ckpt),
+            training_data=_jsonable(info.training_data()),
             metrics=metrics,
             source={"file": Path(checkpoint).name, "sha256": sha256_file(checkpoint)},
             notes={"parity": parity.to_dict(), "exporter": "torch.onnx.export(dynamo=False)"},

@@ -50,9 +50,10 @@ def _checkpoint(path: Path, kind: str = "classifier", seed: int = 0) -> Path:
             "preprocess": PreprocessSpec(size=S).to_dict(),
             "epoch": 7,
             "optimizer": None,
-            "metrics": {"auc": 0.81, "operating_threshold": 0.4},
+            "metrics": {"auc": 0.81},
             "train_config": {"dataset": "busbra", "fold": 0, "split_sha256": "ab" * 32},
             "temperature": T,
+            "threshold": 0.4,  # where train.finetune and train.cv write the operating threshold
         },
         path,
     )

@@ -85,26 +85,21 @@ class TorchBackend(Backend):
         if cuda_graph_batch is not None and (dev.type != "cuda" or int(cuda_graph_batch) < 1):
             raise BackendError(f"torch: cuda_graph_batch={cuda_graph_batch!r} needs a CUDA device and a batch size >= 1")
 
+        from streamcad.checkpoint import read_classifier
         from train.common import load_checkpoint  # ArtifactError on unreadable files
         from train.model import build_model
 
         ckpt = load_checkpoint(artifact, map_location="cpu")
         where = Path(artifact).name
-        missing = [k for k in ("kind", "model_config", "model", "preprocess") if k not in ckpt]
-        if missing:
-            raise ArtifactError(f"{where}: checkpoint lacks {missing}; expected a classifier checkpoint from `streamcad train finetune`")
-        if ckpt["kind"] != "classifier":
-            raise ArtifactError(f"{where}: checkpoint kind {ckpt['kind']!r}; expected 'classifier' (an SSL checkpoint has no trained head)")
+        info = read_classifier(ckpt, where)  # the one checkpoint contract (streamcad.checkpoint)
         try:
             model = build_model(**ckpt["model_config"])
             model.load_state_dict(ckpt["model"], strict=True)
         except (RuntimeError, TypeError, ValueError, KeyError) as exc:
             raise ArtifactError(f"{where}: weights do not fit model_config {ckpt['model_config']}: {exc}") from exc
-        temperature = float(ckpt.get("temperature", 1.0))
-        if not temperature > 0:
-            raise ArtifactError(f"{where}: temperature={temperature}; expected > 0")
+        temperature = info.temperature
         self.temperature = temperature
-        self.preprocess = dict(ckpt["preprocess"])
+        self.preprocess = dict(info.preprocess)
         self.input_size = int(self.preprocess["size"])
         self.precision = precision
         self.device = str(dev)
