@@ -27,8 +27,11 @@ SCRIPT = textwrap.dedent(
         names.append(m.name)
         try:
             importlib.import_module(m.name)
-        except ImportError as exc:  # only the tensorrt backend may need its engine at import
-            if m.name != "streamcad.backends.tensorrt":
+        except ImportError as exc:  # only the tensorrt backend may need its engine at import,
+            # and a module of a runtime extra its extra (streamcad.viewer.server: aiohttp, the viewer extra)
+            from streamcad.extras import EXTRA_OF_MODULE
+            extra = EXTRA_OF_MODULE.get((getattr(exc, "name", None) or "").split(".")[0])
+            if m.name != "streamcad.backends.tensorrt" and extra not in ("viewer", "igtl"):
                 failed[m.name] = repr(exc)
     from streamcad.cli import main
     buf = io.StringIO()
