@@ -23,7 +23,7 @@ QUIET_BUILD := PYTHONWARNINGS="ignore:Editable installation"
 # these run: the CLI without the extras, the runtime's import hygiene, messages, config, client
 RUNTIME_TESTS ?= tests/test_cli_extras.py tests/test_no_torch.py tests/test_messages.py tests/test_config.py \
 	tests/test_client.py tests/test_docs_examples.py tests/test_docs_protocol_evolution.py tests/test_cli_listen.py \
-	tests/test_cli_status_current.py tests/test_cli_telemetry.py tests/test_packaging.py
+	tests/test_cli_status_current.py tests/test_cli_telemetry.py tests/test_packaging.py tests/test_preview.py
 
 .PHONY: demo test test-runtime evaluate lint clean check-python ffmpeg chromium
 
