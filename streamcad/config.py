@@ -201,7 +201,7 @@ class RecordConfig(_Section):
     # manifest and versions; written as it happens (a kill loses at most the last second).
     # Reaching a bound stops the recording, never the run. Replay: streamcad replay DIR.
     dir: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # None = no recording; must not exist or be empty
-    max_size_mb: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] = 4096.0  # ~20 min of 640x480 at 30 fps
+    max_size_mb: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] = 4096.0  # ~10 min of 1280x960 PNGs at 30 fps (223 KB each)
     max_duration_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 3600.0  # an hour: a long exam
     frames: bool = True  # false: messages only (no pixels on disk; --rescore then has nothing to score)
 
