@@ -32,6 +32,7 @@ import numpy as np
 
 from streamcad.config import RunConfig
 from streamcad.errors import SourceError, StreamcadError
+from streamcad.lesion import input_to_frame, lesion_box
 from streamcad.manifest import CLASS_NAMES
 from streamcad.messages import STAGES, ScoreStream
 from streamcad.preprocess import preprocess
@@ -65,6 +66,7 @@ class Item:
     ood_score: float | None = None  # the out-of-domain gate's score; None without a gate
     probs: tuple[float, float, float] | None = None
     saliency_peak: tuple[int, int] | None = None
+    lesion: dict | None = None  # {'box': (x, y, w, h), 'confidence': p} in frame pixels (streamcad.lesion)
     t: dict = field(default_factory=dict)  # stage -> monotonic ns at the stage's end
     frame: object | None = None  # the delivered Frame, kept only while a sink wants frames (the recorder)
 
@@ -137,6 +139,8 @@ class Pipeline:
                 self.model.close()
             raise
         self.spec = self.model.spec
+        manifest = getattr(self.model, "manifest", None)
+        self._lesion_head = manifest is not None and manifest.saliency_kind == "lesion_probability"
         self.source = source if source is not None else _open_source(config)
         # ONE ScoreStream builds every message (seq, stamps, the heartbeat timer): the status has
         # one owner, this pipeline's publish thread, and every sink gets the same messages
@@ -244,6 +248,9 @@ class Pipeline:
             p = e / e.sum()
             item.probs = (float(p[0]), float(p[1]), float(p[2]))
             item.saliency_peak = self._saliency_peak(item.saliency, item.roi)
+            if self._lesion_head:
+                box = lesion_box(item.saliency, item.roi, self.spec.size)
+                item.lesion = None if box is None else {"box": box.box, "confidence": box.confidence}
             item.logits = None
             if not self._saliency_sinks:  # the preview sink draws the map: keep it for finish()
                 item.saliency = None
@@ -282,6 +289,7 @@ class Pipeline:
             model_sha256=self.model.sha256,
             model=self.model.model_id,
             saliency_peak=item.saliency_peak,
+            lesion=item.lesion,
             label=item.label,
             ood_score=item.ood_score,
         )
@@ -338,13 +346,9 @@ class Pipeline:
         h, w = sal.shape
         iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
         S = self.spec.size
-        u, v = (ix + 0.5) * S / w, (iy + 0.5) * S / h  # model-input pixels
+        x, y = input_to_frame((ix + 0.5) * S / w, (iy + 0.5) * S / h, roi, S)
         rx, ry, rw, rh = roi
-        scale = S / max(rw, rh)
-        left, top = (S - round(rw * scale)) // 2, (S - round(rh * scale)) // 2
-        fx = min(max(int(rx + (u - left) / scale), rx), rx + rw - 1)
-        fy = min(max(int(ry + (v - top) / scale), ry), ry + rh - 1)
-        return fx, fy
+        return min(max(int(x), rx), rx + rw - 1), min(max(int(y), ry), ry + rh - 1)
 
     def _no_signal_item(self) -> Item:
         now = time.monotonic_ns()
