@@ -44,9 +44,9 @@ def _collect(sub: Subscriber, done: threading.Event, out: list, idle_s: float = 
             last = time.monotonic()
 
 
-def _cfg(tmp_path: Path, source: str, **extra) -> object:
+def _cfg(tmp_path: Path, uri: str, **extra) -> object:
     d = {
-        "source": {"uri": source, "pace": "none"},
+        "source": {"uri": uri, "pace": "none"},
         "model": {"path": str(DEFAULT_MODEL), "threads": 1},
         "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "stream": "rec", "wait_subscribers": 1,
                     "wait_timeout_s": 20.0},
@@ -142,21 +142,41 @@ def test_rescore_with_the_same_model_gives_identical_probabilities(recorded):
     assert all(f["recorded_probs"] == f["new_probs"] for f in out["frames"])
 
 
-def test_a_published_score_is_offline_preprocess_and_infer_of_the_recorded_frame(recorded):
-    """The score on the wire = softmax(model(preprocess(frame, roi))) computed here, offline."""
+def test_a_published_score_is_offline_preprocess_and_infer_of_the_same_frame(tmp_path):
+    """The score on the wire = softmax(model(preprocess(frame, roi))) computed here, offline, for
+    the frames the pipeline delivered (kept by a MemorySink; the sweep's breast images, so an
+    out-of-domain gate in the shipped model leaves them scored)."""
     from streamcad.manifest import load_model
     from streamcad.preprocess import preprocess
+    from streamcad.sinks import MemorySink
+    from streamcad.transport import publisher_from_config
 
-    d, _, _, _ = recorded
-    rec = Recording(d)
-    scores = [m for m in rec.messages() if isinstance(m, Score)]
-    frames = rec.frames()
+    cfg = _cfg(tmp_path, "sweep:", source={"fps": 30.0, "seed": 4}, record={"dir": None},
+               publish={"wait_subscribers": 0}, frames=30)
+    kept = MemorySink(wants_frames=True)
+    got: list = []
+    done = threading.Event()
+    with Subscriber(cfg.publish.endpoint, rcvhwm=100_000) as sub:
+        th = threading.Thread(target=_collect, args=(sub, done, got))
+        th.start()
+        try:
+            with Pipeline(cfg, publisher=publisher_from_config(cfg), sinks=[kept]) as pipe:
+                while pipe.publisher.subscriptions < 1:  # joined before the first message
+                    pipe.publisher.poll()
+                    time.sleep(0.005)
+                pipe.run_sequential()
+        finally:
+            done.set()
+            th.join(15)
+    scores = [m for m in got if isinstance(m, Score)]
+    assert scores == kept.scores and len(scores) == 30
+    images = {i: img for i, _, img in kept.frames}
     checked = 0
     with load_model(DEFAULT_MODEL, intra_op_threads=1) as model:
-        for e, sc in list(zip(frames, scores, strict=True))[-10:]:
+        for sc in scores[-15:]:
             if sc.probs is None:
                 continue
-            x = preprocess(rec.load_frame(e).image, model.spec, tuple(sc.roi))
+            x = preprocess(images[sc.frame_index], model.spec, tuple(sc.roi))
             logits = np.asarray(model.backend.infer(x[None])["logits"][0], np.float64)
             p = np.exp(logits - logits.max())
             p /= p.sum()
@@ -176,7 +196,9 @@ def test_rescore_with_another_model_reports_the_differences(recorded, tmp_path):
     out = rescore(d, model=other)
     s = out["summary"]
     assert s["compared"] == N and s["new_sha256"] != s["recorded_sha256"]
-    assert s["identical_probs"] < N and s["max_abs_delta"] > 0
+    assert s["identical_probs"] < N
+    if s["both_scored"]:  # (a gate in the shipped model may have left the lung frames unscored)
+        assert s["max_abs_delta"] > 0
 
 
 def test_file_dir_reads_a_recording_as_a_source(recorded):
