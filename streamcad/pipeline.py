@@ -4,8 +4,19 @@
         -> prepare thread:  ROI crop, quality flags, preprocess into a reused buffer
         -> infer thread:    backend.infer (ONNX Runtime / torch / TensorRT)
         -> publish thread:  out-of-domain gate on the model's embedding (streamcad.gate_ood:
-                            'out_of_domain' flag, probs dropped), smoothing, then ZeroMQ PUB
-                            (score per frame, status >= 1 Hz)
+                            'out_of_domain' flag, probs dropped), smoothing, then the
+                            ScoreStream builds the message (streamcad.messages: seq, stamps,
+                            validation) and every sink gets it (streamcad.sinks: the ZeroMQ
+                            Publisher, the Recorder, ...): a score per frame, a status >= 1 Hz
+
+Who owns what. The source owns capture, reconnects and its counters; RoiTracker the sector box;
+QualityChecker the flags; the Backend the model's outputs; the Smoother the state and the
+operating point; the ScoreStream every message and the one status heartbeat (this class decides
+when a status is due and sends it to every sink, so no sink keeps a timer of its own); a sink
+only delivers what it is given and counts its drops. This class owns the threads, the queues
+between them, the per-stage timestamps and the run's counters. Adding a source, a backend or a
+sink needs no change here: see streamcad/sources/__init__.py, streamcad/backends/base.py and
+streamcad/sinks/base.py.
 
 Stages hand over through bounded queues, so a slow stage pushes back to the source, where the
 newest frame wins and the lost ones are counted (never queued: latency stays bounded).

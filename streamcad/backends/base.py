@@ -9,6 +9,13 @@ Built-in backends live in sibling modules that import their engine (onnxruntime,
 tensorrt) only when a backend is loaded, so importing this package stays cheap and never
 imports torch or TensorRT. Unknown names, wrong artifact kinds and unavailable devices are
 errors that say what was expected; nothing falls back silently.
+
+How to add a backend: subclass ``Backend`` in a module of its own, decorate it with
+``@register_backend("name")`` (and add the module to ``_BUILTIN`` below so ``load_backend``
+finds it without importing the others), take its options as keyword arguments (load_backend
+refuses unknown ones by name), implement ``infer`` (the contract above) and ``close``, and set
+``input_size``, ``fixed_batch``, ``embedding_dim`` and the ``device`` and ``precision`` it really
+runs on: the pipeline compares them with the ``[model]`` config and refuses a mismatch.
 """
 
 from __future__ import annotations
