@@ -246,6 +246,8 @@ def convert_onnx(
             gate={**gate.to_dict(), "reference": "onnxruntime fp32 cpu", "frames": frames.source, "forced": bool(force and not gate.passed)},
             temperature=src.temperature,
             operating_threshold=src.operating_threshold,
+            outputs=src.outputs,
+            ood=src.ood,  # the out-of-domain gate travels with the model (fitted on its FP32 embedding)
             model=src.model,
             training_data=src.training_data,
             metrics=src.metrics,
