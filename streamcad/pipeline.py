@@ -576,6 +576,21 @@ class Pipeline:
             set_rate(info.fps)  # hwm_seconds at the source's own rate (unpaced: measured, below)
         self.publish_status()
 
+    def wait_subscribers(self, n: int = 1, timeout_s: float = 10.0) -> bool:
+        """Before run(): wait until the ZeroMQ sink has seen `n` subscriptions (a condition with
+        a timeout, where a fixed sleep would race a slow joiner). The status each subscriber
+        needs first goes out when the run begins. False after timeout_s or stop()."""
+        if self.publisher is None:
+            raise StreamcadError("wait_subscribers: this pipeline has no ZeroMQ sink to be subscribed to")
+        end = time.monotonic() + timeout_s
+        while self.publisher.subscriptions < n:
+            if time.monotonic() >= end or self._stop.is_set():
+                return False
+            for sink in self.sinks:
+                sink.poll()
+            self._stop.wait(0.005)
+        return True
+
     def _wait_for_subscribers(self) -> None:
         """Recorded media read unpaced (lossless) would otherwise start scoring before a UI that
         is still connecting is there, and it would never see those frames: wait for

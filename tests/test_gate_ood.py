@@ -195,7 +195,7 @@ def test_pipeline_flags_out_of_domain_frames_without_update(exported, tmp_path, 
     cfg = make_config(path, f"file:{clip}", frames=40)
     scores, statuses = [], []
     with Pipeline(cfg) as pipe, Subscriber(cfg.publish.endpoint, heartbeat_s=1.0) as sub:
-        time.sleep(0.3)
+        assert pipe.wait_subscribers(1, 20.0)
         pipe.run_sequential()  # every frame in order (pace 'none' on a file is lossless)
         end = time.monotonic() + 5
         while len(scores) < 40 and time.monotonic() < end:
@@ -231,7 +231,7 @@ def test_status_says_gate_absent(exported, tmp_path):
     _rewrite_ood(path, {})
     cfg = make_config(path, "sweep:", frames=3)
     with Pipeline(cfg) as pipe, Subscriber(cfg.publish.endpoint, heartbeat_s=1.0) as sub:
-        time.sleep(0.3)
+        assert pipe.wait_subscribers(1, 20.0)
         pipe.run_sequential()
         st = None
         end = time.monotonic() + 5
@@ -318,7 +318,7 @@ def test_pipeline_flags_doppler_frames_of_a_real_doppler_image(exported, tmp_pat
         cfg = make_config(path, f"file:{video}", frames=8)
         scores = []
         with Pipeline(cfg) as pipe, Subscriber(cfg.publish.endpoint, heartbeat_s=1.0) as sub:
-            time.sleep(0.3)
+            assert pipe.wait_subscribers(1, 20.0)
             pipe.run_sequential()
             end = time.monotonic() + 5
             while len(scores) < 8 and time.monotonic() < end:

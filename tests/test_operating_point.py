@@ -96,7 +96,7 @@ def test_a_model_without_threshold_needs_an_explicit_one(bare_model):
     cfg = _config(bare_model, endpoint, on_threshold=0.5)
     src = SweepSource(SAMPLE_DIR, pace="none", loop=True)
     with Pipeline(cfg, source=src) as pipe, Subscriber(cfg.publish.endpoint, heartbeat_s=1.0) as sub:
-        time.sleep(0.3)
+        assert pipe.wait_subscribers(1, 20.0)
         pipe.run()
         status = None
         end = time.monotonic() + 5.0

@@ -68,11 +68,7 @@ def make_config(tmp_path, model_path, source, **extra):
 def wait_joined(pipe, n=1, timeout=10.0):
     """Wait until n subscribers joined the pipeline's publisher (a condition with a timeout, not a
     fixed sleep: a slow joiner on a loaded machine only makes this take longer)."""
-    end = time.monotonic() + timeout
-    while pipe.publisher.subscriptions < n:
-        assert time.monotonic() < end, f"{n} subscriber(s) did not join within {timeout} s"
-        pipe.publisher.poll()
-        time.sleep(0.005)
+    assert pipe.wait_subscribers(n, timeout), f"{n} subscriber(s) did not join within {timeout} s"
 
 
 def collect(sub, want_scores, timeout=10.0):

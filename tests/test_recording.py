@@ -161,9 +161,7 @@ def test_a_published_score_is_offline_preprocess_and_infer_of_the_same_frame(tmp
         th.start()
         try:
             with Pipeline(cfg, publisher=publisher_from_config(cfg), sinks=[kept]) as pipe:
-                while pipe.publisher.subscriptions < 1:  # joined before the first message
-                    pipe.publisher.poll()
-                    time.sleep(0.005)
+                assert pipe.wait_subscribers(1, 20.0)  # joined before the first message
                 pipe.run_sequential()
         finally:
             done.set()

@@ -108,7 +108,7 @@ def run_pipeline(model_path, source: FaultySource, seconds: float, heartbeat_s: 
     })
     out = Run()
     with Pipeline(cfg, source=source) as pipe, Subscriber(cfg.publish.endpoint, rcvhwm=100_000) as sub:
-        time.sleep(0.3)  # let the subscription reach the publisher
+        assert pipe.wait_subscribers(1, 20.0)  # the subscription reached the publisher
 
         def target():
             try:

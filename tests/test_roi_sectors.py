@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import cv2
@@ -258,7 +257,7 @@ def test_pipeline_black_opening_then_sector_roi(
     # a contract model has no validated operating point: the state threshold is set explicitly
     cfg = make_config(tmp_path, model, f"file:{video}", smoothing={"on_threshold": 0.6})
     with Pipeline(cfg) as pipe, Subscriber(cfg.publish.endpoint, heartbeat_s=1.0) as sub:
-        time.sleep(0.3)  # let the subscriber join before the first frame
+        assert pipe.wait_subscribers(1, 20.0)  # the subscriber joined before the first frame
         report = pipe.run()
         scores, _ = collect(sub, report.frames_out, timeout=5)
     assert report.frames_out == len(scores) == 36

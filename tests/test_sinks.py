@@ -40,10 +40,7 @@ def test_the_publisher_and_every_other_sink_see_the_same_messages_and_no_others(
     with Subscriber(cfg.publish.endpoint, rcvhwm=100_000) as sub:
         with Pipeline(cfg, publisher=pub, sinks=[mem]) as pipe:
             assert pipe.scores is scores and pipe.publisher is pub and pipe.sinks == [pub, mem]
-            deadline = time.monotonic() + 20
-            while pub.subscriptions < 1 and time.monotonic() < deadline:  # joined before the first message
-                pub.poll()
-                time.sleep(0.01)
+            assert pipe.wait_subscribers(1, 20.0)  # joined before the first message
             pipe.run_sequential()
             end = time.monotonic() + 5
             while time.monotonic() < end and len(got) < len(mem.messages):
