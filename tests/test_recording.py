@@ -277,3 +277,17 @@ def test_sigkill_loses_at_most_the_last_second(video_dir, tmp_path, repo_root):
         e = frames[m.frame_index]
         assert rec.load_frame(e).image.shape == tuple(e.shape)
     json.loads((d / "session.json").read_text())  # written whole at the start (atomic rename)
+
+
+def test_the_source_factory_picks_the_recording_for_a_folder_and_never_falls_back(recorded, video_dir):
+    from streamcad.sources import SCHEMES, _factory, open_source
+    from streamcad.sources.capture import FileSource
+
+    d, _, _, _ = recorded
+    assert isinstance(open_source(f"file:{d}", pace="none"), RecordingSource)
+    assert isinstance(open_source(f"file:{video_dir / CLIP}", pace="none"), FileSource)
+    for scheme in SCHEMES:  # every scheme has its own class, none is the sweep by default
+        assert _factory(scheme, str(d)).__name__.lower().startswith(
+            {"file": "recording", "device": "device", "url": "url", "gst": "gst", "sweep": "sweep"}[scheme])
+    with pytest.raises(SourceError, match="unknown source scheme 'rtmp'"):
+        _factory("rtmp", "")
