@@ -44,6 +44,7 @@ def _check_outage_cycle(src, stall, resume, stop, restart) -> None:
     frames = _frames(src, 10)
     assert all(f.image.shape == (240, 320) for f in frames)
     assert (src.info.width, src.info.height) == (320, 240) and src.info.fps == pytest.approx(25.0)
+    assert src.info.extra["size_changes"] == "undetectable"  # said, since it cannot be seen
     stall()  # the server stops sending but keeps the connection: detected as stale
     wait_state(src, [SourceState.STALE])
     resume()

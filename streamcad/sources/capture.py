@@ -314,6 +314,11 @@ class UrlSource(CaptureSource):
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_ms]
         return cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
 
+    def _extra(self, cap) -> dict:
+        # decoded by OpenCV's FFmpeg backend: a stream that changes resolution arrives scaled to
+        # its first size, and nothing in OpenCV shows the coded size (module docstring)
+        return {"size_changes": "undetectable"}
+
 
 _APPSINK_DEFAULTS = {"drop": "true", "max-buffers": "1", "sync": "false"}
 
