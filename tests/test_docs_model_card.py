@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _report() -> dict:
-    return json.loads((REPO / "train" / "results" / "shipped_default.json").read_text())
+    """The v1 recipe's ship report (the tiny SSL model shipped before the v2 recipe): the template under test."""
+    return json.loads((REPO / "train" / "results" / "v1_shipped_default.json").read_text())
 
 
 def test_card_lists_every_clip_with_its_licence_and_warns_on_unlicensed(data_root, tmp_path):

