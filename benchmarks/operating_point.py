@@ -276,6 +276,18 @@ def analyse(scores: list[dict], on: float, off: float, threshold: float | None,
     return out
 
 
+def _git_state() -> dict:
+    """The commit measured, and the files that differed from it (uncommitted edits ran too)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+        return r.stdout if r.returncode == 0 else ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "modified_files": dirty}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", default="sample", help="sample | busbra-test | busi-test")
@@ -296,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         manifest = read_manifest(args.model)
+        git = _git_state()  # at the start: the code that is imported below
         with tempfile.TemporaryDirectory() as tmp:
             folder, what = image_folder(args.images, manifest, Path(tmp))
             t0 = time.monotonic()
@@ -311,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.operating_point " + " ".join(argv if argv is not None else sys.argv[1:]),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "git": git,
         "model": {"file": Path(args.model).name, "sha256": manifest.sha256, "operating_threshold": manifest.operating_threshold},
         "images": what,
         "sweep": {"seed": args.seed, "fps": args.fps, "dwell_s": args.dwell_s, "transition_s": args.transition_s,
