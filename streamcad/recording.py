@@ -3,7 +3,8 @@
 Data flow::
 
     pipeline publish thread ──► Recorder (a Sink): write_frame(frame) / write_score / write_status
-        ──► bounded queue (full: the item is dropped and counted, the pipeline never waits)
+        ──► bounded queue (full, or the writer more than MAX_LAG_S behind: the item is dropped
+            and counted, the pipeline never waits; unpaced recorded media: it waits instead)
         ──► writer thread ──► DIR/frames/00000/00000000.png     (the delivered gray frame, lossless)
                           ──► DIR/frames.jsonl                  (one line per frame: index, stamps, file)
                           ──► DIR/messages.jsonl                (every published message, wire JSON)
@@ -73,6 +74,8 @@ FORMAT = "streamcad-recording"
 FORMAT_VERSION = 1
 FLUSH_S = 0.25  # lines reach the kernel at least this often: a kill loses well under a second
 _QUEUE_ITEMS = 48  # ~0.8 s of 30 fps (a frame + its score each); a writer this far behind drops
+# and, at any rate, a writer whose last item waited this long: what is queued is what a kill loses
+MAX_LAG_S = 0.5
 _FRAMES_PER_DIR = 1000
 _PNG_LEVEL = 1  # fastest zlib level: lossless all the same, ~2x the size of level 9 at 1/5 the time
 _END = object()
@@ -121,6 +124,7 @@ class Recorder(Sink):
         self.stopped: str | None = None  # why recording stopped before close (a bound reached)
         self.error: str | None = None  # the writer failed (disk full, ...): recording stopped
         self._q: queue.Queue = queue.Queue(maxsize=_QUEUE_ITEMS)
+        self._lag_s = 0.0  # how long the item the writer took last had waited (the backlog, in time)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._t_first: float | None = None
@@ -188,9 +192,11 @@ class Recorder(Sink):
             return False  # stopped on a bound (said once in the log), not a drop
         try:
             if self.lossless:
-                self._q.put(item, timeout=10.0)  # a writer stuck this long counts as dropping
+                self._q.put((time.monotonic(), item), timeout=10.0)  # a writer stuck this long counts as dropping
+            elif self._lag_s > MAX_LAG_S:  # the writer is behind by more than the kill budget allows
+                return False
             else:
-                self._q.put_nowait(item)
+                self._q.put_nowait((time.monotonic(), item))
             return True
         except queue.Full:
             return False
@@ -240,13 +246,16 @@ class Recorder(Sink):
         try:
             while True:
                 try:
-                    item = self._q.get(timeout=FLUSH_S)
+                    got = self._q.get(timeout=FLUSH_S)
                 except queue.Empty:
-                    item = None
-                if item is _END:
+                    got, self._lag_s = None, 0.0
+                if got is _END:
                     break
-                if item is not None and not self.stopped:
-                    self._write(item)
+                if got is not None:
+                    t_put, item = got
+                    self._lag_s = time.monotonic() - t_put
+                    if not self.stopped:
+                        self._write(item)
                 now = time.monotonic()
                 if now - last_flush >= FLUSH_S or self._q.empty():
                     self._frames_f.flush()
