@@ -393,7 +393,9 @@ class Pipeline:
 
     @property
     def dropped(self) -> int:
-        """Messages the sinks dropped, all together (the status' counters.dropped_publish)."""
+        """What the sinks dropped, all together (each sink's own ``dropped``: messages, or frames
+        for a frame sink such as OpenIGTLink). The status' counters.dropped_publish is only the
+        ZeroMQ publisher's: what a subscriber can see as gaps (docs/PROTOCOL.md)."""
         return sum(s.dropped for s in self.sinks)
 
     def publish_status(self) -> None:
@@ -404,7 +406,7 @@ class Pipeline:
         self.report.overwritten = stats.frames_overwritten
         self.report.rejected = stats.frames_rejected
         self.report.reconnects = stats.reconnects
-        self.report.dropped_publish = dropped = self.dropped
+        self.report.dropped_publish = dropped = self.publisher.dropped if self.publisher is not None else 0
         fps_out = self.stats.fps_out()
         set_rate = getattr(self.publisher, "set_rate", None)
         if set_rate is not None and fps_out > 1.2 * getattr(self.publisher, "rate", 0.0):

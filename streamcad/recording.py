@@ -9,6 +9,7 @@ Data flow::
                           ──► DIR/frames.jsonl                  (one line per frame: index, stamps, file)
                           ──► DIR/messages.jsonl                (every published message, wire JSON)
                           (lines flushed at least every FLUSH_S; a SIGKILL loses at most ~1 s)
+        DIR/drops.jsonl  (the writer's running drop counts, a line when they change)
         DIR/session.json (at open: format, run config, model id/sha256/path, versions, stream)
         DIR/model.json   (the model manifest as loaded)      DIR/end.json (at a clean close: counts)
 
@@ -52,6 +53,7 @@ import numpy as np
 
 from streamcad.errors import SourceError, StreamcadError
 from streamcad.messages import Message, Score, Status, decode_payload, encode
+from streamcad.ratelimit import LogLimiter
 from streamcad.sinks.base import Sink
 from streamcad.sources.base import Frame, SourceInfo, ThreadedSource
 
@@ -108,7 +110,7 @@ class Recorder(Sink):
             raise RecordingError(f"record bounds: expected max_size_mb > 0 and max_duration_s > 0, "
                                  f"got {max_size_mb} and {max_duration_s}")
         self.dir = Path(directory).expanduser()
-        self.session = dict(session or {})
+        self.session = {"format": FORMAT, "version": FORMAT_VERSION, "created_utc": _utc_now(), **(session or {})}
         self.manifest = manifest
         self.max_bytes = int(max_size_mb * 1e6)
         self.max_duration_s = float(max_duration_s)
@@ -125,10 +127,12 @@ class Recorder(Sink):
         self.error: str | None = None  # the writer failed (disk full, ...): recording stopped
         self._q: queue.Queue = queue.Queue(maxsize=_QUEUE_ITEMS)
         self._lag_s = 0.0  # how long the item the writer took last had waited (the backlog, in time)
+        self._limiter = LogLimiter(10.0)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._t_first: float | None = None
-        self._frames_f = self._messages_f = None
+        self._frames_f = self._messages_f = self._drops_f = None
+        self._drops_written = (0, 0)
 
     @classmethod
     def from_config(cls, config, context: dict | None = None) -> Recorder:
@@ -178,6 +182,7 @@ class Recorder(Sink):
                 _write_json_atomic(d / "model.json", self.manifest)
             self._frames_f = open(d / "frames.jsonl", "ab")  # noqa: SIM115 (closed by the writer thread)
             self._messages_f = open(d / "messages.jsonl", "ab")  # noqa: SIM115
+            self._drops_f = open(d / "drops.jsonl", "ab")  # noqa: SIM115
         except OSError as exc:
             raise RecordingError(f"record dir {d}: cannot write: {exc}") from exc
         self._thread = threading.Thread(target=self._writer, name="streamcad-recorder", daemon=True)
@@ -201,10 +206,15 @@ class Recorder(Sink):
         except queue.Full:
             return False
 
+    def _dropped(self, what: str) -> None:
+        self._limiter.warning(log, "dropped", "recording %s: the writer is behind (%.2f s); dropped %d messages and "
+                              "%d frames so far (%s now)", self.dir, self._lag_s, self.dropped, self.frames_dropped, what)
+
     def write_score(self, msg: Score) -> bool:
         ok = self._offer(("msg", encode(msg, "json")))
         if not ok and not (self.stopped or self.error or self._closed):
             self.dropped += 1
+            self._dropped("a message")
         return ok
 
     write_status = write_score
@@ -216,6 +226,7 @@ class Recorder(Sink):
         ok = self._offer(item)
         if not ok and not (self.stopped or self.error or self._closed):
             self.frames_dropped += 1
+            self._dropped("a frame")
         return ok
 
     def close(self) -> None:
@@ -260,16 +271,28 @@ class Recorder(Sink):
                 if now - last_flush >= FLUSH_S or self._q.empty():
                     self._frames_f.flush()
                     self._messages_f.flush()
+                    self._note_drops()
                     last_flush = now
         except Exception as exc:  # a full disk, a removed folder: recording stops, the run goes on
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("recording %s stopped: %s", self.dir, self.error)
         finally:
-            for f in (self._frames_f, self._messages_f):
+            self._note_drops()
+            for f in (self._frames_f, self._messages_f, self._drops_f):
                 try:
                     f.close()
                 except OSError:
                     log.exception("recording %s: close failed", self.dir)
+
+    def _note_drops(self) -> None:
+        """drops.jsonl: the running drop counts, a line whenever they changed (so a killed
+        recording still says what its writer dropped, besides the seq gaps in messages.jsonl)."""
+        now = (self.dropped, self.frames_dropped)
+        if now != self._drops_written:
+            self._drops_f.write(json.dumps({"t_ns": time.monotonic_ns(), "dropped_messages": now[0],
+                                            "dropped_frames": now[1]}).encode() + b"\n")
+            self._drops_f.flush()
+            self._drops_written = now
 
     def _within_bounds(self, extra: int) -> bool:
         now = time.monotonic()
@@ -379,6 +402,17 @@ class Recording:
     def complete(self) -> bool:
         """False when the recorder was killed (no end.json): at most the last second is missing."""
         return self.end is not None
+
+    @property
+    def drops(self) -> dict:
+        """What the writer dropped (queue full or too far behind): end.json's counts, else the
+        last line of drops.jsonl (a killed recording), else none."""
+        if self.end is not None:
+            return {"dropped_messages": self.end["dropped_messages"], "dropped_frames": self.end["dropped_frames"]}
+        lines = _read_lines(self.dir / "drops.jsonl", "drops.jsonl")
+        last = json.loads(lines[-1]) if lines else {}
+        return {"dropped_messages": int(last.get("dropped_messages", 0)),
+                "dropped_frames": int(last.get("dropped_frames", 0))}
 
     @property
     def manifest(self) -> dict | None:

@@ -18,7 +18,7 @@ import pytest
 from streamcad.client import Subscriber
 from streamcad.config import config_from_dict
 from streamcad.errors import SourceError
-from streamcad.messages import Score, Status
+from streamcad.messages import Score
 from streamcad.pipeline import DEFAULT_MODEL, Pipeline
 from streamcad.recording import (
     Recorder,
@@ -81,6 +81,7 @@ def test_recording_holds_every_published_message_and_frame(recorded):
     d, live, report, _ = recorded
     rec = Recording(d)
     assert rec.complete and rec.end["dropped_messages"] == 0 and rec.end["dropped_frames"] == 0
+    assert rec.drops == {"dropped_messages": 0, "dropped_frames": 0} and (d / "drops.jsonl").read_bytes() == b""
     msgs = rec.messages()
     scores = [m for m in msgs if isinstance(m, Score)]
     assert len(scores) == report.frames_out == N
@@ -266,7 +267,7 @@ def test_sigkill_loses_at_most_the_last_second(video_dir, tmp_path, repo_root):
     assert not rec.complete  # killed: no end.json
     recorded = {m.seq: m for m in rec.messages()}
     old = [m for m in live if m.t_publish_ns < t_kill - 1_000_000_000]
-    drops = max((m.counters.dropped_publish for m in live if isinstance(m, Status)), default=0)
+    drops = sum(rec.drops.values())  # what the writer said it dropped (drops.jsonl), if anything
     missing = [m.seq for m in old if recorded.get(m.seq) != m]
     assert old and len(missing) <= drops, f"{len(missing)} messages older than 1 s not recorded: {missing[:10]}"
     frames = {e.index: e for e in rec.frames()}
@@ -291,3 +292,31 @@ def test_the_source_factory_picks_the_recording_for_a_folder_and_never_falls_bac
             {"file": "recording", "device": "device", "url": "url", "gst": "gst", "sweep": "sweep"}[scheme])
     with pytest.raises(SourceError, match="unknown source scheme 'rtmp'"):
         _factory("rtmp", "")
+
+
+def test_a_writer_that_falls_behind_drops_counts_and_says_so(tmp_path):
+    """Frames offered far faster than PNG can encode them (noise at 1280x960): the recorder
+    drops instead of making the caller wait, and every drop is accounted for on disk."""
+    from streamcad.messages import ScoreStream
+    from streamcad.sources.base import Frame
+
+    stream = ScoreStream("drops")
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (960, 1280), np.uint8)  # incompressible: the slowest PNG there is
+    rec = Recorder(tmp_path / "r")
+    rec.open()
+    n = 300
+    for i in range(n):
+        rec.write_frame(Frame(noise, time.monotonic_ns(), i))
+        rec.write_score(stream.score(frame_index=i, t_capture_ns=1, latency_ms={}, probs=None, malignancy=None,
+                                     state="flagged", flags=["blank"], roi=None, model_sha256="ab"))
+    rec.close()
+    r = Recording(tmp_path / "r")
+    assert r.end["dropped_frames"] > 0 and r.end["frames"] + r.end["dropped_frames"] == n
+    assert r.end["messages"] + r.end["dropped_messages"] == n
+    assert r.drops == {"dropped_messages": r.end["dropped_messages"], "dropped_frames": r.end["dropped_frames"]}
+    last = json.loads((tmp_path / "r" / "drops.jsonl").read_text().splitlines()[-1])
+    assert (last["dropped_messages"], last["dropped_frames"]) == (r.end["dropped_messages"], r.end["dropped_frames"])
+    seqs = [m.seq for m in r.messages()]
+    assert len(seqs) == r.end["messages"] and seqs == sorted(seqs)  # the dropped ones are seq gaps
+    assert len(r.frames()) == r.end["frames"]

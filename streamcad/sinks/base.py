@@ -9,8 +9,10 @@ Data flow::
 
 A sink only delivers or keeps messages; it never builds, re-stamps or re-numbers one (the
 ScoreStream does, once, so every output agrees). It must not block the publish thread: a sink
-that cannot take a message now drops it and counts it in ``dropped`` (the status reports the sum
-of every sink's drops as ``counters.dropped_publish``). Every call comes from the one publish
+that cannot take a message now drops it and counts it in ``dropped`` (``Pipeline.dropped`` sums
+them; the status' ``counters.dropped_publish`` stays the ZeroMQ publisher's own, what a
+subscriber sees as gaps; any other sink that drops says so in the log, rate-limited: see
+streamcad.ratelimit). Every call comes from the one publish
 thread (ZeroMQ sockets are not thread-safe); a sink that does slow work (disk, network) hands it
 to its own thread through a bounded queue.
 
