@@ -52,3 +52,44 @@ def test_input_to_frame_inverts_the_letterbox_of_a_wide_roi():
     roi = (50, 20, 400, 200)  # letterboxed: scale 0.4, 80 px tall, top pad 40
     assert input_to_frame(0, 40, roi, S) == pytest.approx((50, 20))
     assert input_to_frame(160, 120, roi, S) == pytest.approx((450, 220))
+
+
+def test_published_lesion_box_is_the_offline_one_of_the_same_frame(tmp_path):
+    """The shipped model has a lesion head (manifest saliency_kind = lesion_probability): the
+    'lesion' of each score equals lesion_box(saliency of model(preprocess(frame, roi))) computed
+    here offline, and lies inside the ROI; the sweep's breast images show lesions in some frames."""
+    from streamcad.config import config_from_dict
+    from streamcad.manifest import load_model, read_manifest
+    from streamcad.pipeline import DEFAULT_MODEL, Pipeline
+    from streamcad.preprocess import preprocess
+    from streamcad.sinks import MemorySink
+
+    if read_manifest(DEFAULT_MODEL).saliency_kind != "lesion_probability":
+        pytest.skip("the shipped model has no lesion head")
+    cfg = config_from_dict({
+        "source": {"uri": "sweep:", "pace": "none", "fps": 30.0, "seed": 2},
+        "model": {"path": str(DEFAULT_MODEL), "threads": 1},
+        "frames": 200, "dashboard": False,  # the sweep reaches its first lesion after ~130 frames
+    })
+    kept = MemorySink(wants_frames=True)
+    with Pipeline(cfg, sinks=[kept]) as pipe:
+        pipe.run_sequential()
+    images = {i: img for i, _, img in kept.frames}
+    with load_model(DEFAULT_MODEL, intra_op_threads=1) as model:
+        seen = 0
+        for sc in kept.scores:
+            if sc.probs is None:
+                assert sc.lesion is None  # flagged frames carry no lesion
+                continue
+            x = preprocess(images[sc.frame_index], model.spec, tuple(sc.roi))
+            sal = np.asarray(model.backend.infer(x[None])["saliency"][0, 0])
+            want = lesion_box(sal, tuple(sc.roi), model.spec.size)
+            if want is None:
+                assert sc.lesion is None
+                continue
+            seen += 1
+            assert tuple(sc.lesion.box) == want.box and sc.lesion.confidence == pytest.approx(want.confidence, abs=1e-5)
+            rx, ry, rw, rh = sc.roi
+            x0, y0, w, h = sc.lesion.box
+            assert rx <= x0 and ry <= y0 and x0 + w <= rx + rw and y0 + h <= ry + rh
+    assert seen >= 5
