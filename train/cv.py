@@ -436,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="run folder root; the run writes OUT/cv/foldK or OUT/cross/SOURCE")
     r.add_argument("--epochs", type=int, default=RecipeConfig.epochs)
     r.add_argument("--seed", type=int, default=RecipeConfig.seed)
+    r.add_argument("--no-cross-attention", action="store_true",
+                   help="the ImageNet reference row: GAP of stage 4 instead of the cross-scale attention")
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
@@ -443,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.cmd == "run":
-        cfg = RecipeConfig(epochs=args.epochs, seed=args.seed)
+        cfg = RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention)
         sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
         res = run(cfg, args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source)
         log.info("done in %.0f s", res["wall_s"])
