@@ -110,12 +110,14 @@ class SmoothingConfig(_Section):
     leave_after_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 0.5  # no lesion this long = probe left it: reset
     # 'suspicious' is entered when the smoothed p(malignant) reaches the model's validated
     # operating threshold (its manifest's operating_threshold) and left when it falls below
-    # that minus `band` (hysteresis: fewer flips while the score hovers there). See streamcad.smoothing.
-    # 0.05: above the 90th-percentile std of the smoothed score over an unchanging view at 30 fps
-    # (0.025 on held-out BUS-BRA, 0.045 on the repo sample: benchmarks/results/operating-point-*.json)
-    band: Annotated[float, msgspec.Meta(ge=0.0, le=0.5)] = 0.05
+    # threshold x (1 - band) (hysteresis: fewer flips while the score hovers there). See
+    # streamcad.smoothing. A fraction, not a fixed width, so that models whose thresholds differ
+    # (0.28, 0.10) get the same relative hysteresis: a fixed 0.05, half of a 0.10 threshold, kept
+    # benign views 'suspicious' (specificity 20% vs 48% without a band on the sample's frames:
+    # benchmarks/results/operating-point-sample-fixed-band-0.05.json)
+    band: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.2
     on_threshold: Prob | None = None  # override of the manifest's threshold (logged, shown in status)
-    off_threshold: Prob | None = None  # override of on_threshold - band
+    off_threshold: Prob | None = None  # override of on_threshold x (1 - band)
 
     def __post_init__(self) -> None:
         if self.on_threshold is not None and self.off_threshold is not None and self.off_threshold > self.on_threshold:

@@ -16,7 +16,7 @@ flag: no update at all).
 
 The operating point (OperatingPoint.resolve):
     on_threshold  = smoothing.on_threshold if set, else the manifest's operating_threshold
-    off_threshold = smoothing.off_threshold if set, else on_threshold - smoothing.band
+    off_threshold = smoothing.off_threshold if set, else on_threshold x (1 - smoothing.band)
 A model without an operating threshold (a bare ONNX loaded with allow_unverified, or a
 manifest whose operating_threshold is null) gets no made-up one: smoothing.on_threshold must be
 set, else ConfigError. An override is logged as a warning (the model card's numbers do not
@@ -73,12 +73,7 @@ class OperatingPoint:
             if off > on:
                 raise ConfigError(f"smoothing.off_threshold: {off} exceeds the on threshold {on}; expected off <= on")
         else:
-            off = on - config.band
-            if off < 0.0 or off <= 0.0 < on:
-                raise ConfigError(
-                    f"smoothing.band: {config.band} below the on threshold {on:.4g} reaches 0 (the state could "
-                    f"never leave 'suspicious'); expected band < {on:.4g}, or set smoothing.off_threshold"
-                )
+            off = on * (1.0 - config.band)  # band in [0, 1) (config): 0 < off <= on for any on > 0
         point = cls(on=on, off=off, operating_threshold=thr, source=source)
         if source == "config" and thr is not None:
             log.warning("smoothing.on_threshold=%.4g overrides the validated operating threshold %.4g of %s: the "

@@ -39,7 +39,8 @@ def test_state_follows_the_manifest_threshold_on_labelled_sweep_frames(sample_ru
     assert r["frames_out"] == r["frames_expected"] == len(r["scores"]) and r["dropped_publish"] == 0
     # the operating point in use, as the status messages carry it
     assert r["status"]["operating_threshold"] == thr and r["status"]["on_threshold"] == thr
-    assert abs(r["status"]["off_threshold"] - (thr - band)) < 1e-12
+    off = thr * (1 - band)  # the band is a fraction of the threshold
+    assert abs(r["status"]["off_threshold"] - off) < 1e-12
     assert r["status"]["threshold_source"] == "manifest"
     scores = r["scores"]
     assert {s["label"] for s in scores} == {"benign", "malignant"}
@@ -48,9 +49,9 @@ def test_state_follows_the_manifest_threshold_on_labelled_sweep_frames(sample_ru
     for s in lesion:
         if s["malignancy"] >= thr:
             assert s["state"] == "suspicious", s
-        elif s["malignancy"] < thr - band:
+        elif s["malignancy"] < off:
             assert s["state"] == "clear", s
-    m = analyse(scores, thr, thr - band, thr)
+    m = analyse(scores, thr, off, thr)
     assert m["state_matches_state_machine"] == 1.0  # inside the band too: the hysteresis as documented
     # the published malignancy is the smoothed 3-way p(malignant) (first frame of a track = its own p)
     first = next(s for s in scores if s["state"] in ("clear", "suspicious") and s["probs"] is not None)
@@ -106,7 +107,7 @@ def test_a_model_without_threshold_needs_an_explicit_one(bare_model):
                 status = m
     assert status is not None
     assert (status.operating_threshold, status.on_threshold, status.off_threshold, status.threshold_source) == (
-        None, 0.5, pytest.approx(0.45), "config")
+        None, 0.5, pytest.approx(0.5 * (1 - cfg.smoothing.band)), "config")
 
 
 def _dashboard_text(pipe) -> str:
@@ -135,9 +136,9 @@ def test_dashboard_shows_state_flags_and_the_operating_point(override):
     band = config_from_dict({}).smoothing.band
     if override:
         assert f">= 0.700 (set in config, NOT the model's validated {thr:.3f})" in text
-        assert f"back to clear below {0.7 - band:.3f}" in text
+        assert f"back to clear below {0.7 * (1 - band):.3f}" in text
     else:
-        assert f">= {thr:.3f} (the model's validated operating threshold); back to clear below {thr - band:.3f}" in text
+        assert f">= {thr:.3f} (the model's validated operating threshold); back to clear below {thr * (1 - band):.3f}" in text
     assert f"state {state}" in text and STATE_TEXT[state] in text
     assert f"flag doppler: {FLAG_TEXT['doppler']}" in flagged and "flag doppler" not in text
 

@@ -88,10 +88,11 @@ def test_score_is_the_three_way_p_malignant():
 
 
 def test_operating_point_from_the_manifest_threshold_and_band():
-    cfg = SmoothingConfig(tau_s=0.01, band=0.05)
+    cfg = SmoothingConfig(tau_s=0.01, band=0.25)
     sm = Smoother(cfg, THR)
-    assert sm.point == OperatingPoint(on=THR, off=THR - 0.05, operating_threshold=THR, source="manifest")
-    xs = [0.30, THR, 0.34, THR - 0.05 + 1e-9, THR - 0.05 - 1e-9, 0.36, THR]
+    off = THR * 0.75  # the band is a fraction of the threshold
+    assert sm.point == OperatingPoint(on=THR, off=off, operating_threshold=THR, source="manifest")
+    xs = [0.26, THR, 0.34, off + 1e-9, off - 1e-9, 0.36, THR]
     res = feed(sm, [(0.0, 1 - x, x) for x in xs], fps=1.0)  # 1 s apart, tau 0.01 s: alpha == 1.0
     assert [r.malignancy for r in res] == xs
     assert [r.state for r in res] == ["clear", "suspicious", "suspicious", "suspicious", "clear", "clear", "suspicious"]
@@ -110,13 +111,13 @@ def _reference_states(xs, on, off):
 def test_state_matches_reference_on_random_tracks(seed):
     rng = np.random.default_rng(seed)
     thr = float(rng.uniform(0.15, 0.7))
-    cfg = SmoothingConfig(tau_s=float(rng.uniform(0.05, 1.0)), band=float(rng.uniform(0.0, 0.1)))
+    cfg = SmoothingConfig(tau_s=float(rng.uniform(0.05, 1.0)), band=float(rng.uniform(0.0, 0.3)))
     sm = Smoother(cfg, thr)
     t = np.arange(300) / 30.0
-    x = np.clip(thr + 0.15 * np.sin(2 * np.pi * t / 3.0) + rng.normal(0, 0.1, t.size), 0, 1)  # swings across thr
+    x = np.clip(thr * (1 + 0.6 * np.sin(2 * np.pi * t / 3.0) + rng.normal(0, 0.3, t.size)), 0, 1)  # swings across thr
     res = feed(sm, [(0.0, 1 - v, v) for v in x])
     ms = [r.malignancy for r in res]
-    assert [r.state for r in res] == _reference_states(ms, thr, thr - cfg.band)
+    assert [r.state for r in res] == _reference_states(ms, thr, thr * (1 - cfg.band))
     assert {"clear", "suspicious"} <= {r.state for r in res}  # the track did cross the threshold
 
 
@@ -124,7 +125,8 @@ def test_no_threshold_needs_an_explicit_config_value():
     with pytest.raises(ConfigError, match=r"^smoothing\.on_threshold: bare\.onnx has no operating_threshold"):
         Smoother(SmoothingConfig(), None, "bare.onnx")
     sm = Smoother(SmoothingConfig(on_threshold=0.5), None, "bare.onnx")
-    assert sm.point == OperatingPoint(on=0.5, off=0.45, operating_threshold=None, source="config")
+    assert sm.point == OperatingPoint(on=0.5, off=0.5 * (1 - SmoothingConfig().band), operating_threshold=None,
+                                      source="config")
 
 
 def test_override_is_logged_and_kept_apart_from_the_manifest_value(caplog):
@@ -139,10 +141,13 @@ def test_override_is_logged_and_kept_apart_from_the_manifest_value(caplog):
     assert not caplog.records  # the validated point is not a warning
 
 
-def test_bad_bands_and_off_thresholds_name_the_key():
-    with pytest.raises(ConfigError, match=r"^smoothing\.band: 0\.1 below the on threshold 0\.08"):
-        Smoother(SmoothingConfig(band=0.1), 0.08)
+def test_band_scales_with_the_threshold_and_bad_values_name_the_key():
+    # the same relative hysteresis for a model with a low and one with a high threshold
+    for thr in (0.1, 0.3, 0.8):
+        assert Smoother(SmoothingConfig(band=0.2), thr).point.off == pytest.approx(0.8 * thr)
     with pytest.raises(ConfigError, match=r"^smoothing\.off_threshold: 0\.5 exceeds the on threshold 0\.37"):
         Smoother(SmoothingConfig(off_threshold=0.5), THR)
-    with pytest.raises(ConfigError, match=r"^smoothing\.band: .*<= 0\.5"):
-        config_from_dict({"smoothing": {"band": 0.7}})
+    with pytest.raises(ConfigError, match=r"^smoothing\.band: .*< 1\.0"):
+        config_from_dict({"smoothing": {"band": 1.0}})  # the state could never leave 'suspicious'
+    with pytest.raises(ConfigError, match=r"^smoothing\.band: .*>= 0\.0"):
+        config_from_dict({"smoothing": {"band": -0.1}})

@@ -167,8 +167,8 @@ cell (N, 1, S/8, S/8), `embedding` (the out-of-domain gate's input).
 
 **Operating threshold** on p(malignant): {report['threshold']:.3f}. {report['threshold_rule']}.
 The runtime's `suspicious` state is entered when the smoothed p(malignant) (the average over the
-last ~0.5 s of frames showing a lesion) reaches this threshold, and left `smoothing.band` (0.05 by
-default) below it
+last ~0.5 s of frames showing a lesion) reaches this threshold, and left when it falls below threshold x (1 - `smoothing.band`),
+0.8 x the threshold by default
 (docs/PROTOCOL.md, "States and flags"). The sensitivity and specificity below are per still
 image; on video frames the state behaves differently, measured with
 `python -m benchmarks.operating_point` (benchmarks/results/operating-point-*.json).
