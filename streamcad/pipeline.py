@@ -687,10 +687,34 @@ def _load_model(config: RunConfig):
     return model
 
 
+# the [source] keys each scheme honours (reconnect_* apply to all); another one set to anything
+# but its default is an error, never silently ignored (e.g. source.fps with a file: the file's own
+# rate paces it)
+_SOURCE_KEYS = {"file": ("loop", "pace"), "sweep": ("loop", "pace", "seed", "fps"),
+                "device": ("fps", "width", "height", "fourcc"), "url": (), "gst": ()}
+
+
+def _check_source_keys(s) -> None:
+    from streamcad.config import SourceConfig
+    from streamcad.errors import ConfigError
+
+    scheme = s.uri.split(":", 1)[0]
+    if scheme not in _SOURCE_KEYS:
+        return  # open_source names the unknown scheme
+    default = SourceConfig()
+    keys = ("loop", "pace", "fps", "seed", "width", "height", "fourcc")
+    bad = [k for k in keys if k not in _SOURCE_KEYS[scheme] and getattr(s, k) != getattr(default, k)]
+    if bad:
+        takes = ", ".join(_SOURCE_KEYS[scheme]) or "none of them"
+        raise ConfigError(f"source.{bad[0]} = {getattr(s, bad[0])!r}: a {scheme}: source cannot honour it; "
+                          f"{scheme}: takes {takes} (of {', '.join(keys)})")
+
+
 def _open_source(config: RunConfig):
     from streamcad.sources import ReconnectPolicy, open_source
 
     s = config.source
+    _check_source_keys(s)
     uri = s.uri
     scheme = uri.split(":", 1)[0]
     opts: dict = {}

@@ -39,3 +39,31 @@ def test_onnxruntime_device_selects_the_provider_or_fails():
 def test_onnxruntime_refuses_cuda_graphs():
     with pytest.raises(ConfigError, match="cuda_graph"):
         _load_model(_model(cuda_graph=True))
+
+
+@pytest.mark.parametrize("uri,key,value", [
+    ("file:/nonexistent.mp4", "fps", 30.0),  # a file is paced by its own rate
+    ("file:/nonexistent.mp4", "width", 640),
+    ("url:rtsp://127.0.0.1:1/x", "loop", True),
+    ("gst:videotestsrc ! appsink", "pace", "none"),
+    ("device:0", "seed", 3),
+    ("sweep:", "fourcc", "MJPG"),
+])
+def test_a_source_option_the_scheme_cannot_honour_is_an_error(uri, key, value):
+    from streamcad.pipeline import _open_source
+
+    cfg = config_from_dict({"source": {"uri": uri, key: value}})
+    with pytest.raises(ConfigError, match=rf"source.{key} = .*cannot honour it; {uri.split(':')[0]}: takes"):
+        _open_source(cfg)
+
+
+def test_the_options_a_scheme_takes_reach_it(video_dir):
+    from streamcad.pipeline import _open_source
+
+    src = _open_source(config_from_dict({"source": {"uri": "sweep:", "fps": 12.0, "seed": 5, "pace": "none"}}))
+    assert src.lossless and src.renderer.fps == 12.0 and src.renderer.seed == 5
+    src.close()
+    src = _open_source(config_from_dict({"source": {"uri": f"file:{video_dir / 'bk-medical-water-phantom.mp4'}",
+                                                    "loop": True, "pace": "none"}}))
+    assert src.loop and src.lossless
+    src.close()
