@@ -675,7 +675,9 @@ def _load_model(config: RunConfig):
     model = load_model(path, backend=m.backend, allow_unverified=m.allow_unverified, **options)
     be = model.backend
     problem = None
-    if m.precision != be.precision:
+    # the default 'fp32' is what ONNX Runtime and torch run; a TensorRT engine runs the precision
+    # it was built with (streamcad convert --fp16), so only an explicit fp16 is checked there
+    if m.precision != be.precision and not (m.backend == "tensorrt" and m.precision == "fp32"):
         problem = (f"model.precision = {m.precision!r} but backend {m.backend!r} runs {path.name} in {be.precision}"
                    + ("; ONNX Runtime runs the graph's own precision: for fp16 use backend 'torch' on CUDA or a "
                       "TensorRT engine (streamcad convert --fp16)" if m.backend == "onnxruntime" else ""))
