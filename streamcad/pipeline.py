@@ -668,7 +668,10 @@ def _load_model(config: RunConfig):
         if m.cuda_graph:
             raise ConfigError("model.cuda_graph = true: the onnxruntime backend does not replay CUDA graphs; "
                               "expected backend = 'torch' or 'tensorrt', or cuda_graph = false")
-    elif m.backend == "torch":
+    elif m.threads != 1:  # (1 is the default)
+        raise ConfigError(f"model.threads = {m.threads}: ONNX Runtime's intra-op thread count; backend "
+                          f"{m.backend!r} does not take it (leave it out)")
+    if m.backend == "torch":
         options.update(device=m.device, precision=m.precision, cuda_graph_batch=1 if m.cuda_graph else None)
     elif m.backend == "tensorrt":
         options.update(cuda_graph_batch=1 if m.cuda_graph else None)

@@ -67,3 +67,8 @@ def test_the_options_a_scheme_takes_reach_it(video_dir):
                                                     "loop": True, "pace": "none"}}))
     assert src.loop and src.lossless
     src.close()
+
+
+def test_threads_is_an_onnxruntime_option_only():
+    with pytest.raises(ConfigError, match="model.threads = 2: ONNX Runtime's .* backend 'torch' does not take it"):
+        _load_model(_model(backend="torch", threads=2))
