@@ -318,6 +318,38 @@ def busbra_devices() -> dict[str, str]:
         return {row["ID"]: row["Device"] for row in csv.DictReader(f)}
 
 
+def _oof(run_dir: Path) -> dict | None:
+    """Pooled out-of-fold predictions of a run folder: {'ids', 'groups', 'labels', 'p'} or None."""
+    res = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("cv/fold*/result.json"))]
+    if not res:
+        return None
+    cat = lambda k: np.concatenate([r["predictions"][k] for r in res])  # noqa: E731
+    return {"ids": cat("ids"), "groups": cat("groups"), "labels": cat("labels"),
+            "p": np.concatenate([np.asarray(r["predictions"]["probs"])[:, 2] for r in res]),
+            "folds": sorted(r["fold"] for r in res)}
+
+
+def compare_runs(a_dir, b_dir, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Paired cluster-bootstrap AUC difference (a - b) per dataset over the images both runs
+    scored out of fold (same resamples for both): the protocol's decision statistic."""
+    a, b = _oof(a_dir), _oof(b_dir)
+    if a is None or b is None:
+        raise ConfigError(f"compare: no cv/fold*/result.json under {a_dir if a is None else b_dir}")
+    bmap = dict(zip(b["ids"].tolist(), b["p"].tolist(), strict=True))
+    out = {"a": str(a_dir), "b": str(b_dir), "folds_a": a["folds"], "folds_b": b["folds"]}
+    ds = dataset_of(a["ids"])
+    for d in DATASETS:
+        keep = (ds == d) & (a["labels"] != 0) & np.isin(a["ids"], b["ids"])
+        if not keep.any():
+            continue
+        y = (a["labels"][keep] == 2).astype(int)
+        pb = np.array([bmap[i] for i in a["ids"][keep]])
+        v, lo, hi = _auc_diff_paired(y, a["p"][keep], pb, a["groups"][keep], n_boot, seed)
+        out[d] = {"auc_difference": v, "ci_low": lo, "ci_high": hi, "n": int(keep.sum()),
+                  "decision": "keep a" if lo > 0 else ("keep b" if hi < 0 else "no difference (CI contains 0)")}
+    return out
+
+
 def _binary_metrics(labels, p, threshold, groups, n_boot, seed) -> dict:
     from train.evaluate import group_bootstrap_auc
 
@@ -360,7 +392,8 @@ def report(run_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None = 
         rep["cv"]["busbra_by_device"] = {}
         for name in sorted(set(devs)):
             k = devs == name
-            rep["cv"]["busbra_by_device"][name] = _binary_metrics(labels[s][k], p[s][k], 0.5, groups[s][k], n_boot, seed)
+            shifted = p[s][k] - thr[s][k] + 0.5  # each fold's own threshold -> 0.5
+            rep["cv"]["busbra_by_device"][name] = _binary_metrics(labels[s][k], shifted, 0.5, groups[s][k], n_boot, seed)
             rep["cv"]["busbra_by_device"][name]["auc"] = _binary_metrics(labels[s][k], p[s][k], 0.5, groups[s][k], n_boot, seed)["auc"]
         if baseline_dir:
             for d in DATASETS:
@@ -405,10 +438,10 @@ def render(rep: dict) -> str:
     for d in DATASETS:
         if d in rep["cv"]:
             m = rep["cv"][d]
-            lines.append(f"| {d} pooled 5-fold | {_ci(m['auc'])} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
+            lines.append(f"| {d} pooled {len(rep['cv']['folds'])}-fold | {_ci(m['auc'])} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
                          f"{m['n_benign']} / {m['n_malignant']} | {m['lesion_dice_mean']:.3f} |")
     for name, m in rep["cv"].get("busbra_by_device", {}).items():
-        lines.append(f"| busbra 5-fold, {name} | {_ci(m['auc'])} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
+        lines.append(f"| busbra {len(rep['cv']['folds'])}-fold, {name} | {_ci(m['auc'])} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
                      f"{m['n_benign']} / {m['n_malignant']} | |")
     for name, m in rep["cross"].items():
         lines.append(f"| cross {name} | {_ci(m['auc'])} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | "
@@ -442,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
     p.add_argument("--json", required=True)
+    c = sub.add_parser("compare", help="paired AUC difference of two run folders (A - B), per dataset")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--json", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.cmd == "run":
@@ -449,6 +486,16 @@ def main(argv: list[str] | None = None) -> int:
         sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
         res = run(cfg, args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source)
         log.info("done in %.0f s", res["wall_s"])
+        return 0
+    if args.cmd == "compare":
+        cmp = compare_runs(args.a, args.b)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(cmp, indent=1))
+        for d in DATASETS:
+            if d in cmp:
+                m = cmp[d]
+                print(f"{d}: AUC(A) - AUC(B) = {m['auc_difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}] "
+                      f"(n={m['n']}): {m['decision']}")
         return 0
     rep = report(args.run_dir, args.baseline)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
