@@ -55,6 +55,7 @@ __all__ = [
     "manifest_path",
     "sha256_file",
     "library_versions",
+    "git_commit",
     "write_manifest",
     "read_manifest",
     "verify_artifact",
@@ -291,7 +292,8 @@ def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     return out
 
 
-def _git_commit(where: Path) -> str | None:
+def git_commit(where: Path) -> str | None:
+    """HEAD of the git checkout at `where`, or None (not a checkout, no git)."""
     try:
         r = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=False
@@ -365,7 +367,7 @@ def write_manifest(artifact: str | Path, **fields: Any) -> Manifest:
     elif spec is None:
         fields["preprocess"] = PreprocessSpec(size=int(fields["input"]["shape"][-1])).to_dict()
     fields.setdefault("versions", library_versions())
-    fields.setdefault("git_commit", _git_commit(Path(__file__).resolve().parent))
+    fields.setdefault("git_commit", git_commit(Path(__file__).resolve().parent))
     fields.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     m = Manifest(file=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size, format=fmt, **fields)
     m._validate(f"write_manifest({path.name})")

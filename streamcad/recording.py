@@ -141,7 +141,7 @@ class Recorder(Sink):
         import msgspec
 
         from streamcad import __version__
-        from streamcad.manifest import _git_commit, library_versions
+        from streamcad.manifest import git_commit, library_versions
 
         r = config.record
         ctx = context or {}
@@ -152,7 +152,7 @@ class Recorder(Sink):
             "version": FORMAT_VERSION,
             "created_utc": _utc_now(),
             "streamcad": __version__,
-            "git_commit": _git_commit(Path(__file__).resolve().parents[1]),
+            "git_commit": git_commit(Path(__file__).resolve().parents[1]),
             "versions": library_versions(("pyzmq", "msgspec")),
             "config": msgspec.to_builtins(config),
             "stream": config.publish.stream,
