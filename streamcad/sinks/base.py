@@ -12,9 +12,9 @@ ScoreStream does, once, so every output agrees). It must not block the publish t
 that cannot take a message now drops it and counts it in ``dropped`` (``Pipeline.dropped`` sums
 them; the status' ``counters.dropped_publish`` stays the ZeroMQ publisher's own, what a
 subscriber sees as gaps; any other sink that drops says so in the log, rate-limited: see
-streamcad.ratelimit). Every call comes from the one publish
-thread (ZeroMQ sockets are not thread-safe); a sink that does slow work (disk, network) hands it
-to its own thread through a bounded queue.
+streamcad.ratelimit). Every call comes from the one publish thread (ZeroMQ sockets are not
+thread-safe); a sink that does slow work (disk, network) hands it to its own thread through a
+bounded queue.
 
 Implementations: ``streamcad.transport.Publisher`` (ZeroMQ XPUB, the wire protocol of
 docs/PROTOCOL.md), ``streamcad.recording.Recorder`` (a session on disk), and
