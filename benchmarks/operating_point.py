@@ -254,7 +254,8 @@ def analyse(scores: list[dict], on: float, off: float, threshold: float | None,
             "suspicious_without_band_sensitivity": _rate(int((sus_noband & m).sum()), int(m.sum())),
             "suspicious_without_band_specificity": _rate(int((~sus_noband & b).sum()), int(b.sum())),
             "frame_p_ge_threshold_sensitivity": _rate(int((pm[m] >= thr).sum()), int(m.sum())),
-            "frame_p_ge_threshold_specificity": _rate(int((pm[b] < thr).sum()), int(b.sum())),
+            # a flagged frame has no p: it counts as not positive, as for the state (NaN >= thr is False)
+            "frame_p_ge_threshold_specificity": _rate(int((~(pm[b] >= thr)).sum()), int(b.sum())),
             "n_malignant": int(m.sum()), "n_benign": int(b.sum()),
         }
     # flicker: clear <-> suspicious changes per minute of lesion frames, with the band and, from
@@ -269,6 +270,9 @@ def analyse(scores: list[dict], on: float, off: float, threshold: float | None,
         out["state_changes_per_lesion_min_without_band"] = changes(replay_states(scores, on, on)) / lesion_min
     if segment_frames:
         out["per_image"] = _per_image(scores, thr, segment_frames, dwell_frames or segment_frames)
+    flag_names = sorted({f for s in scores for f in s["flags"]})
+    out["flags_by_label"] = {c: {f: int(sum(1 for s in scores if (s["label"] or "") == c and f in s["flags"]))
+                                 for f in flag_names} for c in sorted(set(labels.tolist()))}
     n_norm = labels == "normal"
     if n_norm.any():
         out["normal_frames_suspicious"] = _rate(int((sus & n_norm).sum()), int(n_norm.sum()))

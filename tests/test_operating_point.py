@@ -160,3 +160,35 @@ def test_a_bare_onnx_without_manifest_is_refused_by_name(tmp_path):
                             "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"}, "dashboard": False})
     with pytest.raises(ConfigError, match=r"^smoothing\.on_threshold: bare\.onnx \(no manifest\) has no operating_threshold"):
         Pipeline(cfg)
+
+
+def _score(label, state, m=None, p=None, flags=()):
+    return {"frame_index": 0, "label": label, "state": state, "flags": list(flags), "malignancy": m,
+            "probs": None if p is None else [0.0, 1.0 - p, p]}
+
+
+def test_analyse_counts_on_known_frames():
+    """Six frames, every number worked out by hand (T = 0.5, off = 0.4)."""
+    scores = [
+        _score("malignant", "suspicious", 0.6, 0.7),
+        _score("malignant", "suspicious", 0.45, 0.3),  # in the band, held
+        _score("malignant", "flagged", 0.45, None, ["frozen"]),  # no p: neither positive nor scored
+        _score("benign", "clear", 0.3, 0.55),  # this frame's p is above T, the smoothed one is not
+        _score("benign", "no_lesion"),
+        _score("benign", "flagged", None, None, ["no_signal"]),
+    ]
+    for i, s in enumerate(scores):
+        s["frame_index"] = i
+    m = analyse(scores, 0.5, 0.4, 0.5)
+    assert m["state_matches_state_machine"] == 1.0
+    assert m["state_vs_smoothed_ge_threshold"] == 2 / 3  # the in-band frame differs from m >= T
+    assert m["lesion_frames_in_band"] == 1
+    assert m["state_vs_frame_ge_threshold"] == 1 / 3  # scored: 0 agrees; 1 (0.3, suspicious), 3 (0.55, clear) do not
+    a = m["all_frames"]
+    assert (a["suspicious_sensitivity"], a["suspicious_specificity"]) == (2 / 3, 3 / 3)
+    assert (a["frame_p_ge_threshold_sensitivity"], a["frame_p_ge_threshold_specificity"]) == (1 / 3, 2 / 3)
+    sc = m["scored_frames"]
+    assert (sc["n_malignant"], sc["n_benign"]) == (2, 1)
+    assert m["flags_by_label"]["malignant"] == {"frozen": 1, "no_signal": 0}
+    # with a wrong on threshold the replayed state machine disagrees with what was published
+    assert analyse(scores, 0.65, 0.4, 0.5)["state_matches_state_machine"] < 1.0
