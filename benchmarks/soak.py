@@ -13,7 +13,10 @@ With ``--stalled-subscribers N`` (default 1) N raw SUB sockets connect before th
 read, the whole time: the healthy subscriber must still see every seq, keep its latency
 (``healthy_latency_ms``: t_capture_ns -> arrival here, same host clock) and see its statuses
 (per-subscriber queues on the bound publisher; before that fix one stalled UI silenced all).
-What the stalled ones got is counted at the end (``stalled_received``).
+What the stalled ones got is counted at the end (``stalled_received``). With ``--churn-s S``
+(default 10) a third UI connects every S seconds, waits for a status and leaves (``churns``,
+``churn_statuses``): subscribers coming and going beside a stalled one (that combination,
+with the queue size changed on the live socket, crashed libzmq's I/O thread; it is fixed now).
 
     python -m benchmarks.soak --minutes 60                # writes benchmarks/results/soak-*.json
     python -m benchmarks.soak --minutes 5 --pace none     # as fast as it goes (CPU bound)
@@ -81,7 +84,7 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
              pace: str = "native", fps: float = 30.0, screen: tuple[int, int] = (640, 480),
              faults: RandomFaults | None = None, hang_timeout_s: float = 1.0, warmup_frames: int = 2000,
              checkpoint_s: float = 60.0, on_checkpoint=None, threads: int = 1, seed: int = 0,
-             stalled_subscribers: int = 0, hwm_seconds: float = 100.0) -> dict:
+             stalled_subscribers: int = 0, hwm_seconds: float = 100.0, churn_s: float = 0.0) -> dict:
     """Run until `frames` are published or `seconds` pass. Returns the result dict (see module doc).
 
     Memory is measured after `warmup_frames` published frames and again at the end, after the
@@ -121,6 +124,7 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
     sub = Subscriber(endpoint, rcvhwm=2_000_000, heartbeat_s=1.0)
     stalled = _stalled_subscribers(endpoint, stalled_subscribers)
     latencies: list[float] = []  # healthy UI: capture -> arrival, ms
+    churn = {"n": 0, "statuses": 0, "sub": None, "t": time.monotonic()}
     try:
         time.sleep(0.3)  # the subscription reaches the publisher before the first message
 
@@ -161,6 +165,8 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
                 break  # pipeline finished and the queue is drained
             if deadline is not None and now >= deadline and alive:
                 pipe.stop()
+            if churn_s > 0:
+                _churn_step(churn, endpoint, churn_s, now)
             if now - t_ckpt >= checkpoint_s:
                 t_ckpt = now
                 ck = {"t_s": round(now - t0, 1), "scores": n_scores, "rss_mb": round(_rss_mb(), 1),
@@ -172,12 +178,15 @@ def run_soak(model_path: str | Path, *, frames: int | None = None, seconds: floa
                     on_checkpoint(dict(res, partial=True))
         runner.join(timeout=10)
         res["stalled_received"] = [_count_waiting(s) for _, s in stalled]
+        res["churns"], res["churn_statuses"] = churn["n"], churn["statuses"]
         res["rss_warm_mb"] = rss_warm
         res["rss_end_mb"] = _rss_mb()
         res["wall_s"] = time.monotonic() - t0
     finally:
         pipe.close()
         sub.close()
+        if churn["sub"] is not None:
+            churn["sub"].close()
         for ctx, s in stalled:
             s.close(linger=0)
             ctx.term()
@@ -234,6 +243,21 @@ def _stalled_subscribers(endpoint: str, n: int) -> list:
     return out
 
 
+def _churn_step(churn: dict, endpoint: str, every_s: float, now: float) -> None:
+    """A UI that comes and goes: connect every `every_s` s, count a status if one came, leave."""
+    sub = churn["sub"]
+    if sub is not None:
+        m = sub.recv(timeout=0)
+        if isinstance(m, Status) or now - churn["t"] > 2.0:
+            churn["statuses"] += isinstance(m, Status)
+            sub.close()
+            churn["sub"] = None
+    elif now - churn["t"] >= every_s:
+        churn["sub"] = Subscriber(endpoint, kinds=("status",), heartbeat_s=1.0)
+        churn["n"] += 1
+        churn["t"] = now
+
+
 def _count_waiting(sock) -> int:
     """Messages a stalled subscriber can still read (what reached it before its queue filled)."""
     n = 0
@@ -284,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stalled-subscribers", type=int, default=1,
                     help="raw SUBs connected the whole run that never read (default 1)")
     ap.add_argument("--hwm-seconds", type=float, default=4.0, help="publish.hwm_seconds (default: the run default)")
+    ap.add_argument("--churn-s", type=float, default=10.0,
+                    help="a UI connects every S s, takes a status and leaves (0: none; default 10)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/soak-YYYYmmdd-HHMM.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -305,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     faults = None if args.faults_per_minute <= 0 else default_faults(args.seed, args.faults_per_minute, args.fps, args.hang_timeout, sizes=((w * 5 // 8, h * 5 // 8), None))
     res = run_soak(model, frames=args.frames, seconds=None if args.frames else args.minutes * 60, pace=args.pace, fps=args.fps, screen=(w, h), faults=faults,
                    hang_timeout_s=args.hang_timeout, checkpoint_s=args.checkpoint_s, on_checkpoint=write,
-                   seed=args.seed, stalled_subscribers=args.stalled_subscribers, hwm_seconds=args.hwm_seconds)
+                   seed=args.seed, stalled_subscribers=args.stalled_subscribers, hwm_seconds=args.hwm_seconds,
+                   churn_s=args.churn_s)
     res["partial"] = False
     write(res)
     gap_ok = res["max_status_gap_publish_s"] <= args.status_gap_limit
@@ -313,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak {res['wall_s'] / 60:.1f} min: {res['scores']} scores, {res['faults']} faults {res['fault_kinds']}, "
           f"gaps {res['seq_gaps']}, exceptions {len(res['exceptions'])}, RSS growth {res['rss_growth_mb']} MB, "
           f"healthy UI latency {res['healthy_latency_ms']} ms with {args.stalled_subscribers} stalled UI(s) "
-          f"(they got {res['stalled_received']}), "
+          f"(they got {res['stalled_received']}), {res['churns']} UIs came and went "
+          f"({res['churn_statuses']} got a status), "
           f"threads left {res['threads_left']}, largest status gap {res['max_status_gap_publish_s']} s "
           f"({'ok' if gap_ok else 'OVER'} the {args.status_gap_limit} s limit) -> {out}", file=sys.stderr)
     return 0 if ok else 1

@@ -407,10 +407,6 @@ class Pipeline:
         self.report.rejected = stats.frames_rejected
         self.report.reconnects = stats.reconnects
         self.report.dropped_publish = dropped = self.publisher.dropped if self.publisher is not None else 0
-        fps_out = self.stats.fps_out()
-        set_rate = getattr(self.publisher, "set_rate", None)
-        if set_rate is not None and fps_out > 1.2 * getattr(self.publisher, "rate", 0.0):
-            set_rate(fps_out)  # unpaced media: size the subscriber queues for the measured rate
         uptime = (time.monotonic_ns() - self._t_start_ns) / 1e9
         msg = self.scores.status(
             dropped=dropped,
@@ -572,10 +568,6 @@ class Pipeline:
         self._wait_for_subscribers()
         if self.source.info is None:
             self.source.start()
-        info = self.source.info
-        set_rate = getattr(self.publisher, "set_rate", None)
-        if set_rate is not None and info is not None and info.fps > 0 and not getattr(self.source, "lossless", False):
-            set_rate(info.fps)  # hwm_seconds at the source's own rate (unpaced: measured, below)
         self.publish_status()
 
     def wait_subscribers(self, n: int = 1, timeout_s: float = 10.0) -> bool:

@@ -19,10 +19,17 @@ The ZeroMQ implementation of the Sink interface (streamcad.sinks). Data flow::
 One XPUB socket, bound (default ``tcp://127.0.0.1:5555``) or connected to a proxy's XSUB frontend
 (``connect=True``). ``hwm_seconds`` is time: the queue per subscriber holds
 ``ceil(hwm_seconds * (fps + 1/heartbeat_s))`` messages, where ``fps`` is the stream's score rate
-(scores) plus the status heartbeat. The pipeline passes the source's nominal rate and raises it
-with ``set_rate()`` to the measured publish rate when that is higher (unpaced recorded media), so
-a subscriber may lag at least hwm_seconds before it loses messages. (Kernel socket buffers on
-the way hold more on top; they only ever make the allowed lag longer.)
+(scores) plus the status heartbeat: ``publisher_from_config`` takes it from the source
+(``streamcad.sources.capture.expected_rate``: the file's or sweep's own fps, the requested device fps;
+for unpaced recorded media the ceiling of 1,000 fps), so a subscriber may lag at least
+hwm_seconds before it loses messages. (Kernel socket buffers on the way hold more on top; they
+only ever make the allowed lag longer.)
+
+The queue size is fixed before the first subscriber: ``set_rate()`` works only until then (it
+re-binds, or re-connects, so the listener hands new pipes the new size). Changing SNDHWM on a
+live socket is unsafe in libzmq 4.3.5: it resizes every pipe, and with one subscriber stalled
+and another disconnecting the I/O thread crashed (segfault, reproduced in a few seconds to a
+minute; docs/RELIABILITY.md).
 
 Why not XPUB_NODROP on a bound socket: with it, ONE subscriber that stops reading makes every send
 fail, and every other subscriber then receives nothing (measured: 0 messages to a healthy UI
@@ -231,6 +238,7 @@ class Publisher(Sink):
         self.encoding = encoding
         self.hwm_seconds = float(hwm_seconds)
         self.connect = bool(connect)
+        self.allow_remote = bool(allow_remote)
         self.linger_ms = int(linger_ms)
         self.heartbeat_s = float(heartbeat_s)
         self.rate = float(fps)  # scores per second each subscriber's queue is sized for
@@ -303,20 +311,54 @@ class Publisher(Sink):
         return self.set_rate(self.rate)
 
     def set_rate(self, fps: float) -> int:
-        """Size every subscriber's queue for `fps` scores per second (the stream's real rate),
-        so hwm_seconds stays seconds. Applies to connected subscribers at once (libzmq updates
-        live pipes) and to later ones (re-applied on each new subscription). Returns the HWM."""
+        """Size the subscriber queues for `fps` scores per second, before anything was
+        published and before any subscription was seen (see the module docstring: libzmq must
+        not resize live pipes). The socket is re-bound (re-connected) so that every pipe gets
+        the new size. Returns the HWM; TransportError once subscribers may be there."""
         self._check_open()
         if not (0 < fps < math.inf):
             raise TransportError(f"publisher rate must be finite and > 0 frames/s, got {fps}")
         hwm = self._hwm_for(float(fps))
         if hwm != self.hwm:
+            if self.scores.seq > 0 or self.subscriptions > 0:
+                raise TransportError(
+                    f"stream {self.stream}: the subscriber queue size is fixed once subscribers are connected "
+                    f"({self.subscriptions} subscriptions, {self.scores.seq} messages sent); set the rate first"
+                )
             log.info("stream %s: subscriber queue %d -> %d messages (%.1f s at %.1f scores/s)",
                      self.stream, self.hwm, hwm, self.hwm_seconds, fps)
             self.hwm = hwm
-            self._sock.setsockopt(zmq.SNDHWM, hwm)
+            self._sock.setsockopt(zmq.SNDHWM, hwm)  # no pipe carries data yet: safe
+            self._reattach()
         self.rate = float(fps)
         return hwm
+
+    def _reattach(self) -> None:
+        """Re-bind (re-connect) so the listener (the connection) takes the socket's new options.
+        libzmq closes the old listener on its I/O thread: wait for its port (its ipc file,
+        which it unlinks last) to be free before binding again."""
+        ep = self.endpoint
+        try:
+            if self.connect:
+                self._sock.disconnect(ep)
+                self._sock.connect(ep)
+                return
+            self._sock.unbind(ep)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot re-attach {ep} with the new queue size: {exc}") from exc
+        scheme, rest = check_bind_endpoint(ep, self.allow_remote)
+        deadline = time.monotonic() + 2.0
+        if scheme == "ipc" and not rest.startswith("@"):
+            while Path(rest).exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        while True:
+            try:
+                self.endpoint = bind_socket(self._sock, ep, self.allow_remote)
+                return
+            except TransportError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     # --- publishing ---------------------------------------------------------------------------
     @property
@@ -438,10 +480,6 @@ class Publisher(Sink):
         if self._revocation is not None:
             self._revocation.poll(self._sock, self.endpoint)
         self._drain_monitor()
-        if new:
-            # a bound listener hands new pipes the HWM it had at bind(); setting it again
-            # resizes every live pipe, the new one included
-            self._sock.setsockopt(zmq.SNDHWM, self.hwm)
         return new
 
     def _send(self, msg: Message) -> bool:
@@ -523,6 +561,12 @@ class Publisher(Sink):
         self.close()
 
 
+def _expected_rate(source) -> float:
+    from streamcad.sources.capture import expected_rate
+
+    return expected_rate(source.uri, source.pace, source.fps)
+
+
 def publisher_from_config(config, scores: ScoreStream | None = None) -> Publisher:
     """The ZeroMQ sink of a RunConfig's [publish] section (CURVE keys read here)."""
     p = config.publish
@@ -538,7 +582,7 @@ def publisher_from_config(config, scores: ScoreStream | None = None) -> Publishe
         p.endpoint,
         encoding=p.encoding,
         hwm_seconds=p.hwm_seconds,
-        fps=config.source.fps or 30.0,
+        fps=_expected_rate(config.source),
         connect=p.connect,
         allow_remote=p.allow_remote,
         curve=curve,

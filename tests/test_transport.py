@@ -240,46 +240,66 @@ def test_stalled_subscriber_loses_only_its_own_messages():
         pub.close()
 
 
+def _held_by_stalled(pub: Publisher, n: int = 4000) -> int:
+    """Messages a raw SUB that never reads holds after `n` are published (queue + socket buffers)."""
+    ctx, raw = _raw_stalled_sub(pub.endpoint)
+    try:
+        _wait_subscriptions(pub, pub.subscriptions + 1)
+        _drain_raw(raw, 100)
+        for i in range(n):
+            pub.publish_score(**score_fields(i))
+        return len(_drain_raw(raw))
+    finally:
+        raw.close()
+        ctx.term()
+
+
 def test_hwm_seconds_is_time_at_the_streams_rate(tmp_path):
     """The per-subscriber queue is hwm_seconds of messages at the stream's score rate plus the
-    status heartbeat; set_rate() resizes it, for connected subscribers too. Measured with a
-    stalled raw SUB over ipc (Unix socket buffers are fixed, ~a few hundred messages here, unlike
-    TCP's autotuning): what it holds is the queue plus that constant."""
-    with Publisher(f"ipc://{tmp_path}/hwm.sock", stream="hwm", hwm_seconds=2.0, fps=100.0, heartbeat_s=0.5) as pub:
+    status heartbeat. Measured with a stalled raw SUB over ipc (Unix socket buffers are fixed,
+    a few hundred messages here, unlike TCP's autotuning): it holds the queue plus that constant.
+    set_rate() before the first subscriber re-binds, so the new size reaches every pipe; after
+    it, it is refused (resizing live pipes crashed libzmq's I/O thread)."""
+    with Publisher(f"ipc://{tmp_path}/a.sock", stream="hwm", hwm_seconds=2.0, fps=100.0, heartbeat_s=0.5) as pub:
         assert pub.hwm == 204  # ceil(2 s * (100 + 2) msgs/s)
-        ctx, raw = _raw_stalled_sub(pub.endpoint)
-        try:
-            _wait_subscriptions(pub, 1)
-            _drain_raw(raw, 100)
-            for i in range(4000):  # > queue + socket buffers
-                pub.publish_score(**score_fields(i))
-            held_before = len(_drain_raw(raw))
-            assert pub.set_rate(1000.0) == 2004  # the connected subscriber's queue grows now
-            for i in range(4000):  # > queue + socket buffers
-                pub.publish_score(**score_fields(i))
-            held_after = len(_drain_raw(raw))
-            # a subscriber connecting after set_rate gets the new size too (a bound socket hands
-            # new pipes its bind-time HWM; the publisher re-applies it on the new subscription)
-            ctx2, late = _raw_stalled_sub(pub.endpoint)
-            try:
-                _wait_subscriptions(pub, 2)
-                _drain_raw(late, 100)
-                for i in range(4000):  # > queue + socket buffers
-                    pub.publish_score(**score_fields(i))
-                held_late = len(_drain_raw(late))
-            finally:
-                late.close()
-                ctx2.term()
-        finally:
-            raw.close()
-            ctx.term()
-        assert 204 <= held_before < 1500 and held_after >= 2004, (held_before, held_after)
-        assert held_late > 1500, held_late  # (305 when the new pipe keeps the bind-time size)
+        small = _held_by_stalled(pub)
+        with pytest.raises(TransportError, match="fixed once subscribers"):
+            pub.set_rate(1000.0)
+    with Publisher(f"ipc://{tmp_path}/b.sock", stream="hwm", hwm_seconds=2.0, fps=100.0, heartbeat_s=0.5) as pub:
+        assert pub.set_rate(1000.0) == 2004  # nobody connected yet: re-bound with the new size
+        big = _held_by_stalled(pub)
         with pytest.raises(TransportError, match="finite"):
             pub.set_rate(float("inf"))
+    assert 204 <= small < 1500 and big > 1900, (small, big)  # measured: 305 and 2,003
     for bad in (float("inf"), float("nan"), 0.0):
         with pytest.raises(TransportError, match="hwm_seconds"):
             Publisher(ANY_PORT, hwm_seconds=bad)
+
+
+def test_expected_rate_sizes_the_queue_for_the_source(tmp_path):
+    """publisher_from_config sizes the queues before anyone connects, from the source."""
+    import cv2
+    import numpy as np
+
+    from streamcad.config import config_from_dict
+    from streamcad.sources.capture import UNPACED_MAX_FPS, expected_rate
+    from streamcad.transport import publisher_from_config
+
+    clip = tmp_path / "c.avi"
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 12.0, (64, 48))
+    for _ in range(3):
+        vw.write(np.zeros((48, 64, 3), np.uint8))
+    vw.release()
+    assert expected_rate(f"file:{clip}") == pytest.approx(12.0)
+    assert expected_rate(f"file:{clip}", pace="none") == UNPACED_MAX_FPS
+    assert expected_rate("sweep:", fps=24.0) == 24.0 and expected_rate("url:rtsp://h/x") == 30.0
+    cfg = config_from_dict({"source": {"uri": f"file:{clip}"},
+                            "publish": {"endpoint": ANY_PORT, "hwm_seconds": 2.0, "heartbeat_s": 1.0}})
+    pub = publisher_from_config(cfg)
+    try:
+        assert pub.hwm == 26  # ceil(2 s * (12 + 1) msgs/s)
+    finally:
+        pub.close()
 
 
 def test_connect_mode_counts_drops_on_the_proxy_link():

@@ -29,7 +29,12 @@ import numpy as np
 from streamcad.errors import ConfigError, SourceError
 from streamcad.sources.base import Frame, Pacer, SourceFailed, SourceInfo, ThreadedSource
 
-__all__ = ["CaptureSource", "FileSource", "DeviceSource", "UrlSource", "GstSource", "fix_appsink"]
+__all__ = ["CaptureSource", "FileSource", "DeviceSource", "UrlSource", "GstSource", "fix_appsink",
+           "expected_rate", "UNPACED_MAX_FPS"]
+
+# Unpaced recorded media go as fast as the pipeline scores: no faster than this (the config's
+# fps ceiling; the CPU pipeline reaches ~250 fps). The publisher sizes its queues for it.
+UNPACED_MAX_FPS = 1000.0
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +221,29 @@ class FileSource(CaptureSource):
 
     def _at_end(self) -> bool:
         return self._eof
+
+
+def expected_rate(uri: str, pace: str = "native", fps: float | None = None) -> float:
+    """Frames per second a source URI will deliver, known before it is opened, for sizing the
+    publisher's queues (hwm_seconds as time): unpaced recorded media (file:/sweep: with pace
+    'none') UNPACED_MAX_FPS; a file its own fps (read from the file); otherwise the requested
+    ``fps`` or 30 (sweep default; devices and streams rarely run faster)."""
+    import cv2
+
+    scheme, _, rest = str(uri).partition(":")
+    if scheme in ("file", "sweep") and pace == "none":
+        return UNPACED_MAX_FPS
+    if fps:
+        return float(fps)
+    if scheme == "file" and Path(rest).expanduser().is_file():
+        cap = cv2.VideoCapture(str(Path(rest).expanduser()))
+        try:
+            found = _finite(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
+        finally:
+            cap.release()
+        if found:
+            return min(found, UNPACED_MAX_FPS)
+    return 30.0
 
 
 def _packets_are_jpeg(path: Path) -> bool:
