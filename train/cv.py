@@ -285,6 +285,54 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     return result
 
 
+def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dict]:
+    """Flip test-time augmentation of finished runs: for each run_dir/cv/foldK (classifier.pt +
+    result.json) the logits become the mean over (x, horizontally flipped x); temperature and
+    threshold are refitted on the same calibration split with the same rule; the test part is
+    scored once. Writes out_dir/cv/foldK/result.json in the same format (report / compare read it)."""
+    from train.common import load_checkpoint
+    from train.evaluate import binary_view, choose_threshold, softmax
+    from train.finetune import fit_temperature, split_train_val
+    from train.model import build_model
+
+    arrays = None
+    done = []
+    for res_path in sorted(Path(run_dir).glob("cv/fold*/result.json")):
+        res = json.loads(res_path.read_text())
+        cfg = RecipeConfig.from_dict({**asdict(RecipeConfig()), **res["recipe"]})
+        torch.set_num_threads(cfg.threads)
+        arrays = arrays if arrays is not None else load_both(cfg.size)
+        train_part, test = select(arrays, "cv", res["fold"])
+        _, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
+        cal = train_part.subset(cal_idx)
+        ck = load_checkpoint(res_path.parent / "classifier.pt")
+        model = build_model(**ck["model_config"])
+        model.load_state_dict(ck["model"])
+        model = model.to(memory_format=torch.channels_last)
+        spec = PreprocessSpec.from_dict(ck["preprocess"])
+
+        def logits_tta(images):
+            a, _, _ = predict(model, images, spec)
+            b, _, _ = predict(model, np.ascontiguousarray(images[:, :, ::-1]), spec)
+            return (a + b) / 2
+
+        cal_logits = logits_tta(cal.images)
+        temperature = fit_temperature(cal_logits, cal.labels)
+        _, yc, sc = binary_view(cal.labels, softmax(cal_logits, temperature))
+        threshold = choose_threshold(yc, sc, "sens90", target_sensitivity=cfg.target_sensitivity)
+        probs = softmax(logits_tta(test.images), temperature)
+        if test.ids.tolist() != res["predictions"]["ids"]:
+            raise ConfigError(f"{res_path}: the test part differs from the run's; data or split changed")
+        out = {**res, "temperature": temperature, "threshold": threshold, "tta": "hflip (mean of logits)",
+               "predictions": {**res["predictions"], "probs": probs.tolist()}}
+        dest = Path(out_dir) / "cv" / res_path.parent.name / "result.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(out))
+        done.append({"fold": res["fold"], "threshold": threshold, "temperature": temperature})
+        log.info("tta %s: T %.3f, threshold %.3f", res_path.parent.name, temperature, threshold)
+    return done
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -475,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
     p.add_argument("--json", required=True)
+    t = sub.add_parser("tta", help="flip test-time augmentation of a run folder's folds -> another run folder")
+    t.add_argument("run_dir")
+    t.add_argument("--out", required=True)
     c = sub.add_parser("compare", help="paired AUC difference of two run folders (A - B), per dataset")
     c.add_argument("a")
     c.add_argument("b")
@@ -486,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
         res = run(cfg, args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source)
         log.info("done in %.0f s", res["wall_s"])
+        return 0
+    if args.cmd == "tta":
+        for r in tta_eval(args.run_dir, args.out):
+            print(r)
         return 0
     if args.cmd == "compare":
         cmp = compare_runs(args.a, args.b)
