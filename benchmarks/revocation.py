@@ -80,7 +80,7 @@ def _run_trial(pubs, uis, remove: Path, watch, rate: float, after_s: float) -> d
         time.sleep(period)
     through = [ts for i, a in enumerate(arrivals) for ts, m in a if watch(i, m)]
     kept = [ts for ts, _ in arrivals[1]]
-    silences = [b - a for a, b in zip([t0, *kept], kept)]
+    silences = [b - a for a, b in zip([t0, *kept], kept, strict=True)]
     return {
         "cutoff_s": (max(through) - t0) if through else 0.0,
         "still_through_at_end": bool(through and max(through) > t0 + after_s - 1.0),

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 
 KEY_NAME_MAX = 64
-_KEY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,%d}" % (KEY_NAME_MAX - 1))
+_KEY_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{KEY_NAME_MAX - 1}}}")
 _DENIAL_LOG_EVERY_S = 60.0  # a refused client retries every 0.1 s: one warning per key per minute
 
 

@@ -19,8 +19,8 @@ from streamcad.manifest import (
     manifest_path,
     read_manifest,
     sha256_file,
-    verify_artifact,
     upgrade_manifest,
+    verify_artifact,
     write_manifest,
 )
 from streamcad.preprocess import PreprocessSpec

@@ -311,7 +311,7 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
         model = model.to(memory_format=torch.channels_last)
         spec = PreprocessSpec.from_dict(ck["preprocess"])
 
-        def logits_tta(images):
+        def logits_tta(images, model=model, spec=spec):
             a, _, _ = predict(model, images, spec)
             b, _, _ = predict(model, np.ascontiguousarray(images[:, :, ::-1]), spec)
             return (a + b) / 2

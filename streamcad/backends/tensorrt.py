@@ -40,7 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from streamcad.backends.base import EMBEDDING_NAME, N_CLASSES, OUTPUT_NAMES, Backend, register_backend
+from streamcad.backends.base import (
+    EMBEDDING_NAME,
+    N_CLASSES,
+    OUTPUT_NAMES,
+    Backend,
+    register_backend,
+)
 from streamcad.errors import ArtifactError, BackendError
 from streamcad.extras import install_command
 
