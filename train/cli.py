@@ -117,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=["v2", "v1"], default="v2",
                    help="v2 (default): lite0 from train.cv, fold-0 run reused from --cv-dir; v1: tiny SSL recipe")
     p.add_argument("--cv-dir", default="runs/cv/lite0", help="v2: folder of the train.cv runs")
+    p.add_argument("--refresh", action="store_true",
+                   help="v2: only put the finished --cv-report and benchmarks/results/ood_gate-default.json into the "
+                        "shipped model's report, manifest metrics and card (no training, no export)")
     p.add_argument("--cv-report", default=str(REPO / "train" / "results" / "v2" / "report.json"),
                    help="v2: pooled protocol report (streamcad train cv report) for the manifest and card")
     p.add_argument("--out", default=str(REPO / "engines" / "models" / "default.onnx"))
@@ -325,6 +328,11 @@ def run(args) -> int:
         return _run_finetune(args)
     if cmd == "experiment":
         return _run_experiment(args)
+    if cmd == "ship" and args.recipe == "v2" and args.refresh:
+        from train.release import refresh_v2
+
+        print(refresh_v2(args.out, args.cv_report, args.report))
+        return 0
     if cmd == "ship" and args.recipe == "v2":
         from train.release import ship_v2
 
