@@ -45,6 +45,8 @@ STAGE_OF = (
     ("preprocess", "streamcad/preprocess.py", "preprocess (letterbox)"),
     ("update", "streamcad/roi.py", "roi"),
     ("check", "streamcad/quality.py", "quality"),
+    ("postprocess", "streamcad/processor.py", "postprocess (softmax, saliency peak)"),
+    ("infer", "streamcad/processor.py", "infer (output copies)"),
     ("postprocess", "streamcad/pipeline.py", "postprocess (softmax, saliency peak)"),
     ("infer", "streamcad/pipeline.py", "infer (output copies)"),
     ("update", "streamcad/smoothing.py", "smooth"),
@@ -68,6 +70,7 @@ STAGE_OF = (
     ("read", "streamcad/sources/base.py", "grab (newest-frame slot)"),
     ("read", "benchmarks/naive.py", "grab (source)"),
     ("_read", "streamcad/pipeline.py", "grab"),
+    ("prepare", "streamcad/processor.py", "prepare (other)"),
     ("prepare", "streamcad/pipeline.py", "prepare (other)"),
 )
 

@@ -1,17 +1,19 @@
-"""The streaming pipeline: one process per probe.
+"""The streaming pipeline: one process per probe; the threads around the per-frame processor.
 
     source reader thread (newest frame only; overwrites counted)
         -> prepare thread:  ROI crop, quality flags, preprocess into a reused buffer
-        -> infer thread:    backend.infer (ONNX Runtime / torch / TensorRT)
+                            (FrameProcessor.prepare, streamcad.processor)
+        -> infer thread:    backend.infer (ONNX Runtime / torch / TensorRT) (FrameProcessor.infer)
         -> publish thread:  out-of-domain gate on the model's embedding (streamcad.gate_ood:
                             'out_of_domain' flag, probs dropped), smoothing, then the
                             ScoreStream builds the message (streamcad.messages: seq, stamps,
                             validation) and every sink gets it (streamcad.sinks: the ZeroMQ
                             Publisher, the Recorder, ...): a score per frame, a status >= 1 Hz
 
-Who owns what. The source owns capture, reconnects and its counters; RoiTracker the sector box;
-QualityChecker the flags; the Backend the model's outputs; the Smoother the state and the
-operating point; the ScoreStream every message and the one status heartbeat (this class decides
+Who owns what. The source owns capture, reconnects and its counters; the FrameProcessor
+(streamcad.processor) the per-frame work, with no threads: RoiTracker the sector box,
+QualityChecker the flags, the Backend the model's outputs, the gate / softmax / saliency peak /
+lesion box, the Smoother the state and the operating point; the ScoreStream every message and the one status heartbeat (this class decides
 when a status is due and sends it to every sink, so no sink keeps a timer of its own); a sink
 only delivers what it is given and counts its drops. This class owns the threads, the queues
 between them, the per-stage timestamps and the run's counters. Adding a source, a backend or a
@@ -25,8 +27,9 @@ it is still timed as its own stage. Every item carries monotonic timestamps per 
 become the message's `latency_ms`.
 
 `Pipeline.run_sequential` is the naive baseline (read -> prepare -> infer -> publish in one
-thread), built from the very same stage functions, so benchmarks compare like with like and a
-test checks both give the same scores for the same frames.
+thread), built from the very same processor, so benchmarks compare like with like and a test
+checks both give the same scores for the same frames (tests/test_pipeline.py; the processor on
+its own gives them too, tests/test_processor.py).
 """
 
 from __future__ import annotations
@@ -43,12 +46,9 @@ import numpy as np
 
 from streamcad.config import RunConfig
 from streamcad.errors import SourceError, StreamcadError
-from streamcad.lesion import input_to_frame, lesion_box
 from streamcad.manifest import CLASS_NAMES
 from streamcad.messages import STAGES, ScoreStream
-from streamcad.preprocess import preprocess
-from streamcad.quality import doppler_fraction
-from streamcad.smoothing import Smoother
+from streamcad.processor import FrameProcessor, Item
 
 log = logging.getLogger(__name__)
 
@@ -59,27 +59,6 @@ _POLL_S = 0.05  # every blocking wait wakes this often to check for shutdown (< 
 # A status is due this much before heartbeat_s: the publish loop may wait one poll before it
 # looks, and the contract is at least one status per heartbeat_s, not one every heartbeat_s + poll.
 _STATUS_LEAD_S = _POLL_S + 0.02
-
-
-@dataclass(slots=True)
-class Item:
-    """One frame on its way through the stages (also a 'no_signal' marker with frame=None)."""
-
-    index: int
-    t_capture_ns: int
-    label: str | None = None
-    roi: tuple[int, int, int, int] | None = None
-    flags: frozenset = frozenset()
-    x: np.ndarray | None = None  # (1, S, S) float32 view into a reused buffer
-    logits: np.ndarray | None = None  # (3,) raw model output, set by infer(), turned into probs by postprocess()
-    saliency: np.ndarray | None = None  # (h, w) saliency map (a copy: the backend may reuse its buffers)
-    embedding: np.ndarray | None = None  # (D,) the model's 'embedding' output (a copy), when it has one
-    ood_score: float | None = None  # the out-of-domain gate's score; None without a gate
-    probs: tuple[float, float, float] | None = None
-    saliency_peak: tuple[int, int] | None = None
-    lesion: dict | None = None  # {'box': (x, y, w, h), 'confidence': p} in frame pixels (streamcad.lesion)
-    t: dict = field(default_factory=dict)  # stage -> monotonic ns at the stage's end
-    frame: object | None = None  # the delivered Frame, kept only while a sink wants frames (the recorder)
 
 
 @dataclass
@@ -133,25 +112,18 @@ class Pipeline:
         ScoreStream becomes the pipeline's, so its publisher_id is the messages' id). `sinks`:
         the outputs besides `publisher`; None = the configured ones (streamcad.sinks.open_sinks:
         ZeroMQ unless `publisher` is given, the recorder when [record] dir is set)."""
-        from streamcad.quality import QualityChecker, QualityConfig
-        from streamcad.roi import RoiTracker
-
         self.config = config
         self.model = model if model is not None else _load_model(config)
         try:
-            # the 'suspicious' state on the model's validated operating point (before the source
-            # and the socket open: a model without a threshold and no config value stops here)
-            name = self.model.model_id
-            if self.model.manifest is None and config.model.path:
-                name = f"{Path(config.model.path).name} (no manifest)"
-            self.smoother = Smoother(config.smoothing, self.model.threshold, name)
+            # ROI, quality, preprocess, infer, postprocess, smooth: the per-frame work, no threads
+            # (before the source and the socket open: a model without a threshold and no config
+            # value stops here, in the smoother)
+            self.processor = FrameProcessor(config, self.model)
         except StreamcadError:
             if model is None:
                 self.model.close()
             raise
         self.spec = self.model.spec
-        manifest = getattr(self.model, "manifest", None)
-        self._lesion_head = manifest is not None and manifest.saliency_kind == "lesion_probability"
         self.source = source if source is not None else _open_source(config)
         # ONE ScoreStream builds every message (seq, stamps, the heartbeat timer): the status has
         # one owner, this pipeline's publish thread, and every sink gets the same messages
@@ -168,22 +140,13 @@ class Pipeline:
         self._frame_sinks = [s for s in self.sinks if s.wants_frames]
         # sinks that also take the model's saliency map of each frame (the preview sink)
         self._saliency_sinks = [s for s in self.sinks if getattr(s, "wants_saliency", False)]
-        box = tuple(config.roi.box) if config.roi.box else None
-        self.roi_tracker = RoiTracker(override=box, warmup_frames=config.roi.warmup_frames)
-        try:
-            qcfg = QualityConfig(**config.quality.thresholds)
-        except TypeError as exc:
-            raise StreamcadError(f"quality.thresholds: {exc}") from exc
-        self.quality = QualityChecker(qcfg) if config.quality.enabled else None
+        self.processor.keep_frames = bool(self._frame_sinks)
+        self.processor.keep_saliency = bool(self._saliency_sinks)  # the preview sink draws the map
         self.stats = _Stats()
         self.report = PipelineReport()
         self._stop = threading.Event()
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
-        S = self.spec.size
-        # input buffers reused round-robin: queue capacity + one per stage in flight
-        self._buffers = np.zeros((6, 1, S, S), np.float32)
-        self._buf_i = 0
         self._q_infer: queue.Queue = queue.Queue(maxsize=2)
         self._q_pub: queue.Queue = queue.Queue(maxsize=2)
         self._stale_reported = False
@@ -193,84 +156,32 @@ class Pipeline:
         self._t_start_ns = 0
 
     # ---------------------------------------------------------------- stage functions
+    # the per-frame work is the processor's (streamcad.processor); these name the thread each runs on
+    @property
+    def smoother(self):
+        return self.processor.smoother
+
+    @property
+    def roi_tracker(self):
+        return self.processor.roi_tracker
+
+    @property
+    def quality(self):
+        return self.processor.quality
+
     def prepare(self, frame) -> Item:
         """ROI + quality + preprocess of one Frame (prepare thread)."""
-        t0 = time.monotonic_ns()
-        item = Item(index=frame.index, t_capture_ns=frame.t_capture_ns, label=frame.label)
-        item.t["grab"] = t0
-        if self._frame_sinks:
-            item.frame = frame
-        image = frame.image
-        roi = self.roi_tracker.update(image)
-        item.roi = roi.as_tuple()
-        x, y, w, h = item.roi
-        if roi.confidence == 0.0:
-            # no image sector anywhere on the screen (tracker returned the whole frame): a black
-            # or uniform screen (start-up, probe unplugged) is 'blank', anything else is not ultrasound
-            from streamcad.quality import is_blank
-
-            cfg = self.quality.config if self.quality is not None else None
-            item.flags = frozenset({"blank" if is_blank(image, cfg) else "not_ultrasound"})
-        elif self.quality is not None:
-            # stale=False: this frame did arrive; staleness is reported by _no_signal_item
-            colour = doppler_fraction(getattr(frame, "colour", None), image.shape, item.roi)
-            item.flags = self.quality.check(image[y : y + h, x : x + w], frame.chroma, False, colour)
-        if not item.flags:
-            buf = self._buffers[self._buf_i]
-            self._buf_i = (self._buf_i + 1) % len(self._buffers)
-            item.x = preprocess(image, self.spec, item.roi, out=buf)
-        item.t["preprocess"] = time.monotonic_ns()
-        return item
+        return self.processor.prepare(frame)
 
     def infer(self, item: Item) -> Item:
-        """Model outputs for one prepared item (infer thread). Flagged items pass through.
-
-        Only the model runs here: the infer thread is the pipeline's slowest stage, so the
-        softmax and the saliency peak (Python-level work that holds the GIL) are left to
-        postprocess() on the publish thread (measured with benchmarks.profile)."""
-        item.t["queue"] = time.monotonic_ns()
-        if item.x is not None:
-            out = self.model.backend.infer(item.x[None])
-            item.logits = np.array(out["logits"][0], np.float64)
-            item.saliency = np.array(out["saliency"][0, 0])
-            if "embedding" in out:
-                item.embedding = np.array(out["embedding"][0])
-            item.x = None  # the buffer may be reused from here on
-        item.t["infer"] = time.monotonic_ns()
-        return item
-
-    def postprocess(self, item: Item) -> None:
-        """Out-of-domain gate on the embedding; logits -> class probabilities; saliency map -> its
-        peak in frame pixels. A frame the gate flags keeps no probabilities (no malignancy update)."""
-        gate = getattr(self.model, "gate", None)
-        if gate is not None and item.logits is not None:
-            if item.embedding is None:
-                raise StreamcadError(
-                    f"model {self.model.model_id}: its manifest has an out-of-domain gate but the backend "
-                    "returned no 'embedding'; expected the backend to return every output of the graph"
-                )
-            item.ood_score = float(gate.score(item.embedding)[0])
-            if not item.ood_score <= gate.threshold:  # NaN counts as out of domain
-                item.flags = item.flags | {"out_of_domain"}
-                item.logits = item.saliency = item.embedding = None
-        item.embedding = None
-        if item.logits is not None:
-            e = np.exp(item.logits - item.logits.max())
-            p = e / e.sum()
-            item.probs = (float(p[0]), float(p[1]), float(p[2]))
-            item.saliency_peak = self._saliency_peak(item.saliency, item.roi)
-            if self._lesion_head:
-                box = lesion_box(item.saliency, item.roi, self.spec.size)
-                item.lesion = None if box is None else {"box": box.box, "confidence": box.confidence}
-            item.logits = None
-            if not self._saliency_sinks:  # the preview sink draws the map: keep it for finish()
-                item.saliency = None
+        """Model outputs for one prepared item (infer thread)."""
+        return self.processor.infer(item)
 
     def finish(self, item: Item) -> None:
         """Post-processing, smoothing and publishing (publish thread)."""
         t_pick = time.monotonic_ns()  # the publish thread has the item: waits before this are queueing
-        self.postprocess(item)
-        res = self.smoother.update(item.probs, item.t["infer"], item.flags)
+        self.processor.postprocess(item)
+        res = self.processor.smooth(item)
         t_smooth = time.monotonic_ns()
         lat = {
             "grab": (item.t["grab"] - item.t_capture_ns) / 1e6,
@@ -351,15 +262,6 @@ class Pipeline:
         if publisher is None:
             return open_sinks(self.config, self.scores, context)
         return out + open_sinks(self.config, self.scores, context, only=[n for n in SINKS if n != "zmq"])
-
-    def _saliency_peak(self, sal: np.ndarray, roi) -> tuple[int, int]:
-        """argmax of the (h, w) saliency map -> (x, y) in frame pixels (undo letterbox + ROI)."""
-        h, w = sal.shape
-        iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
-        S = self.spec.size
-        x, y = input_to_frame((ix + 0.5) * S / w, (iy + 0.5) * S / h, roi, S)
-        rx, ry, rw, rh = roi
-        return min(max(int(x), rx), rx + rw - 1), min(max(int(y), ry), ry + rh - 1)
 
     def _no_signal_item(self) -> Item:
         now = time.monotonic_ns()
