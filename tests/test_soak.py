@@ -35,7 +35,8 @@ def test_soak_20k_frames_with_random_faults(model_path):
                           stall_s=(0.1, 0.9), disconnect_s=(0.1, 0.3), sizes=((200, 150), None))
     res = run_soak(model_path, frames=FRAMES, pace="none", fps=30.0, screen=(320, 240), faults=faults,
                    hang_timeout_s=hang, warmup_frames=1000, checkpoint_s=1e9,
-                   stalled_subscribers=1, hwm_seconds=4.0)
+                   stalled_subscribers=1, hwm_seconds=1.0)  # a queue of ~1,000 messages at the unpaced
+    # sweep's expected 1,000 fps: the stalled UI overflows it within these 4,000 frames
     keys = ("scores", "faults", "fault_kinds", "seq_gaps", "rss_warm_mb", "rss_growth_mb", "threads_left",
             "max_status_gap_s", "max_status_gap_publish_s", "reconnects", "readers_abandoned", "frames_rejected",
             "wall_s")
