@@ -58,7 +58,16 @@ def _train_flags() -> dict[str, set[str]]:
     parser = argparse.ArgumentParser()
     train.cli.add_arguments(parser)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}
+
+    def options(p: argparse.ArgumentParser) -> set[str]:  # a command's flags and its own subcommands' (train cv run ...)
+        out = {o for a in p._actions for o in a.option_strings}
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for q in a.choices.values():
+                    out |= options(q)
+        return out
+
+    return {name: options(p) for name, p in sub.choices.items()}
 
 
 def test_every_flag_in_training_doc_exists():

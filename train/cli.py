@@ -110,8 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--work", default="runs/experiment", help="checkpoints, SSL cache, logs (not committed)")
     _common(p)
 
-    p = sub.add_parser("cv", help="the v2 recipe (train/cv.py): 'run' one fold / cross-dataset run, 'report' pooled tables")
-    p.add_argument("cv_args", nargs=argparse.REMAINDER, help="run --mode cv --fold K --out DIR | report DIR --json OUT")
+    p = sub.add_parser("cv", help="the v2 recipe (train/cv.py): run a fold / cross-dataset run, report, tta, compare")
+    from train.cv import add_arguments as _cv_arguments
+
+    _cv_arguments(p)
 
     p = sub.add_parser("ship", help="train + export the shipped default model (BUSI + BUS-BRA, fold 0 held out)")
     p.add_argument("--recipe", choices=["v2", "v1"], default="v2",
@@ -318,9 +320,10 @@ def run(args) -> int:
     if cmd == "gate":
         return _run_gate(args)
     if cmd == "cv":
-        from train.cv import main as cv_main
+        from train.cv import run_command
 
-        return cv_main(args.cv_args)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        return run_command(args)
     _torch_setup(args)
     if cmd == "pretrain":
         return _run_pretrain(args)

@@ -26,24 +26,18 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from streamcad.errors import ConfigError
 from streamcad.preprocess import PreprocessSpec
-from train.common import (
-    JsonlLogger,
-    check_finite,
-    cosine_schedule,
-    dataclass_from_dict,
-    git_commit,
-    load_checkpoint,
-    machine_info,
-    save_checkpoint,
-    seed_everything,
-)
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and train.common, which imports it) is imported inside the functions that train or
+# predict: `streamcad train --help` builds this module's parser in an install without torch.
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +76,8 @@ class RecipeConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RecipeConfig:
+        from train.common import dataclass_from_dict
+
         return dataclass_from_dict(cls, d, "recipe")
 
 
@@ -132,6 +128,9 @@ def _param_groups(model, cfg: RecipeConfig) -> list[dict]:
 def lesion_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """logits (B, 1, h, w), masks (B, 1, S, S) in {0, 1} -> BCE + soft Dice (Milletari et al. 2016) on
     the h x w grid (masks area-downsampled to soft targets). Dice only over images with a lesion."""
+    import torch
+    import torch.nn.functional as F
+
     target = F.interpolate(masks, size=logits.shape[-2:], mode="area")
     bce = F.binary_cross_entropy_with_logits(logits, target)
     p = torch.sigmoid(logits)
@@ -143,24 +142,29 @@ def lesion_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return bce + dice[has].mean()
 
 
-@torch.no_grad()
 def predict(model, images: np.ndarray, spec: PreprocessSpec, batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """uint8 (N, S, S) -> logits (N, 3), lesion probability maps (N, h, w), embeddings (N, D)."""
+    import torch
+
     model.eval()
     out_l, out_m, out_e = [], [], []
-    for i in range(0, len(images), batch):
-        x = torch.from_numpy(images[i:i + batch]).unsqueeze(1).float() / 255.0
-        x = ((x - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
-        logits, les, emb, _ = model.forward_all(x)
-        out_l.append(logits.numpy())
-        out_m.append(torch.sigmoid(les)[:, 0].numpy())
-        out_e.append(emb.numpy())
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).unsqueeze(1).float() / 255.0
+            x = ((x - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
+            logits, les, emb, _ = model.forward_all(x)
+            out_l.append(logits.numpy())
+            out_m.append(torch.sigmoid(les)[:, 0].numpy())
+            out_e.append(emb.numpy())
     return np.concatenate(out_l), np.concatenate(out_m), np.concatenate(out_e)
 
 
 def dice_scores(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Lesion maps (N, h, w) upsampled to the mask size vs masks (N, S, S) {0, 255} -> Dice (N,),
     NaN where the mask is empty."""
+    import torch
+    import torch.nn.functional as F
+
     t = F.interpolate(torch.from_numpy(maps)[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     pred = (t.numpy() >= threshold)
     gt = masks > 127
@@ -173,9 +177,21 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         limit: int | None = None) -> dict:
     """Train one run of the recipe and score its test part once. See the module docstring.
     `limit` keeps every limit-th image of each part (tests: the whole path on a few images)."""
+    import torch
+    import torch.nn.functional as F
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from train.augment import ScannerAugment
+    from train.common import (
+        JsonlLogger,
+        check_finite,
+        cosine_schedule,
+        git_commit,
+        load_checkpoint,
+        machine_info,
+        save_checkpoint,
+        seed_everything,
+    )
     from train.evaluate import binary_view, choose_threshold, softmax
     from train.finetune import class_weights, fit_temperature, split_train_val
     from train.model import IMAGENET_GRAY, build_model
@@ -290,6 +306,8 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
     result.json) the logits become the mean over (x, horizontally flipped x); temperature and
     threshold are refitted on the same calibration split with the same rule; the test part is
     scored once. Writes out_dir/cv/foldK/result.json in the same format (report / compare read it)."""
+    import torch
+
     from train.common import load_checkpoint
     from train.evaluate import binary_view, choose_threshold, softmax
     from train.finetune import fit_temperature, split_train_val
@@ -505,10 +523,8 @@ def render(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="streamcad train cv", description=__doc__.split("\n")[0])
+def add_arguments(ap) -> None:
+    """The `streamcad train cv` subcommands (run / report / tta / compare) on an argparse parser."""
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="one fold / one cross-dataset run")
     r.add_argument("--mode", choices=["cv", "cross"], required=True)
@@ -530,8 +546,20 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("a")
     c.add_argument("b")
     c.add_argument("--json", required=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="streamcad train cv", description=__doc__.split("\n")[0])
+    add_arguments(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return run_command(args)
+
+
+def run_command(args) -> int:
+    """Dispatch parsed `streamcad train cv ...` arguments."""
     if args.cmd == "run":
         cfg = RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention)
         sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
