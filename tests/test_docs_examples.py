@@ -181,6 +181,12 @@ def demo_endpoint():
                              "--endpoint", endpoint], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
+        # the examples start once the demo publishes (loading the model can take seconds on a busy
+        # machine, and an example rightly calls a silent stream stale after 3 s)
+        from streamcad.client import Subscriber
+
+        with Subscriber(endpoint, streams=["demo"]) as sub:
+            assert sub.recv(timeout=90.0) is not None, f"the demo published nothing within 90 s: {proc.poll()}"
         yield endpoint, proc
     finally:
         proc.terminate()
