@@ -385,14 +385,18 @@ def busbra_devices() -> dict[str, str]:
 
 
 def _oof(run_dir: Path) -> dict | None:
-    """Pooled out-of-fold predictions of a run folder: {'ids', 'groups', 'labels', 'p'} or None."""
+    """Pooled out-of-fold predictions of a run folder, per image: 'ids', 'groups', 'labels',
+    'p' (p(malignant)), 'threshold' (its fold's), 'dice' (NaN without a mask); plus 'runs' (the
+    fold results, in fold order). None when the folder has no finished fold."""
     res = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("cv/fold*/result.json"))]
     if not res:
         return None
     cat = lambda k: np.concatenate([r["predictions"][k] for r in res])  # noqa: E731
     return {"ids": cat("ids"), "groups": cat("groups"), "labels": cat("labels"),
             "p": np.concatenate([np.asarray(r["predictions"]["probs"])[:, 2] for r in res]),
-            "folds": sorted(r["fold"] for r in res)}
+            "threshold": np.concatenate([np.full(len(r["predictions"]["ids"]), r["threshold"]) for r in res]),
+            "dice": np.array([np.nan if d is None else d for r in res for d in r["predictions"]["dice"]], float),
+            "folds": sorted(r["fold"] for r in res), "runs": res}
 
 
 def compare_runs(a_dir, b_dir, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -417,11 +421,13 @@ def compare_runs(a_dir, b_dir, n_boot: int = 1000, seed: int = 0) -> dict:
 
 
 def _binary_metrics(labels, p, threshold, groups, n_boot, seed) -> dict:
+    """AUC (cluster bootstrap) and sensitivity/specificity at `threshold` (a scalar, or one per
+    image: pooled folds are each judged at their own fold's threshold)."""
     from train.evaluate import group_bootstrap_auc
 
     keep = labels != 0
     y = labels[keep] == 2
-    pos = p[keep] >= threshold
+    pos = p[keep] >= np.broadcast_to(threshold, p.shape)[keep]
     auc = group_bootstrap_auc(labels, p, groups, n_boot=n_boot, seed=seed)
     return {"auc": auc, "sensitivity": float(pos[y].mean()), "specificity": float((~pos[~y]).mean()),
             "n_benign": int((~y).sum()), "n_malignant": int(y.sum())}
@@ -434,33 +440,24 @@ def report(run_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None = 
     baseline result folder (train/results/cpu-5fold: `<dataset>__ours.json` oof predictions)."""
     run_dir = Path(run_dir)
     rep: dict = {"run_dir": str(run_dir), "cv": {}, "cross": {}, "paired_vs_baseline": {}}
-    folds = sorted(run_dir.glob("cv/fold*/result.json"))
-    if folds:
-        res = [json.loads(p.read_text()) for p in folds]
-        ids = np.concatenate([r["predictions"]["ids"] for r in res])
-        groups = np.concatenate([r["predictions"]["groups"] for r in res])
-        labels = np.concatenate([r["predictions"]["labels"] for r in res])
-        p = np.concatenate([np.asarray(r["predictions"]["probs"])[:, 2] for r in res])
-        thr = np.concatenate([[r["threshold"]] * len(r["predictions"]["ids"]) for r in res])
-        dice = np.array([np.nan if d is None else d for r in res for d in r["predictions"]["dice"]], float)
+    oof = _oof(run_dir)
+    if oof is not None:
+        ids, groups, labels, p, thr, dice = (oof[k] for k in ("ids", "groups", "labels", "p", "threshold", "dice"))
         ds = dataset_of(ids)
-        rep["cv"]["folds"] = [r["fold"] for r in res]
-        rep["cv"]["thresholds"] = [r["threshold"] for r in res]
-        rep["cv"]["wall_s"] = [r["wall_s"] for r in res]
+        rep["cv"]["folds"] = [r["fold"] for r in oof["runs"]]
+        rep["cv"]["thresholds"] = [r["threshold"] for r in oof["runs"]]
+        rep["cv"]["wall_s"] = [r["wall_s"] for r in oof["runs"]]
         for d in DATASETS:
             s = ds == d
-            rep["cv"][d] = _binary_metrics(labels[s], p[s] - thr[s] + 0.5, 0.5, groups[s], n_boot, seed)
-            rep["cv"][d]["auc"] = _binary_metrics(labels[s], p[s], 0.5, groups[s], n_boot, seed)["auc"]
+            rep["cv"][d] = _binary_metrics(labels[s], p[s], thr[s], groups[s], n_boot, seed)
             rep["cv"][d]["lesion_dice_mean"] = float(np.nanmean(dice[s]))
         dev = busbra_devices()
         s = ds == "busbra"
         devs = np.array([dev.get(str(i).split(":", 1)[1], "?") for i in ids[s]])
-        rep["cv"]["busbra_by_device"] = {}
-        for name in sorted(set(devs)):
-            k = devs == name
-            shifted = p[s][k] - thr[s][k] + 0.5  # each fold's own threshold -> 0.5
-            rep["cv"]["busbra_by_device"][name] = _binary_metrics(labels[s][k], shifted, 0.5, groups[s][k], n_boot, seed)
-            rep["cv"]["busbra_by_device"][name]["auc"] = _binary_metrics(labels[s][k], p[s][k], 0.5, groups[s][k], n_boot, seed)["auc"]
+        rep["cv"]["busbra_by_device"] = {
+            name: _binary_metrics(labels[s][k], p[s][k], thr[s][k], groups[s][k], n_boot, seed)
+            for name in sorted(set(devs)) for k in [devs == name]
+        }
         if baseline_dir:
             for d in DATASETS:
                 path = Path(baseline_dir) / f"{d}__ours.json"

@@ -186,23 +186,17 @@ def _ood_section(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _ci(v: dict | None, pct: bool = False) -> str:
-    if not isinstance(v, dict):
-        return "n/a"
-    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3f}")
-    return f"{f(v['value'])} [{f(v['ci_low'])}, {f(v['ci_high'])}]"
-
-
 def write_model_card_v2(report: dict, path: str | os.PathLike, manifest_sha256: str) -> Path:
     """MODEL_CARD.md from the v2 ship report: every number comes from the report."""
     from train.cv import render
+    from train.ship import _ci  # the CI formatting of the v1 card
 
     rows = []
     for ds, name in (("busi", "BUSI fold 0"), ("busbra", "BUS-BRA fold 0"), ("all", "both, pooled")):
         mm = report["metrics"][ds]
         n = f"{mm.get('n_normal', 0)}/{mm.get('n_benign', 0)}/{mm.get('n_malignant', 0)}"
-        rows.append(f"| {name} | {n} | {_ci(mm.get('auc'))} | {_ci(mm.get('sensitivity'), True)} | "
-                    f"{_ci(mm.get('specificity'), True)} | {_ci(mm.get('ece'))} |")
+        rows.append(f"| {name} | {n} | {_ci(mm, 'auc')} | {_ci(mm, 'sensitivity', True)} | "
+                    f"{_ci(mm, 'specificity', True)} | {_ci(mm, 'ece')} |")
     proto = report.get("protocol_v2")
     proto_table = render({"cv": proto["cv"], "cross": proto["cross"], "paired_vs_baseline": report.get("paired_vs_baseline", {})}) if proto else \
         "(not available when this card was generated: run `streamcad train cv report` first)"
