@@ -9,8 +9,17 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 
+from streamcad.errors import ConfigError  # noqa: E402
 from train.augment import ScannerAugment  # noqa: E402
-from train.cv import RecipeConfig, _auc_diff_paired, dice_scores, lesion_loss, run, select  # noqa: E402
+from train.cv import (  # noqa: E402
+    RecipeConfig,
+    _auc_diff_paired,
+    dice_scores,
+    label_subset,
+    lesion_loss,
+    run,
+    select,
+)
 
 
 def test_scanner_augment_keeps_the_lesion_and_its_aspect_ratio():
@@ -82,3 +91,30 @@ def test_one_run_end_to_end_to_the_runtime(tmp_path, data_root):
     p = e / e.sum(1, keepdims=True)
     np.testing.assert_allclose(p, np.asarray(res["predictions"]["probs"][:6]), atol=1e-4)
     assert letterbox(test.images[idx[0]], 160).shape == (160, 160)
+
+
+def test_label_subset_is_nested_per_class_whole_groups_and_paired_across_seeds():
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(300), rng.integers(1, 4, 300))  # patients with 1-3 images
+    labels = (rng.random(300) < 0.35).astype(int)[groups]  # one label per patient
+    subsets = {f: label_subset(labels, groups, f) for f in (0.1, 0.25, 0.5, 1.0)}
+    assert len(subsets[1.0]) == len(labels)
+    for small, big in ((0.1, 0.25), (0.25, 0.5), (0.5, 1.0)):
+        assert set(subsets[small]) < set(subsets[big])  # nested: 10% within 25% within 50%
+    for f, idx in subsets.items():
+        kept = set(groups[idx].tolist())
+        assert set(np.nonzero(np.isin(groups, list(kept)))[0]) == set(idx.tolist())  # whole groups only
+        for c in (0, 1):
+            n_c = int((labels == c).sum())
+            got = int((labels[idx] == c).sum())
+            assert np.ceil(f * n_c) <= got <= np.ceil(f * n_c) + 3  # at most one group over
+    # the subset does not depend on the run's seed (ours and scratch, every seed: the same images)
+    assert np.array_equal(label_subset(labels, groups, 0.25), subsets[0.25])
+    # the EMA keeps the same end-of-schedule weight on the initial weights at any fraction
+    full, tenth = RecipeConfig(), RecipeConfig(label_fraction=0.1)
+    assert full.ema_decay_effective == full.ema_decay
+    assert np.isclose(tenth.ema_decay_effective ** 55, full.ema_decay ** 550)
+    with pytest.raises(ConfigError, match="frozen_blocks"):
+        RecipeConfig(init="scratch")
+    with pytest.raises(ConfigError, match="label_fraction"):
+        RecipeConfig(label_fraction=0.0)

