@@ -40,8 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from streamcad.benchmarks.stats import summarize
 
-from benchmarks.stats import summarize
 from streamcad.errors import ConfigError, StreamcadError
 from streamcad.extras import missing_module_message
 
@@ -85,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmarks import report
+    from streamcad.benchmarks import report
 
     if args.report:
         path = report.write_readme(args.out)
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _meta(kind: str, opts: dict) -> dict:
-    from benchmarks.machine import machine_info
+    from streamcad.benchmarks.machine import machine_info
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -236,7 +236,7 @@ def _progress_printer() -> Callable[[object, dict], None]:
 
 
 def _one(cfg, sample_rss: bool = False) -> dict:
-    from benchmarks.e2e import run_e2e
+    from streamcad.benchmarks.e2e import run_e2e
 
     r = run_e2e(cfg, sample_rss=sample_rss, keep_raw=True)
     if _PROGRESS is not None:
@@ -253,8 +253,8 @@ def _one(cfg, sample_rss: bool = False) -> dict:
 def run_suite(*, quick: bool = False, frames: int = 1000, runs: int = 3, models=("tiny", "small", "base", "resnet18"),
               size: int = 160, gpu: bool = False, cache: Path | None = None, sources=None, labels=None) -> dict:
     """The whole benchmark in one process, so every ratio is measured side by side. -> results dict."""
-    from benchmarks.e2e import E2EConfig, backend_options
-    from benchmarks.models import DEFAULT_CACHE, ensure_model, shipped_model
+    from streamcad.benchmarks.e2e import E2EConfig, backend_options
+    from streamcad.benchmarks.models import DEFAULT_CACHE, ensure_model, shipped_model
 
     cache = cache or DEFAULT_CACHE
     res = {"meta": _meta("gpu" if gpu else "quick" if quick else "cpu",
@@ -362,10 +362,11 @@ def run_suite(*, quick: bool = False, frames: int = 1000, runs: int = 3, models=
 
 def _inference(res: dict, models, size: int, cache, gpu: bool, quick: bool) -> None:
     """Inference alone per model: ORT 1t / 2t vs torch eager (CPU) or the CUDA modes; roofline."""
-    from benchmarks.e2e import backend_options
-    from benchmarks.infer import real_batch, time_backends
-    from benchmarks.models import ensure_model
-    from benchmarks.roofline import roofline
+    from streamcad.benchmarks.e2e import backend_options
+    from streamcad.benchmarks.infer import real_batch, time_backends
+    from streamcad.benchmarks.models import ensure_model
+    from streamcad.benchmarks.roofline import roofline
+
     from streamcad.manifest import load_model
 
     labels = ["torch-cuda-fp32", "torch-cuda-fp16", "torch-cuda-fp16-graph"] if gpu else list(CPU_LABELS)
@@ -480,8 +481,8 @@ def _targets(res: dict, primary) -> None:
 def run_long(n_frames: int, fps: float | None = None, *, size: int = 160, cache: Path | None = None,
              label: str = "ort-cpu-1t", source: str = "replay") -> dict:
     """One long threaded run of the shipped-size model with RSS sampled every second."""
-    from benchmarks.e2e import E2EConfig, backend_options
-    from benchmarks.models import DEFAULT_CACHE, shipped_model
+    from streamcad.benchmarks.e2e import E2EConfig, backend_options
+    from streamcad.benchmarks.models import DEFAULT_CACHE, shipped_model
 
     primary = shipped_model(size, cache or DEFAULT_CACHE)
     backend, opts = backend_options(label)
@@ -509,7 +510,8 @@ def run_preview_ab(frames: int, runs: int, fps: float = 30.0) -> dict:
     thread, the sweep paced at `fps`, the benchmark subscriber in its own process (it takes
     scores and statuses, not previews: the cost measured is the pipeline's, encoding included).
     The A/B says whether scoring latency and the score stream change with previews on."""
-    from benchmarks.e2e import E2EConfig, run_e2e
+    from streamcad.benchmarks.e2e import E2EConfig, run_e2e
+
     from streamcad.pipeline import DEFAULT_MODEL
 
     rows: dict[str, list[dict]] = {"off": [], "on": []}
@@ -543,7 +545,7 @@ def run_preview_ab(frames: int, runs: int, fps: float = 30.0) -> dict:
 
 
 def write_results(res: dict, out_dir: Path, name: str, plots: bool = True) -> Path:
-    from benchmarks import plots as P
+    from streamcad.benchmarks import plots as P
 
     out_dir.mkdir(parents=True, exist_ok=True)
     res.setdefault("meta", {})["load_at_end"] = list(os.getloadavg())

@@ -3,7 +3,7 @@
     source (sweep | file, paced at F fps or as fast as possible)
       -> Pipeline (threaded .run() or the naive .run_sequential(); same stage functions)
            grab -> preprocess -> queue -> infer -> smooth -> publish (ZeroMQ PUB, 127.0.0.1)
-      -> `python -m benchmarks.subscriber` (another process): time.monotonic_ns() at receipt
+      -> `python -m streamcad.benchmarks.subscriber` (another process): time.monotonic_ns() at receipt
       -> per stage (the message's latency_ms) and end to end (t_recv - t_capture):
          p50 / p90 / p99 / p99.9 / max / std, achieved fps, dropped frames
 
@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from streamcad.benchmarks.replay import ReplaySource, load_frames
+from streamcad.benchmarks.stats import summarize
 
-from benchmarks.replay import ReplaySource, load_frames
-from benchmarks.stats import summarize
 from streamcad.errors import StreamcadError
 from streamcad.messages import STAGES
 
@@ -167,7 +167,7 @@ def _open(cfg: E2EConfig):
         source = open_source(cfg.source, **src_opts)
         if cfg.mode == "sequential":
             # the naive loop grabs in its own thread too (no reader thread): benchmarks/naive.py
-            from benchmarks.naive import InlineSource
+            from streamcad.benchmarks.naive import InlineSource
 
             source = InlineSource(source)
     d = {
@@ -221,7 +221,7 @@ def run_e2e(cfg: E2EConfig, *, sample_rss: bool = False, keep_raw: bool = False)
                 model.backend.infer(x)
             env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
             proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.subscriber", "--endpoint", config.publish.endpoint,
+                [sys.executable, "-m", "streamcad.benchmarks.subscriber", "--endpoint", config.publish.endpoint,
                  "--count", str(total), "--out", str(out_npz)],
                 stdout=subprocess.PIPE, text=True, cwd=str(REPO), env=env,
             )

@@ -10,7 +10,7 @@
         timestamp, >= 1000 iterations, percentiles; plus batch 8 / 32 throughput
     (d) JSON (GPU, driver, torch/CUDA versions, every number) under $OUT or --out, a table last
 
-    python -m benchmarks.gpu_check --checkpoint best.pt --onnx engines/models/x.onnx \
+    python -m streamcad.benchmarks.gpu_check --checkpoint best.pt --onnx engines/models/x.onnx \
         --data-npz frames.npz --models tiny,small,base,resnet18
 
 On a machine without a CUDA GPU it prints 'no CUDA GPU: skipped' and exits 0.
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _environment(torch: Any) -> dict:
-    from benchmarks.machine import machine_info
+    from streamcad.benchmarks.machine import machine_info
 
     props = torch.cuda.get_device_properties(0)
     info = machine_info()
@@ -83,8 +83,9 @@ def _environment(torch: Any) -> dict:
 
 def _random_checkpoint(torch: Any, name: str, size: int, folder: Path) -> Path:
     """A classifier checkpoint with random weights (for timing only) in the contract's plain-dict form."""
+    from streamcad.train.model import build_model
+
     from streamcad.preprocess import PreprocessSpec
-    from train.model import build_model
 
     torch.manual_seed(0)
     model = build_model(name)
@@ -118,8 +119,9 @@ def _chunked_logits(be: Any, batch: np.ndarray, step: int) -> np.ndarray:
 
 def check_correctness(torch: Any, args: argparse.Namespace, work: Path) -> dict:
     """(b) torch CUDA fp32 / fp16 / fp16 + graph vs ONNX Runtime FP32 on real frames, through the gate."""
-    from engines.export import export_checkpoint, load_classifier
-    from engines.gate import load_gate_frames, run_gate, softmax
+    from streamcad.engines.export import export_checkpoint, load_classifier
+    from streamcad.engines.gate import load_gate_frames, run_gate, softmax
+
     from streamcad.backends import load_backend
 
     _, ckpt, spec, _ = load_classifier(args.checkpoint)
@@ -146,7 +148,8 @@ def check_correctness(torch: Any, args: argparse.Namespace, work: Path) -> dict:
 
 def measure_latency(torch: Any, args: argparse.Namespace, size: int, work: Path) -> dict:
     """(c) batch-1 latency percentiles and batch-B throughput per model size and mode."""
-    from benchmarks.stats import summarize
+    from streamcad.benchmarks.stats import summarize
+
     from streamcad.backends import load_backend
 
     batches = [int(b) for b in args.batches.split(",") if b]

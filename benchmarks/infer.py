@@ -14,16 +14,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from benchmarks.stats import summarize
+from streamcad.benchmarks.stats import summarize
 
 __all__ = ["real_batch", "time_backends"]
 
 
 def real_batch(spec, n: int = 16) -> np.ndarray:
     """(n, 1, S, S) float32 real frames (the repository sample), preprocessed with `spec`."""
-    from benchmarks.models import SAMPLE_IMAGES
-    from engines.gate import load_gate_frames
+    from streamcad.benchmarks.models import SAMPLE_IMAGES
+    from streamcad.engines.gate import load_gate_frames
 
     return load_gate_frames(spec, n=n, images_dir=SAMPLE_IMAGES if SAMPLE_IMAGES.is_dir() else None).batch
 

@@ -14,7 +14,7 @@
 The gate is fitted on breast training folds only (no recording and no synthetic frame is seen
 by it), so every non-breast number here is out of sample. Run:
 
-    OMP_NUM_THREADS=1 python -m benchmarks.ood_gate engines/models/default.onnx \\
+    OMP_NUM_THREADS=1 python -m streamcad.benchmarks.ood_gate engines/models/default.onnx \\
         --out benchmarks/results/ood_gate-default.json
 """
 
@@ -29,14 +29,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from streamcad.benchmarks.machine import machine_info
+from streamcad.train.data.datasets import data_root
+from streamcad.train.ood import (
+    StreamFeatures,
+    breast_frames,
+    breast_items,
+    embed_stream,
+    video_frames,
+)
 
-from benchmarks.machine import machine_info
 from streamcad.backends import load_backend
 from streamcad.errors import ConfigError
 from streamcad.gate_ood import OodGate
 from streamcad.manifest import read_manifest, verify_artifact
-from train.data.datasets import data_root
-from train.ood import StreamFeatures, breast_frames, breast_items, embed_stream, video_frames
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,7 @@ def auc(neg_scores: np.ndarray, pos_scores: np.ndarray) -> float:
 
 def roc_plot(res: dict, out: Path) -> Path:
     """ROC of the gate score (non-breast frames flagged vs breast frames flagged), chosen point marked."""
-    from benchmarks.plots import _plt
+    from streamcad.benchmarks.plots import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -183,7 +189,7 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
     res["roc"] = roc_points(b, o)
     res["wall_s"] = time.perf_counter() - t0
     res["machine"] = machine_info()
-    res["command"] = f"python -m benchmarks.ood_gate {model} --out {out}"
+    res["command"] = f"python -m streamcad.benchmarks.ood_gate {model} --out {out}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     roc_plot(res, out.with_suffix(".png"))

@@ -9,8 +9,8 @@ frames through the real pipeline.
         frame-level sensitivity / specificity of `suspicious` and of per-frame p >= threshold
       --> benchmarks/results/operating-point-NAME.json
 
-    python -m benchmarks.operating_point --images sample --out benchmarks/results/operating-point-sample.json
-    python -m benchmarks.operating_point --images busbra-test --dwell-s 2 --transition-s 0.5 \
+    python -m streamcad.benchmarks.operating_point --images sample --out benchmarks/results/operating-point-sample.json
+    python -m streamcad.benchmarks.operating_point --images busbra-test --dwell-s 2 --transition-s 0.5 \
         --out benchmarks/results/operating-point-busbra-test.json
 
 The threshold is whatever the loaded model's manifest says (or a config override, reported as
@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="JSON report")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from benchmarks.machine import machine_info
+    from streamcad.benchmarks.machine import machine_info
+
     from streamcad.errors import StreamcadError
     from streamcad.manifest import read_manifest
 
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     pt = run["point"]
     result = {
         "what": "state vs the validated operating threshold on labelled sweep frames through the real pipeline",
-        "command": "python -m benchmarks.operating_point " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m streamcad.benchmarks.operating_point " + " ".join(argv if argv is not None else sys.argv[1:]),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "git": git,

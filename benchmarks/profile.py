@@ -1,6 +1,6 @@
 """Where the time goes: py-spy samples of the real pipeline, threaded and naive, one run each way.
 
-    python -m benchmarks.profile [--source replay|sweep] [--frames 3000] [--out FILE.json]
+    python -m streamcad.benchmarks.profile [--source replay|sweep] [--frames 3000] [--out FILE.json]
 
 For each mode (threaded `Pipeline.run`, naive `Pipeline.run_sequential`) the same benchmark
 configuration as `streamcad bench` (benchmarks.e2e.run_e2e, subscriber in another process) runs
@@ -130,9 +130,9 @@ def _pyspy() -> str:
 
 def _child(args: argparse.Namespace) -> int:
     """One measured run (the process py-spy records)."""
-    from benchmarks.cli import _model_path
-    from benchmarks.e2e import E2EConfig, backend_options, run_e2e
-    from benchmarks.models import DEFAULT_CACHE, shipped_model
+    from streamcad.benchmarks.cli import _model_path
+    from streamcad.benchmarks.e2e import E2EConfig, backend_options, run_e2e
+    from streamcad.benchmarks.models import DEFAULT_CACHE, shipped_model
 
     m = shipped_model(args.size, DEFAULT_CACHE)
     backend, opts = backend_options(args.label)
@@ -147,7 +147,7 @@ def _child(args: argparse.Namespace) -> int:
 def profile_mode(mode: str, source: str, frames: int, label: str, size: int, rate: int) -> dict:
     """Three py-spy runs (idle / cpu / gil) of one mode -> per-thread stage shares."""
     exe = _pyspy()
-    from benchmarks.e2e import E2EConfig
+    from streamcad.benchmarks.e2e import E2EConfig
 
     out: dict = {"mode": mode, "source": source, "frames": frames, "warmup": E2EConfig("").warmup, "label": label,
                  "rate_hz": rate}
@@ -155,7 +155,7 @@ def profile_mode(mode: str, source: str, frames: int, label: str, size: int, rat
         for kind, flags in (("idle", ["--idle"]), ("cpu", []), ("gil", ["--gil"])):
             raw, res = Path(tmp) / f"{kind}.txt", Path(tmp) / f"{kind}.json"
             cmd = [exe, "record", "--nonblocking", "--threads", "--format", "raw", "-r", str(rate), "-o", str(raw), *flags,
-                   "--", sys.executable, "-m", "benchmarks.profile", "--child", "--mode", mode, "--source", source,
+                   "--", sys.executable, "-m", "streamcad.benchmarks.profile", "--child", "--mode", mode, "--source", source,
                    "--frames", str(frames), "--label", label, "--size", str(size), "--result", str(res)]
             p = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True)
             if p.returncode != 0 or not raw.is_file() or not res.is_file():
@@ -186,7 +186,7 @@ def per_frame(prof: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m streamcad.benchmarks.profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", choices=("replay", "sweep"), default="replay")
     ap.add_argument("--frames", type=int, default=3000)
     ap.add_argument("--label", default="ort-cpu-1t")
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return _child(args)
-    from benchmarks.cli import _meta
+    from streamcad.benchmarks.cli import _meta
 
     res = {"meta": _meta("profile", {k: v for k, v in vars(args).items() if k not in ("child", "mode", "result")}),
            "profiles": []}

@@ -10,7 +10,7 @@ Each trial: statuses at `--rate` per second; once both UIs receive, and a random
 publisher case: last message of the revoked publisher at the kept UI) minus t0; the kept UI's
 longest silence across the cut and the seq it missed (counted by the Subscriber's gap tracker).
 
-    python -m benchmarks.revocation --trials 10          # writes benchmarks/results/revocation.json
+    python -m streamcad.benchmarks.revocation --trials 10          # writes benchmarks/results/revocation.json
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(name, json.dumps({k: v for k, v in results[name].items() if k != "rows"}))
     doc = {"what": "CURVE revocation cut-off", "check_s": 0.5, "rate_per_s": args.rate, "after_s": args.after_s,
            "machine": {"node": platform.node(), "cpu": platform.processor() or platform.machine()},
-           "command": f"python -m benchmarks.revocation --trials {args.trials}", "results": results}
+           "command": f"python -m streamcad.benchmarks.revocation --trials {args.trials}", "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     return 0

@@ -10,7 +10,7 @@ from them: per-clip IoU against the hand-read boxes of sectors.json, and the det
                  panel that scrolls (or sweeps with an erase bar); the truth is the B-mode sector
         black    10 black frames before the clip: no box (confidence 0) on them, then the sector
 
-    .venv/bin/python -m benchmarks.roi_eval [--data DIR] [--out benchmarks/results/roi_eval.json]
+    .venv/bin/python -m streamcad.benchmarks.roi_eval [--data DIR] [--out benchmarks/results/roi_eval.json]
 
 The composers are also used by tests/test_roi_composed.py. Only numpy and OpenCV.
 """
@@ -391,10 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     t0 = time.time()
     clips = evaluate(args.data)
-    from benchmarks.machine import machine_info
+    from streamcad.benchmarks.machine import machine_info
 
     result = {
-        "command": "python -m benchmarks.roi_eval "
+        "command": "python -m streamcad.benchmarks.roi_eval "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine_info": machine_info(),
         "machine": {

@@ -18,9 +18,9 @@ What the stalled ones got is counted at the end (``stalled_received``). With ``-
 ``churn_statuses``): subscribers coming and going beside a stalled one (that combination,
 with the queue size changed on the live socket, crashed libzmq's I/O thread; it is fixed now).
 
-    python -m benchmarks.soak --minutes 60                # writes benchmarks/results/soak-*.json
-    python -m benchmarks.soak --minutes 5 --pace none     # as fast as it goes (CPU bound)
-    python -m benchmarks.soak --minutes 1 --faults-per-minute 0 --pace none   # stalled UI only
+    python -m streamcad.benchmarks.soak --minutes 60                # writes benchmarks/results/soak-*.json
+    python -m streamcad.benchmarks.soak --minutes 5 --pace none     # as fast as it goes (CPU bound)
+    python -m streamcad.benchmarks.soak --minutes 1 --faults-per-minute 0 --pace none   # stalled UI only
 
 A checkpoint is rewritten every --checkpoint-s seconds, so an interrupted soak still leaves its
 numbers. tests/test_soak.py runs `run_soak` for 20,000 frames in CI.
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger(__name__).setLevel(logging.INFO)
-    from benchmarks.machine import machine_info
+    from streamcad.benchmarks.machine import machine_info
 
     w, h = (int(v) for v in args.screen.lower().split("x"))
     model = Path(args.model) if args.model else _default_model(args.size)

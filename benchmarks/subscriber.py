@@ -1,6 +1,6 @@
 """The receiving end of the end-to-end benchmark, in its own process.
 
-    python -m benchmarks.subscriber --endpoint tcp://127.0.0.1:5555 --count 1000 --out recv.npz
+    python -m streamcad.benchmarks.subscriber --endpoint tcp://127.0.0.1:5555 --count 1000 --out recv.npz
 
     SUB socket (streamcad.client.Subscriber, every score and status of every stream)
       --> for each Score: time.monotonic_ns() at receipt, stored with the message's seq, frame

@@ -175,7 +175,7 @@ def evaluate(
 ) -> dict:
     """Score `model_path` on `data_dir` -> a JSON-ready dict (metrics with CIs, per-image probs)."""
     try:
-        from train.evaluate import bootstrap_metrics
+        from streamcad.train.evaluate import bootstrap_metrics
     except ModuleNotFoundError as exc:
         msg = missing_module_message(exc.name or "", "eval")
         if msg is None:
@@ -230,7 +230,7 @@ def evaluate(
 
 def _split_rows(dataset: str) -> tuple[Path, list[dict[str, str]]]:
     """The committed 5-fold split of `dataset` (train/splits/DATASET_5fold.csv): path, rows."""
-    import train
+    from streamcad import train
 
     path = Path(train.__file__).parent / "splits" / f"{dataset}_5fold.csv"
     return path, _read_csv(path)
@@ -296,7 +296,7 @@ def training_overlap(training_data: dict, ids: list[str]) -> dict | None:
 def write_plots(result: dict, json_path: str | Path) -> list[Path]:
     """ROC curve and reliability diagram of `result` (evaluate()'s dict) beside `json_path`:
     OUT.roc.png and OUT.reliability.png."""
-    from train.evaluate import plot_reliability, plot_roc
+    from streamcad.train.evaluate import plot_reliability, plot_roc
 
     labels = np.array([CLASSES.index(p["label"]) for p in result["predictions"]], np.int64)
     probs = np.array([[p[f"p_{c}"] for c in CLASSES] for p in result["predictions"]], np.float64)

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from streamcad.engines.gate import CLASS_NAMES, load_gate_frames, softmax
 
-from engines.gate import CLASS_NAMES, load_gate_frames, softmax
 from streamcad.checkpoint import read_classifier
 from streamcad.errors import ArtifactError, ConfigError
 from streamcad.preprocess import PreprocessSpec
@@ -124,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
 
 def load_classifier(checkpoint: str | os.PathLike) -> tuple[Any, dict, PreprocessSpec, float]:
     """Checkpoint path -> (model in eval mode on CPU, checkpoint dict, PreprocessSpec, temperature)."""
-    from train.common import load_checkpoint  # ArtifactError for missing / unreadable files
-    from train.model import build_model
+    from streamcad.train.common import (
+        load_checkpoint,  # ArtifactError for missing / unreadable files
+    )
+    from streamcad.train.model import build_model
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -140,8 +142,7 @@ def load_classifier(checkpoint: str | os.PathLike) -> tuple[Any, dict, Preproces
 
 def _temperature_wrapper(model: Any, temperature: float) -> Any:
     import torch
-
-    from train.ood import forward_gate
+    from streamcad.train.ood import forward_gate
 
     class TemperatureScaled(torch.nn.Module):
         """(B, 1, S, S) -> (logits / T (B, 3), saliency (B, 1, h, w), embedding (B, D)): calibration

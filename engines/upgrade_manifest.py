@@ -1,7 +1,7 @@
 """Upgrade model manifests to the current schema, or re-seal one whose fields were edited on purpose.
 
-    python -m engines.upgrade_manifest engines/models/default.onnx [more.onnx ...]
-    python -m engines.upgrade_manifest --reseal engines/models/default.onnx   # after an intended edit
+    python -m streamcad.engines.upgrade_manifest engines/models/default.onnx [more.onnx ...]
+    python -m streamcad.engines.upgrade_manifest --reseal engines/models/default.onnx   # after an intended edit
 
 Schema 2 adds ``contract_sha256``, a hash over every manifest field that changes scores
 (preprocess, class names, operating threshold, temperature, input, the ood gate, ...) together
@@ -20,7 +20,7 @@ from streamcad.manifest import upgrade_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engines.upgrade_manifest", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m streamcad.engines.upgrade_manifest", description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", help="NAME.onnx / NAME.engine / NAME.json")
     p.add_argument("--reseal", action="store_true", help="re-seal a current-schema manifest after an intended edit")
     args = p.parse_args(argv)

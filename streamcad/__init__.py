@@ -19,6 +19,38 @@ from importlib import import_module
 # telemetry sets ORT_DISABLE_TELEMETRY=0 beforehand (the variable is only defaulted).
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
+# The tooling lives beside this package in a checkout (engines/, train/, benchmarks/ at the top of
+# the repository) and inside it in a wheel (streamcad/engines, streamcad/train,
+# streamcad/benchmarks: pyproject's package-dir), so a user's site-packages gets no generic
+# top-level `train` or `engines`. Code imports `streamcad.engines ...` either way. Run from a
+# checkout, those three names resolve to the folders beside this very package: first in the
+# finder list, so that a second checkout on PYTHONPATH never mixes with an editable install's.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CHECKOUT = os.path.dirname(_HERE)
+_TOOLING = ("engines", "train", "benchmarks")
+
+
+class _CheckoutTooling:
+    """Meta-path finder for streamcad.engines / .train / .benchmarks of a checkout (nothing else)."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        head, _, name = fullname.partition(".")
+        if head != "streamcad" or name not in _TOOLING:
+            return None
+        import importlib.util
+
+        folder = os.path.join(_CHECKOUT, name)
+        return importlib.util.spec_from_file_location(fullname, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+
+
+if not os.path.isdir(os.path.join(_HERE, "engines")) and os.path.isfile(os.path.join(_CHECKOUT, "pyproject.toml")) \
+        and all(os.path.isfile(os.path.join(_CHECKOUT, n, "__init__.py")) for n in _TOOLING):
+    import sys as _sys
+
+    _sys.meta_path.insert(0, _CheckoutTooling)
+
 from streamcad.errors import StreamcadError  # noqa: E402
 from streamcad.preprocess import PreprocessSpec, preprocess  # noqa: E402
 

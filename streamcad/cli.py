@@ -31,11 +31,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("streamcad.commands.info", "versions, available backends and GPUs"),
     "proxy": ("streamcad.commands.proxy", "XSUB/XPUB proxy: many scanners to many UIs"),
     "keys": ("streamcad.commands.keys", "generate CURVE key pairs for access control"),
-    "evaluate": ("engines.evaluate", "score a model on a folder laid out like BUSI or BUS-BRA"),
-    "export": ("engines.export", "export a training checkpoint to ONNX with a parity check"),
-    "convert": ("engines.convert", "build a TensorRT engine from ONNX with an accuracy gate"),
-    "bench": ("benchmarks.cli", "latency / throughput benchmarks of the real pipeline"),
-    "train": ("train.cli", "training (the train extra): splits, pretrain, finetune, experiment, ship, ... (train --help)"),
+    "evaluate": ("streamcad.engines.evaluate", "score a model on a folder laid out like BUSI or BUS-BRA"),
+    "export": ("streamcad.engines.export", "export a training checkpoint to ONNX with a parity check"),
+    "convert": ("streamcad.engines.convert", "build a TensorRT engine from ONNX with an accuracy gate"),
+    "bench": ("streamcad.benchmarks.cli", "latency / throughput benchmarks of the real pipeline"),
+    "train": ("streamcad.train.cli", "training (the train extra): splits, pretrain, finetune, experiment, ship, ... (train --help)"),
 }
 # the extra a command needs beyond the runtime; a missing module of it is reported as this extra
 NEEDS_EXTRA: dict[str, str] = {"view": "viewer", "evaluate": "eval", "export": "train", "bench": "train", "train": "train",

@@ -21,7 +21,7 @@ so preprocess (size, mean, std, resize), class_names, operating_threshold, tempe
 outputs, format, precision, the ood gate, ... and any field added later are covered unless
 listed as descriptive (provenance: created, versions, metrics, notes, ...). write_manifest()
 computes it; a version-1 manifest (before it) is refused with the command that upgrades it
-(``python -m engines.upgrade_manifest PATH``). A hash, not a signature: it catches edits and
+(``python -m streamcad.engines.upgrade_manifest PATH``). A hash, not a signature: it catches edits and
 corruption, not someone who recomputes it on purpose (file permissions guard against that).
 """
 
@@ -76,7 +76,7 @@ DESCRIPTIVE_FIELDS = frozenset(
 )
 _CONTRACT_TAG = b"streamcad-manifest-contract/2\n"
 _MAX_MANIFEST_BYTES = 4 << 20  # a manifest is a few KB; refuse a huge file before parsing it
-_UPGRADE_HINT = "python -m engines.upgrade_manifest"
+_UPGRADE_HINT = "python -m streamcad.engines.upgrade_manifest"
 CLASS_NAMES = ("normal", "benign", "malignant")
 FORMATS = {".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch", ".pth": "torch"}
 # newest ONNX opset each onnxruntime release runs (onnxruntime's own compatibility table)

@@ -54,7 +54,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Pipeline", "PipelineReport", "Item", "STAGES", "DEFAULT_MODEL"]
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engines" / "models" / "default.onnx"
+# the shipped model: streamcad/engines/models in a wheel, engines/models beside streamcad/ in a checkout
+_PACKAGE = Path(__file__).resolve().parent
+DEFAULT_MODEL = (_PACKAGE / "engines" if (_PACKAGE / "engines").is_dir() else _PACKAGE.parent / "engines") / "models" / "default.onnx"
 _POLL_S = 0.05  # every blocking wait wakes this often to check for shutdown (< 1 s contract)
 # A status is due this much before heartbeat_s: the publish loop may wait one poll before it
 # looks, and the contract is at least one status per heartbeat_s, not one every heartbeat_s + poll.

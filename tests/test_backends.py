@@ -140,7 +140,7 @@ def test_cuda_provider_absent_is_an_error(onnx_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    model_mod = pytest.importorskip("train.model")
+    model_mod = pytest.importorskip("streamcad.train.model")
     from streamcad.preprocess import PreprocessSpec
 
     torch.manual_seed(0)

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from streamcad.benchmarks import cli, report
+from streamcad.benchmarks.e2e import E2EConfig, RssSampler, run_e2e
+from streamcad.benchmarks.replay import ReplaySource, load_frames
 
-from benchmarks import cli, report
-from benchmarks.e2e import E2EConfig, RssSampler, run_e2e
-from benchmarks.replay import ReplaySource, load_frames
 from streamcad.manifest import write_manifest
 from tests.helpers_onnx import make_contract_onnx
 
@@ -114,7 +114,7 @@ def test_rss_summary_on_known_trace():
 
 def test_targets_judge_cpu_and_gpu_rows_against_the_issue_thresholds():
     """_targets on result rows with known values: each threshold is applied to the right row."""
-    from benchmarks.models import BenchModel
+    from streamcad.benchmarks.models import BenchModel
 
     def row(name, p99, dropped=0, fps=0.0):
         return {"name": name, "e2e_ms": {"p99": p99}, "dropped": {"total": dropped}, "fps": fps}
@@ -139,7 +139,7 @@ def test_targets_judge_cpu_and_gpu_rows_against_the_issue_thresholds():
 
 def test_report_renders_gpu_checks_and_profiles(tmp_path):
     """The committed GPU check JSON and a profile result get their own README sections."""
-    from benchmarks.cli import RESULTS_DIR
+    from streamcad.benchmarks.cli import RESULTS_DIR
 
     gpu = sorted(RESULTS_DIR.glob("gpu_check-*.json"))
     if not gpu:

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-
-from benchmarks.machine import machine_info
-from benchmarks.stats import summarize
+from streamcad.benchmarks.machine import machine_info
+from streamcad.benchmarks.stats import summarize
 
 
 def test_percentiles_on_known_samples():
@@ -45,8 +44,7 @@ def test_machine_info_names_the_machine():
 def test_onnx_flops_counts_conv_and_gemm(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
-
-    from benchmarks.roofline import onnx_flops
+    from streamcad.benchmarks.roofline import onnx_flops
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "w")

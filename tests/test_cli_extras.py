@@ -180,10 +180,10 @@ def test_train_help_lists_only_subcommands_that_exist():
     assert r.returncode == 0, r.stderr
     import argparse
 
-    import train.cli
+    from streamcad.train import cli as train_cli
 
     parser = argparse.ArgumentParser()
-    train.cli.add_arguments(parser)
+    train_cli.add_arguments(parser)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     choices = set(sub.choices)
     listed = re.findall(r"[a-z]+", COMMANDS["train"][1].split(":", 1)[1].split("...")[0])
@@ -192,7 +192,7 @@ def test_train_help_lists_only_subcommands_that_exist():
     for name in choices:  # each real subcommand is in the printed help
         assert re.search(rf"^\s+{name}\s", r.stdout, re.M), name
 
-    doc_cmds = set(re.findall(r"streamcad train ([a-z]+)", train.cli.__doc__))
+    doc_cmds = set(re.findall(r"streamcad train ([a-z]+)", train_cli.__doc__))
     assert doc_cmds <= choices, doc_cmds - choices
     # the README's command table: `streamcad train splits/pack/...`
     row = re.search(r"`streamcad train ([a-z/]+)`", (REPO / "README.md").read_text()).group(1)

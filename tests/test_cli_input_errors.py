@@ -91,7 +91,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         "manifest_mean_edited": (["run", "--no-dashboard", "--frames", "1", "--model", str(mean_edit)],
                                  ["contract_sha256 mismatch", "re-export"]),
         "manifest_version_1": (["run", "--no-dashboard", "--frames", "1", "--model", str(old)],
-                               ["schema version 1", "python -m engines.upgrade_manifest m.onnx"]),
+                               ["schema version 1", "python -m streamcad.engines.upgrade_manifest m.onnx"]),
         "keys_name_300": (["keys", "--out", str(tmp / "k"), "--name", "n" * 300], ["invalid key name", "300 characters"]),
         "proxy_allow_without_secret": (["proxy", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
                                         "--curve-allow", str(allow)], ["--curve-allow needs --curve-secret"]),

@@ -9,9 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 
-from streamcad.errors import ConfigError  # noqa: E402
-from train.augment import ScannerAugment  # noqa: E402
-from train.cv import (  # noqa: E402
+from streamcad.train.augment import ScannerAugment  # noqa: E402
+from streamcad.train.cv import (  # noqa: E402
     RecipeConfig,
     _auc_diff_paired,
     dice_scores,
@@ -20,6 +19,8 @@ from train.cv import (  # noqa: E402
     run,
     select,
 )
+
+from streamcad.errors import ConfigError  # noqa: E402
 
 
 def test_scanner_augment_keeps_the_lesion_and_its_aspect_ratio():
@@ -68,10 +69,11 @@ def test_paired_bootstrap_difference():
 def test_one_run_end_to_end_to_the_runtime(tmp_path, data_root):
     """Fine-tune (1 epoch, every 25th image) -> classifier.pt -> export -> the runtime scores the
     test images as PyTorch did (the checkpoint contract from training to load_model)."""
-    from engines.export import export_checkpoint
+    from streamcad.engines.export import export_checkpoint
+    from streamcad.train.cv import load_both
+
     from streamcad.manifest import load_model
     from streamcad.preprocess import PreprocessSpec, letterbox
-    from train.cv import load_both
 
     res = run(RecipeConfig(epochs=1, batch_size=8), "cv", tmp_path / "fold0", fold=0, limit=25)
     assert res["n_test"] > 0 and 0 <= res["threshold"] <= 1 and res["temperature"] > 0

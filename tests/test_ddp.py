@@ -20,8 +20,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training test: needs the train extra")
 
+from streamcad.train.common import load_checkpoint  # noqa: E402
+
 from streamcad.preprocess import letterbox  # noqa: E402
-from train.common import load_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "streamcad" / "data" / "sample" / "images"
@@ -61,7 +62,7 @@ def _torchrun(args: list[str], tmp: Path, timeout: float = 120) -> subprocess.Co
 WORKER = textwrap.dedent(
     """
     import os, sys
-    import train.ssl as ssl
+    import streamcad.train.ssl as ssl
     from streamcad.cli import main
 
     ssl.is_main_process = lambda: True  # every rank saves, each in its own folder (below)
@@ -95,7 +96,7 @@ def test_ddp_replicas_stay_identical(pool_npy, tmp_path):
         for k in p0:
             assert torch.equal(p0[k], p1[k]), f"replicas differ in {part}.{k}"
     # training did move the weights away from the shared initialisation
-    from train.model import build_model
+    from streamcad.train.model import build_model
 
     torch.manual_seed(0)
     init = build_model("tiny").state_dict()

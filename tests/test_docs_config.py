@@ -53,10 +53,10 @@ def test_generated_config_comments_come_from_the_source():
 
 
 def _train_flags() -> dict[str, set[str]]:
-    import train.cli
+    from streamcad.train import cli as train_cli
 
     parser = argparse.ArgumentParser()
-    train.cli.add_arguments(parser)
+    train_cli.add_arguments(parser)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
     def options(p: argparse.ArgumentParser) -> set[str]:  # a command's flags and its own subcommands' (train cv run ...)

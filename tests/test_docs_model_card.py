@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("torch", reason="train/ship.py: needs the train extra")
-from train.ship import DATASET_TERMS, data_terms, write_model_card  # noqa: E402
+from streamcad.train.ship import DATASET_TERMS, data_terms, write_model_card  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

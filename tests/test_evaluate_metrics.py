@@ -8,9 +8,7 @@ import pytest
 pytest.importorskip("sklearn", reason="needs the eval extra (scikit-learn)")
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score  # noqa: E402
-
-from streamcad.errors import ConfigError  # noqa: E402
-from train.evaluate import (  # noqa: E402
+from streamcad.train.evaluate import (  # noqa: E402
     binary_view,
     bootstrap_metrics,
     choose_threshold,
@@ -22,6 +20,8 @@ from train.evaluate import (  # noqa: E402
     softmax,
     stratified_bootstrap_indices,
 )
+
+from streamcad.errors import ConfigError  # noqa: E402
 
 
 def synthetic(n: int, seed: int = 0, normals: bool = True, signal: float = 1.5):
@@ -182,7 +182,7 @@ def test_plots_write_png(tmp_path):
 
 @pytest.mark.parametrize("normals", [True, False])
 def test_fast_bootstrap_metrics_equal_sklearn_on_resamples(normals):
-    from train.evaluate import fast_metrics
+    from streamcad.train.evaluate import fast_metrics
 
     labels, probs = synthetic(500, seed=8, normals=normals)
     probs = np.round(probs, 2)  # ties in the scores

@@ -14,13 +14,14 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from engines.export import (  # noqa: E402
+from streamcad.engines.export import (  # noqa: E402
     PARITY_TOLERANCE,
     check_parity,
     export_module,
     load_classifier,
 )
-from engines.gate import load_gate_frames, sample_images_dir, softmax  # noqa: E402
+from streamcad.engines.gate import load_gate_frames, sample_images_dir, softmax  # noqa: E402
+
 from streamcad.cli import main as cli_main  # noqa: E402
 from streamcad.errors import ArtifactError, ConfigError  # noqa: E402
 from streamcad.manifest import load_model, read_manifest, verify_artifact  # noqa: E402
@@ -38,7 +39,7 @@ def _images_dir() -> Path:
 
 
 def _checkpoint(path: Path, kind: str = "classifier", seed: int = 0) -> Path:
-    from train.model import build_model
+    from streamcad.train.model import build_model
 
     torch.manual_seed(seed)
     model = build_model("tiny")
@@ -130,7 +131,7 @@ def test_manifest_records_sha256_and_provenance(exported):
 def test_perturbed_weights_fail_parity_with_numbers(exported, tmp_path):
     ckpt, out = exported
     model, _, spec, temperature = load_classifier(ckpt)
-    from engines.export import _temperature_wrapper
+    from streamcad.engines.export import _temperature_wrapper
 
     module = _temperature_wrapper(model, temperature)
     proto = onnx.load(str(out))
@@ -189,7 +190,7 @@ def test_cli_refuses_ssl_checkpoint_with_one_line(tmp_path, capsys):
 
 
 def test_low_opset_and_bad_out_refused(tmp_path):
-    from engines.export import export_checkpoint
+    from streamcad.engines.export import export_checkpoint
 
     ckpt = _checkpoint(tmp_path / "c.pt")
     with pytest.raises(ConfigError, match=">= 17"):

@@ -8,10 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training test: needs the train extra")
 
-from streamcad.errors import ConfigError  # noqa: E402
-from streamcad.preprocess import PreprocessSpec  # noqa: E402
-from train.common import save_checkpoint  # noqa: E402
-from train.finetune import (  # noqa: E402
+from streamcad.train.common import save_checkpoint  # noqa: E402
+from streamcad.train.finetune import (  # noqa: E402
     FinetuneConfig,
     apply_overlay,
     build_classifier,
@@ -21,6 +19,9 @@ from train.finetune import (  # noqa: E402
     subsample_labels,
     train_one_epoch,
 )
+
+from streamcad.errors import ConfigError  # noqa: E402
+from streamcad.preprocess import PreprocessSpec  # noqa: E402
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def test_config_rejects_unknown_keys_and_wrong_types():
 
 
 def test_build_classifier_loads_ssl_backbone_and_reinitialises_head(tmp_path):
-    from train.model import build_model
+    from streamcad.train.model import build_model
 
     torch.manual_seed(0)
     ssl_model = build_model("tiny")
@@ -146,8 +147,8 @@ def test_build_classifier_loads_ssl_backbone_and_reinitialises_head(tmp_path):
 def test_train_one_epoch_fits_a_learnable_problem(one_thread):
     """Bright-square images are 'malignant', dark ones 'benign': a few epochs must drive the
     weighted loss well below log(2) and every parameter must receive a gradient."""
-    from train.finetune import _param_groups
-    from train.model import build_model
+    from streamcad.train.finetune import _param_groups
+    from streamcad.train.model import build_model
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

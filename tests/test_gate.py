@@ -6,14 +6,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
-from engines.gate import (
+from streamcad.engines.gate import (
     GateThresholds,
     load_gate_frames,
     run_gate,
     sample_images_dir,
     softmax,
 )
+
 from streamcad.errors import ArtifactError, ConfigError
 from streamcad.preprocess import PreprocessSpec, preprocess
 

@@ -12,8 +12,14 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from streamcad.train.losses import (  # noqa: E402
+    DenseCorrespondenceLoss,
+    InfoNCELoss,
+    cell_centers,
+    correspondence,
+)
+
 from streamcad.errors import ConfigError  # noqa: E402
-from train.losses import DenseCorrespondenceLoss, InfoNCELoss, cell_centers, correspondence  # noqa: E402
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 

@@ -196,7 +196,7 @@ def test_version_1_manifest_refused_then_upgraded(model):
     sealed = d.pop("contract_sha256")
     d["schema_version"] = 1
     mp.write_text(json.dumps(d))
-    with pytest.raises(ArtifactError, match=r"schema version 1 predates.*python -m engines.upgrade_manifest net.onnx"):
+    with pytest.raises(ArtifactError, match=r"schema version 1 predates.*python -m streamcad.engines.upgrade_manifest net.onnx"):
         load_model(model)
     m = upgrade_manifest(model)
     assert m.schema_version == SCHEMA_VERSION and m.contract_sha256 == sealed  # same fields, same seal

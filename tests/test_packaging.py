@@ -41,15 +41,61 @@ def test_wheel_top_level_names_and_package_data(wheel):
     whl, _ = wheel
     names = zipfile.ZipFile(whl).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    # The issue's rename of train/engines/benchmarks under the project's namespace is pending;
-    # until then, exactly these four and nothing else (no tests/, no docs/, no stray modules).
-    assert top == {"streamcad", "train", "engines", "benchmarks"}, top
+    # one name in site-packages: the tooling is installed under the project's namespace
+    assert top == {"streamcad"}, top
     for needed in ("streamcad/schemas/score.schema.json", "streamcad/schemas/status.schema.json",
                    "streamcad/data/sample/labels.csv", "streamcad/data/sample/LICENSE.txt",
-                   "engines/models/default.onnx", "engines/models/default.json",
-                   "train/splits/busbra_5fold.csv", "train/splits/busi_5fold.csv"):
+                   "streamcad/engines/models/default.onnx", "streamcad/engines/models/default.json",
+                   "streamcad/train/splits/busbra_5fold.csv", "streamcad/train/splits/busi_5fold.csv",
+                   "streamcad/train/data/arrays.py", "streamcad/benchmarks/cli.py", "streamcad/engines/export.py"):
         assert needed in names, needed
     assert any(n.startswith("streamcad/data/sample/images/") and n.endswith(".png") for n in names)
+    assert not any(n.startswith(("streamcad/tests/", "streamcad/docs/")) for n in names)
+
+
+def test_every_package_folder_is_in_the_wheel_list():
+    """pyproject lists the packages (package-dir maps the checkout's folders): a new folder with an
+    __init__.py that is not listed would be missing from every install. Compare both ways."""
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    mapped = {"streamcad": "streamcad", **cfg["package-dir"]}
+    found = set()
+    for name, folder in mapped.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found == listed, (sorted(found - listed), sorted(listed - found))
+
+
+def test_installed_wheel_imports_the_tooling_under_the_namespace(wheel, tmp_path):
+    """Unpacked the way pip installs it, away from the checkout: streamcad.engines / .train /
+    .benchmarks import from the wheel, the shipped model is found inside it, and there is no
+    top-level `train` or `engines` to collide with a user's own."""
+    whl, _ = wheel
+    site = tmp_path / "site"
+    zipfile.ZipFile(whl).extractall(site)
+    code = textwrap.dedent(
+        """
+        import importlib.util, sys
+        import streamcad, streamcad.engines, streamcad.benchmarks
+        from streamcad.pipeline import DEFAULT_MODEL
+        assert streamcad.__file__.startswith(sys.argv[1]), streamcad.__file__
+        assert streamcad.engines.__file__.startswith(sys.argv[1] + "/streamcad/engines"), streamcad.engines.__file__
+        assert DEFAULT_MODEL.is_file() and str(DEFAULT_MODEL).startswith(sys.argv[1]), DEFAULT_MODEL
+        assert importlib.util.find_spec("streamcad.train.cv").origin.startswith(sys.argv[1])
+        for generic in ("train", "engines", "benchmarks"):
+            assert importlib.util.find_spec(generic) is None, generic
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -I: isolated (no cwd, no user site); the venv's own site-packages holds this checkout's
+    # editable finder, so only the unpacked wheel is put first and the checkout must not be used
+    r = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); exec({code!r})", str(site)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-2000:]
 
 
 def test_wheel_licence_and_metadata(wheel):

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from benchmarks.profile import parse_raw, per_frame, profile_mode, stage_of
+from streamcad.benchmarks.profile import parse_raw, per_frame, profile_mode, stage_of
 
 ORT = "InferenceSession.run (onnxruntime/capi/onnxruntime_inference_collection.py:220)"
 BOOT = "Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982)"

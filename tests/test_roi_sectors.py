@@ -15,8 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from benchmarks.roi_eval import (
+from streamcad.benchmarks.roi_eval import (
     black_opening,
     compose_dual,
     compose_duplex,
@@ -25,6 +24,7 @@ from benchmarks.roi_eval import (
     read_clip,
     truth_at,
 )
+
 from streamcad.errors import FrameError
 from streamcad.quality import QualityConfig, is_blank
 from streamcad.roi import _EARLY_FRAMES, RoiTracker, detect_roi, iou

@@ -1,7 +1,6 @@
 import numpy as np
-
-from train.data import LabeledArrays
-from train.ship import combine
+from streamcad.train.data import LabeledArrays
+from streamcad.train.ship import combine
 
 
 def _arrays(n, prefix_labels, seed):

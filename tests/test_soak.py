@@ -2,14 +2,14 @@
 through the real pipeline to a real subscriber, with a stalled UI (a raw SUB that never reads)
 connected the whole time (benchmarks/soak.py run_soak). It asserts what is right or wrong
 whatever the machine's load; timing bounds (the status heartbeat's largest gap) are the
-benchmark's: `python -m benchmarks.soak --frames 20000 --pace none` exits 1 when a status gap
-exceeds --status-gap-limit, and the hour-long run is `python -m benchmarks.soak --minutes 60`."""
+benchmark's: `python -m streamcad.benchmarks.soak --frames 20000 --pace none` exits 1 when a status gap
+exceeds --status-gap-limit, and the hour-long run is `python -m streamcad.benchmarks.soak --minutes 60`."""
 
 from __future__ import annotations
 
 import pytest
+from streamcad.benchmarks.soak import run_soak
 
-from benchmarks.soak import run_soak
 from streamcad.manifest import write_manifest
 from streamcad.sources.faults import RandomFaults
 from tests.helpers_onnx import make_contract_onnx

@@ -6,8 +6,7 @@ import csv
 from collections import defaultdict
 
 import pytest
-
-from train.data.splits import (
+from streamcad.train.data.splits import (
     SPLIT_DIR,
     busi_dedup,
     compute_split,

@@ -11,9 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from streamcad.errors import ArtifactError, ConfigError  # noqa: E402
-from streamcad.preprocess import letterbox  # noqa: E402
-from train.common import (  # noqa: E402
+from streamcad.train.common import (  # noqa: E402
     JsonlLogger,
     NonFiniteLossError,
     check_finite,
@@ -22,9 +20,12 @@ from train.common import (  # noqa: E402
     save_checkpoint,
     select_device,
 )
-from train.losses import DenseCorrespondenceLoss, InfoNCELoss  # noqa: E402
-from train.model import build_model  # noqa: E402
-from train.ssl import SSLConfig, SSLModel, knn_probe, pretrain  # noqa: E402
+from streamcad.train.losses import DenseCorrespondenceLoss, InfoNCELoss  # noqa: E402
+from streamcad.train.model import build_model  # noqa: E402
+from streamcad.train.ssl import SSLConfig, SSLModel, knn_probe, pretrain  # noqa: E402
+
+from streamcad.errors import ArtifactError, ConfigError  # noqa: E402
+from streamcad.preprocess import letterbox  # noqa: E402
 
 S = 64
 
@@ -115,7 +116,7 @@ def images(busbra_dir):
 
 
 def _augment():
-    from train.augment import TwoViewAugment
+    from streamcad.train.augment import TwoViewAugment
 
     # milder than the default so that a handful of steps measurably lowers the loss
     return TwoViewAugment(S, min_overlap=0.5, scale=(0.5, 1.0), photometric=0.3)

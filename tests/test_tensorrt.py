@@ -170,11 +170,12 @@ def gpu_engine(tmp_path_factory):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from engines.convert import convert_onnx
-    from engines.export import export_checkpoint
-    from engines.gate import sample_images_dir
+    from streamcad.engines.convert import convert_onnx
+    from streamcad.engines.export import export_checkpoint
+    from streamcad.engines.gate import sample_images_dir
+    from streamcad.train.model import build_model
+
     from streamcad.preprocess import PreprocessSpec
-    from train.model import build_model
 
     d = tmp_path_factory.mktemp("trt")
     torch.manual_seed(0)
@@ -190,7 +191,8 @@ def gpu_engine(tmp_path_factory):
 
 
 def test_engine_agrees_with_onnxruntime(gpu_engine):
-    from engines.gate import load_gate_frames, run_gate, sample_images_dir, softmax
+    from streamcad.engines.gate import load_gate_frames, run_gate, sample_images_dir, softmax
+
     from streamcad.manifest import load_model
 
     onnx_path, engine, manifest, gate = gpu_engine
@@ -207,7 +209,7 @@ def test_engine_agrees_with_onnxruntime(gpu_engine):
 
 
 def test_cuda_graph_matches_plain_run(gpu_engine):
-    from engines.gate import load_gate_frames, sample_images_dir
+    from streamcad.engines.gate import load_gate_frames, sample_images_dir
 
     _, engine, manifest, _ = gpu_engine
     frames = load_gate_frames(manifest.spec(), n=4, images_dir=sample_images_dir())

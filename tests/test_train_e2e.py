@@ -30,8 +30,8 @@ def one_thread():
 def small_busbra(busbra_dir):
     """80 labelled images (40 benign, 40 malignant, one per patient, 4 patient-wise folds) and a
     48-image unlabeled pool from 48 other patients."""
-    from train.data import LabeledArrays
-    from train.data.datasets import load_busbra, read_gray, read_mask
+    from streamcad.train.data import LabeledArrays
+    from streamcad.train.data.datasets import load_busbra, read_gray, read_mask
 
     samples = load_busbra(busbra_dir.parent)
     seen, picked = set(), {1: [], 2: []}
@@ -60,9 +60,9 @@ def small_busbra(busbra_dir):
 
 
 def test_pretrain_finetune_evaluate_end_to_end(small_busbra, tmp_path, one_thread):
-    from train.common import load_checkpoint
-    from train.evaluate import predict_logits, softmax
-    from train.experiment import (
+    from streamcad.train.common import load_checkpoint
+    from streamcad.train.evaluate import predict_logits, softmax
+    from streamcad.train.experiment import (
         TABLE_BEGIN,
         TABLE_END,
         cpu_config,
@@ -70,7 +70,7 @@ def test_pretrain_finetune_evaluate_end_to_end(small_busbra, tmp_path, one_threa
         run_experiment,
         update_doc_table,
     )
-    from train.model import build_model
+    from streamcad.train.model import build_model
 
     arrays, pool = small_busbra
     cfg = cpu_config(size=S, folds=(0,), epochs_ssl=3, epochs_ft=6, batch_ssl=16, batch_ft=16, ssl_steps_per_epoch=3,

@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(p)
 
     p = sub.add_parser("cv", help="the v2 recipe (train/cv.py): run a fold / cross-dataset run, report, tta, compare")
-    from train.cv import add_arguments as _cv_arguments
+    from streamcad.train.cv import add_arguments as _cv_arguments
 
     _cv_arguments(p)
 
@@ -139,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(p)
 
     p = sub.add_parser("gate", help="fit + calibrate the out-of-domain gate of an exported model into its manifest")
-    from train.ood import add_arguments as _gate_arguments
+    from streamcad.train.ood import add_arguments as _gate_arguments
 
     _gate_arguments(p)
     p.add_argument("--remove", action="store_true", help="remove the gate from the manifest instead")
@@ -163,7 +163,7 @@ def _torch_setup(args) -> None:
 
 
 def _arrays(args, dataset: str, size: int):
-    from train.data import load_arrays, load_npz
+    from streamcad.train.data import load_arrays, load_npz
 
     if args.data_npz:
         packed, _ = load_npz(args.data_npz)
@@ -175,7 +175,13 @@ def _arrays(args, dataset: str, size: int):
 
 
 def _run_splits(args) -> int:
-    from train.data.splits import DATASETS, compute_split, format_split, split_path, write_split
+    from streamcad.train.data.splits import (
+        DATASETS,
+        compute_split,
+        format_split,
+        split_path,
+        write_split,
+    )
 
     bad = []
     for ds in DATASETS:
@@ -194,8 +200,7 @@ def _run_splits(args) -> int:
 
 def _run_pretrain(args) -> int:
     import numpy as np
-
-    from train.ssl import SSLConfig, pretrain
+    from streamcad.train.ssl import SSLConfig, pretrain
 
     cfg = SSLConfig(
         model=args.model, multiscale=not args.no_multiscale, cross_attention=not args.no_xattn, size=args.size,
@@ -209,12 +214,12 @@ def _run_pretrain(args) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--pool-npy {args.pool_npy} unreadable: {exc}") from exc
     elif args.data_npz:
-        from train.data import load_npz, pool_from_packed
+        from streamcad.train.data import load_npz, pool_from_packed
 
         packed, video = load_npz(args.data_npz)
         pool = pool_from_packed(packed, video, exclude=args.dataset)
     else:
-        from train.data import unlabeled_pool
+        from streamcad.train.data import unlabeled_pool
 
         pool = unlabeled_pool(exclude=args.dataset, size=args.size, root=args.root)
     rank = int(os.environ.get("RANK", "0"))  # read before: pretrain() tears the process group down
@@ -225,7 +230,7 @@ def _run_pretrain(args) -> int:
 
 
 def _run_finetune(args) -> int:
-    from train.finetune import FinetuneConfig, finetune
+    from streamcad.train.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(
         model=args.model, size=args.size, init=args.init, multiscale=not args.no_multiscale,
@@ -242,7 +247,7 @@ def _run_finetune(args) -> int:
 
 
 def _run_experiment(args) -> int:
-    from train.experiment import cpu_config, gpu_config, run_experiment
+    from streamcad.train.experiment import cpu_config, gpu_config, run_experiment
 
     try:
         folds = tuple(int(f) for f in args.folds.split(",") if f.strip())
@@ -276,8 +281,9 @@ def _run_experiment(args) -> int:
 
 def _run_gate(args) -> int:
     """Fit the out-of-domain gate on ONNX Runtime (no torch) and rewrite the model's manifest."""
+    from streamcad.train.ood import calibrate
+
     from streamcad.manifest import read_manifest, verify_artifact, write_manifest
-    from train.ood import calibrate
 
     if args.remove:
         m = read_manifest(args.model)
@@ -305,12 +311,12 @@ def run(args) -> int:
     if cmd == "splits":
         return _run_splits(args)
     if cmd == "pack":
-        from train.data import save_npz
+        from streamcad.train.data import save_npz
 
         print(save_npz(args.out, args.size, args.root))
         return 0
     if cmd == "table":
-        from train.experiment import render_tables, update_doc_table
+        from streamcad.train.experiment import render_tables, update_doc_table
 
         if args.print:
             print(render_tables(args.results))
@@ -320,7 +326,7 @@ def run(args) -> int:
     if cmd == "gate":
         return _run_gate(args)
     if cmd == "cv":
-        from train.cv import run_command
+        from streamcad.train.cv import run_command
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         return run_command(args)
@@ -332,12 +338,12 @@ def run(args) -> int:
     if cmd == "experiment":
         return _run_experiment(args)
     if cmd == "ship" and args.recipe == "v2" and args.refresh:
-        from train.release import refresh_v2
+        from streamcad.train.release import refresh_v2
 
         print(refresh_v2(args.out, args.cv_report, args.report))
         return 0
     if cmd == "ship" and args.recipe == "v2":
-        from train.release import ship_v2
+        from streamcad.train.release import ship_v2
 
         report = ship_v2(args.out, args.cv_dir, args.cv_report, args.report, root=args.root, n_boot=args.n_boot,
                          seed=args.seed)
@@ -345,7 +351,7 @@ def run(args) -> int:
             print(f"{ds} fold 0: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")
         return 0
     if cmd == "ship":
-        from train.ship import ship
+        from streamcad.train.ship import ship
 
         report = ship(
             args.out, args.work, model=args.model, size=args.size, epochs_ssl=args.epochs_ssl,
@@ -360,7 +366,7 @@ def run(args) -> int:
     raise ConfigError(f"unknown train command {cmd!r}")  # argparse choices make this unreachable
 
 
-if __name__ == "__main__":  # python -m train.cli ... (same as streamcad train ...)
+if __name__ == "__main__":  # python -m streamcad.train.cli ... (same as streamcad train ...)
     from streamcad.cli import main
 
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -90,7 +90,7 @@ class RecipeConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RecipeConfig:
-        from train.common import dataclass_from_dict
+        from streamcad.train.common import dataclass_from_dict
 
         return dataclass_from_dict(cls, d, "recipe")
 
@@ -104,8 +104,8 @@ def same_recipe(saved: dict | None, cfg: RecipeConfig) -> bool:
 
 
 def load_both(size: int):
-    from train.data import load_arrays
-    from train.ship import combine
+    from streamcad.train.data import load_arrays
+    from streamcad.train.ship import combine
 
     return combine({ds: load_arrays(ds, size) for ds in DATASETS})
 
@@ -218,10 +218,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     `limit` keeps every limit-th image of each part (tests: the whole path on a few images)."""
     import torch
     import torch.nn.functional as F
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    from train.augment import ScannerAugment
-    from train.common import (
+    from streamcad.train.augment import ScannerAugment
+    from streamcad.train.common import (
         JsonlLogger,
         check_finite,
         cosine_schedule,
@@ -231,9 +229,10 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         save_checkpoint,
         seed_everything,
     )
-    from train.evaluate import binary_view, choose_threshold, softmax
-    from train.finetune import class_weights, fit_temperature, split_train_val
-    from train.model import IMAGENET_GRAY, build_model
+    from streamcad.train.evaluate import binary_view, choose_threshold, softmax
+    from streamcad.train.finetune import class_weights, fit_temperature, split_train_val
+    from streamcad.train.model import IMAGENET_GRAY, build_model
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -350,11 +349,10 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
     threshold are refitted on the same calibration split with the same rule; the test part is
     scored once. Writes out_dir/cv/foldK/result.json in the same format (report / compare read it)."""
     import torch
-
-    from train.common import load_checkpoint
-    from train.evaluate import binary_view, choose_threshold, softmax
-    from train.finetune import fit_temperature, split_train_val
-    from train.model import build_model
+    from streamcad.train.common import load_checkpoint
+    from streamcad.train.evaluate import binary_view, choose_threshold, softmax
+    from streamcad.train.finetune import fit_temperature, split_train_val
+    from streamcad.train.model import build_model
 
     arrays = None
     done = []
@@ -400,8 +398,7 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
 def _auc_diff_paired(y, a, b, groups, n_boot, seed):
     """Paired cluster bootstrap of AUC(a) - AUC(b) over groups -> (value, lo, hi)."""
     from sklearn.metrics import roc_auc_score
-
-    from train.evaluate import _auc_ranks
+    from streamcad.train.evaluate import _auc_ranks
 
     uniq, inv = np.unique(groups, return_inverse=True)
     members = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])
@@ -420,7 +417,7 @@ def busbra_devices() -> dict[str, str]:
     """BUS-BRA image id -> Device (bus_data.csv)."""
     import csv
 
-    from train.data.datasets import data_root
+    from streamcad.train.data.datasets import data_root
 
     path = data_root() / "BUS-BRA" / "bus_data.csv"
     with open(path, newline="") as f:
@@ -466,7 +463,7 @@ def compare_runs(a_dir, b_dir, n_boot: int = 1000, seed: int = 0) -> dict:
 def _binary_metrics(labels, p, threshold, groups, n_boot, seed) -> dict:
     """AUC (cluster bootstrap) and sensitivity/specificity at `threshold` (a scalar, or one per
     image: pooled folds are each judged at their own fold's threshold)."""
-    from train.evaluate import group_bootstrap_auc
+    from streamcad.train.evaluate import group_bootstrap_auc
 
     keep = labels != 0
     y = labels[keep] == 2

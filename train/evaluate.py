@@ -344,8 +344,7 @@ def predict_logits(
     (validation, test) and by pretraining's probe evaluations.
     """
     import torch
-
-    from train.common import autocast_context
+    from streamcad.train.common import autocast_context
 
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ConfigError(f"images {images.dtype} {images.shape}; expected uint8 (N, S, S)")

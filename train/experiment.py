@@ -153,7 +153,13 @@ def expand_variants(variants: list[str] | tuple[str, ...], cfg: ExperimentConfig
 
 def _load_data(dataset: str, size: int, data_npz: str | None, root: str | None):
     """-> (LabeledArrays of `dataset`, SSL pool uint8 (M,S,S) without `dataset`, probe tuple, split sha256)."""
-    from train.data import load_arrays, load_npz, pool_from_packed, split_hash, unlabeled_pool
+    from streamcad.train.data import (
+        load_arrays,
+        load_npz,
+        pool_from_packed,
+        split_hash,
+        unlabeled_pool,
+    )
 
     other = "busi" if dataset == "busbra" else "busbra"
     if data_npz:
@@ -175,8 +181,8 @@ def _load_data(dataset: str, size: int, data_npz: str | None, root: str | None):
 def _ssl_checkpoint(run: Run, cfg: ExperimentConfig, dataset: str, pool: np.ndarray, probe, work_dir: Path) -> tuple[Path, dict]:
     """Pretrain once per (dataset, architecture, dense_weight, recipe) and cache the checkpoint.
     The cache key hashes the SSL config and the pool's size, so a changed recipe retrains."""
-    from train.common import load_checkpoint
-    from train.ssl import SSLConfig, pretrain
+    from streamcad.train.common import load_checkpoint
+    from streamcad.train.ssl import SSLConfig, pretrain
 
     scfg = SSLConfig(
         model=run.model, multiscale=run.multiscale, cross_attention=run.cross_attention, size=cfg.size,
@@ -211,7 +217,7 @@ def _ssl_checkpoint(run: Run, cfg: ExperimentConfig, dataset: str, pool: np.ndar
 def pooled_metrics(fold_results: list[dict], n_boot: int, seed: int) -> dict:
     """Concatenate the folds' test predictions (each image scored once, by the model that never
     saw it) and bootstrap the metrics; each image keeps its own fold's threshold."""
-    from train.evaluate import bootstrap_metrics
+    from streamcad.train.evaluate import bootstrap_metrics
 
     labels = np.concatenate([np.asarray(r["predictions"]["labels"]) for r in fold_results])
     probs = np.concatenate([np.asarray(r["predictions"]["probs"]) for r in fold_results])
@@ -243,9 +249,9 @@ def run_experiment(
     replaces loading (tests, custom subsets); the caller then answers for the pool excluding
     the dataset. Returns the JSON paths written.
     """
-    from train.common import git_commit, machine_info
-    from train.evaluate import plot_reliability, plot_roc
-    from train.finetune import FinetuneConfig, finetune
+    from streamcad.train.common import git_commit, machine_info
+    from streamcad.train.evaluate import plot_reliability, plot_roc
+    from streamcad.train.finetune import FinetuneConfig, finetune
 
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     runs = expand_variants(variants, cfg)
@@ -343,8 +349,8 @@ def group_auc(result: dict, n_boot: int = 1000, seed: int = 0) -> dict | None:
     """The row's pooled AUC with a cluster-bootstrap CI over patients / duplicate groups, from
     its saved out-of-fold predictions and the committed split's groups (None when an id is not
     in the split, e.g. test data)."""
-    from train.data import read_split
-    from train.evaluate import group_bootstrap_auc
+    from streamcad.train.data import read_split
+    from streamcad.train.evaluate import group_bootstrap_auc
 
     try:
         split = read_split(result["dataset"])

@@ -34,10 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from streamcad.errors import ConfigError
-from streamcad.preprocess import PreprocessSpec
-from train.common import (
+from streamcad.train.common import (
     JsonlLogger,
     autocast_context,
     check_finite,
@@ -50,7 +47,16 @@ from train.common import (
     seed_everything,
     select_device,
 )
-from train.evaluate import binary_view, bootstrap_metrics, choose_threshold, predict_logits, softmax
+from streamcad.train.evaluate import (
+    binary_view,
+    bootstrap_metrics,
+    choose_threshold,
+    predict_logits,
+    softmax,
+)
+
+from streamcad.errors import ConfigError
+from streamcad.preprocess import PreprocessSpec
 
 __all__ = [
     "FinetuneConfig",
@@ -180,7 +186,7 @@ def apply_overlay(images: np.ndarray, mode: str, seed: int = 0) -> np.ndarray:
         return images
     if mode not in OVERLAY_MODES:
         raise ConfigError(f"overlay={mode!r}; expected one of {list(OVERLAY_MODES)}")
-    from train.augment import add_overlays, remove_overlays
+    from streamcad.train.augment import add_overlays, remove_overlays
 
     if mode == "remove":
         return np.stack([remove_overlays(img) for img in images]) if len(images) else images.copy()
@@ -200,7 +206,7 @@ def build_classifier(cfg: FinetuneConfig) -> tuple[torch.nn.Module, PreprocessSp
     """-> (model, preprocessing spec, provenance of the init). From SSL: the checkpoint's
     model_config and weights (the head is re-initialised: SSL heads are not classifiers);
     the checkpoint's input size and preprocessing must match the config."""
-    from train.model import build_model
+    from streamcad.train.model import build_model
 
     overrides = {}
     if not cfg.multiscale:
@@ -373,14 +379,14 @@ def finetune(cfg: FinetuneConfig, arrays, fold: int, out_dir: str | os.PathLike)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg))
     scaler = None
     if cfg.amp and device.type == "cuda":
-        from train.common import amp_dtype
+        from streamcad.train.common import amp_dtype
 
         if amp_dtype(device) == torch.float16:
             scaler = torch.amp.GradScaler("cuda")
     weights = torch.from_numpy(class_weights(train.labels)).to(device) if cfg.class_weighting else None
     augment = None
     if cfg.augment:
-        from train.augment import FinetuneAugment
+        from streamcad.train.augment import FinetuneAugment
 
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
         augment = functools.partial(FinetuneAugment(cfg.size), generator=gen)

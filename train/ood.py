@@ -168,8 +168,8 @@ def breast_items(datasets: tuple[str, ...], folds: Iterable[int], root: str | os
     folds = set(int(f) for f in folds)
     items: list[tuple] = []
     if data_npz:
-        from train.data import load_npz
-        from train.data.datasets import CLASSES
+        from streamcad.train.data import load_npz
+        from streamcad.train.data.datasets import CLASSES
 
         packed, _ = load_npz(data_npz)
         for ds in datasets:
@@ -177,8 +177,8 @@ def breast_items(datasets: tuple[str, ...], folds: Iterable[int], root: str | os
             items += [(a.images[i], CLASSES[int(a.labels[i])], int(a.folds[i])) for i in range(len(a))
                       if int(a.folds[i]) in folds]
     else:
-        from train.data.datasets import load_samples
-        from train.data.splits import read_split
+        from streamcad.train.data.datasets import load_samples
+        from streamcad.train.data.splits import read_split
 
         for ds in datasets:
             split = read_split(ds)

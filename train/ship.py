@@ -50,7 +50,7 @@ def data_terms(root: str | os.PathLike | None, data_npz: str | os.PathLike | Non
     each video clip of the SSL pool with its licence note from video/sectors.json.
     -> {'datasets': {name: terms}, 'video_clips': [{'file', 'licence'}] | None, 'unlicensed': [file]}
     ('video_clips' None: a packed data file, whose clip list is not recorded)."""
-    from train.data.arrays import data_root
+    from streamcad.train.data.arrays import data_root
 
     out: dict = {"datasets": dict(DATASET_TERMS), "video_clips": None, "unlicensed": []}
     if data_npz:
@@ -90,7 +90,7 @@ def _terms_section(report: dict) -> str:
 
 def combine(arrays: dict) -> object:
     """{'busi': LabeledArrays, 'busbra': LabeledArrays} -> one LabeledArrays (ids/groups prefixed)."""
-    from train.data import LabeledArrays
+    from streamcad.train.data import LabeledArrays
 
     parts = {}
     for f in fields(LabeledArrays):
@@ -105,7 +105,7 @@ def combine(arrays: dict) -> object:
 
 
 def _per_dataset_metrics(pred: dict, n_boot: int, seed: int) -> dict:
-    from train.evaluate import bootstrap_metrics
+    from streamcad.train.evaluate import bootstrap_metrics
 
     ids = np.array(pred["ids"])
     labels = np.array(pred["labels"])
@@ -138,12 +138,13 @@ def ship(
     ft_budget_s: float | None = None,
     report_path: str | os.PathLike = REPO / "train" / "results" / "shipped_default.json",
 ) -> dict:
-    from engines.export import export_checkpoint
+    from streamcad.engines.export import export_checkpoint
+    from streamcad.train.common import git_commit, machine_info
+    from streamcad.train.data import load_arrays, load_npz, read_video_frames, split_hash
+    from streamcad.train.finetune import FinetuneConfig, finetune
+    from streamcad.train.ssl import SSLConfig, pretrain
+
     from streamcad.manifest import read_manifest, write_manifest
-    from train.common import git_commit, machine_info
-    from train.data import load_arrays, load_npz, read_video_frames, split_hash
-    from train.finetune import FinetuneConfig, finetune
-    from train.ssl import SSLConfig, pretrain
 
     t0 = time.perf_counter()
     work = Path(work)
@@ -198,7 +199,7 @@ def ship(
         "ssl_pool": f"{len(train_part)} training-fold images of both datasets + {len(video)} real video frames",
     }
     write_manifest(out, **m)
-    from train.ood import calibrate
+    from streamcad.train.ood import calibrate
 
     # every shipped model gets its gate refitted: the embedding changes with every training run
     ood = calibrate(out, root=root, data_npz=data_npz, test_fold=TEST_FOLD, seed=seed)

@@ -16,7 +16,7 @@ resumed from a checkpoint continues exactly as an uninterrupted one would.
 
 Run (single process, or `torchrun --nproc_per_node=N` for DDP)::
 
-    from train.ssl import SSLConfig, pretrain
+    from streamcad.train.ssl import SSLConfig, pretrain
     pretrain(SSLConfig(model="tiny", size=160, epochs=30), pool_uint8, "runs/ssl/busbra",
              probe=(train_x, train_y, val_x, val_y))
 """
@@ -33,11 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from streamcad.errors import ConfigError
-from streamcad.preprocess import PreprocessSpec
-from train.common import (
+from streamcad.train.common import (
     JsonlLogger,
     amp_dtype,
     autocast_context,
@@ -56,7 +52,11 @@ from train.common import (
     select_device,
     setup_distributed,
 )
-from train.losses import DenseCorrespondenceLoss, InfoNCELoss
+from streamcad.train.losses import DenseCorrespondenceLoss, InfoNCELoss
+from torch import nn
+
+from streamcad.errors import ConfigError
+from streamcad.preprocess import PreprocessSpec
 
 __all__ = [
     "SSLConfig",
@@ -314,7 +314,7 @@ def pretrain(config: SSLConfig, images_uint8: np.ndarray, out_dir: str | os.Path
     stop_after_epoch: end this process after that many completed epochs (time-boxed jobs;
     resume later); returns last.pt then.
     """
-    from train.model import build_model
+    from streamcad.train.model import build_model
 
     cfg = config
     images = np.asarray(images_uint8)
@@ -398,7 +398,7 @@ def pretrain(config: SSLConfig, images_uint8: np.ndarray, out_dir: str | os.Path
 
 
 def _default_augment(cfg: SSLConfig):
-    from train.augment import TwoViewAugment
+    from streamcad.train.augment import TwoViewAugment
 
     return TwoViewAugment(cfg.size, min_overlap=cfg.min_overlap)
 

@@ -86,8 +86,8 @@ class TorchBackend(Backend):
             raise BackendError(f"torch: cuda_graph_batch={cuda_graph_batch!r} needs a CUDA device and a batch size >= 1")
 
         from streamcad.checkpoint import read_classifier
-        from train.common import load_checkpoint  # ArtifactError on unreadable files
-        from train.model import build_model
+        from streamcad.train.common import load_checkpoint  # ArtifactError on unreadable files
+        from streamcad.train.model import build_model
 
         ckpt = load_checkpoint(artifact, map_location="cpu")
         where = Path(artifact).name
@@ -126,7 +126,7 @@ class TorchBackend(Backend):
         return x.contiguous(memory_format=self._torch.channels_last) if self._channels_last else x
 
     def _forward(self, x: Any) -> tuple[Any, Any, Any]:
-        from train.ood import forward_gate
+        from streamcad.train.ood import forward_gate
 
         logits, sal, emb = forward_gate(self._model, x)
         return logits.float() / self.temperature, sal.float(), emb.float()  # same as the exported ONNX: logits / T

@@ -4,7 +4,7 @@ Importable without torch (numpy + OpenCV + scikit-learn for the split computatio
 See docs/DATA.md for the split rules and the pretraining protocol.
 """
 
-from train.data.arrays import (
+from streamcad.train.data.arrays import (
     LabeledArrays,
     cache_dir,
     load_arrays,
@@ -14,7 +14,7 @@ from train.data.arrays import (
     save_npz,
     unlabeled_pool,
 )
-from train.data.datasets import (
+from streamcad.train.data.datasets import (
     CLASSES,
     DATASETS,
     Sample,
@@ -23,7 +23,7 @@ from train.data.datasets import (
     read_gray,
     read_mask,
 )
-from train.data.splits import read_split, split_hash
+from streamcad.train.data.splits import read_split, split_hash
 
 __all__ = [
     "CLASSES",

@@ -21,11 +21,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from streamcad.train.data.datasets import (
+    CLASSES,
+    DATASETS,
+    data_root,
+    load_samples,
+    read_gray,
+    read_mask,
+)
+from streamcad.train.data.splits import read_split, split_hash
 
 from streamcad.errors import ConfigError
 from streamcad.preprocess import letterbox
-from train.data.datasets import CLASSES, DATASETS, data_root, load_samples, read_gray, read_mask
-from train.data.splits import read_split, split_hash
 
 __all__ = [
     "LabeledArrays",

@@ -11,7 +11,7 @@ images have fold=-1 and a reason). `split_hash(dataset)` is the sha256 of the co
 caches and checkpoints record it so that a changed split invalidates them.
 
 Regenerate (only when the rules change; commit the result):
-    python -m train.data.splits --write [--root ../shared/data]
+    python -m streamcad.train.data.splits --write [--root ../shared/data]
 """
 
 from __future__ import annotations
@@ -27,10 +27,15 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
-from streamcad.errors import ConfigError
-from train.data.datasets import CLASSES, DATASETS, Sample, data_root, load_samples, read_gray
-from train.data.dedup import (
+from streamcad.train.data.datasets import (
+    CLASSES,
+    DATASETS,
+    Sample,
+    data_root,
+    load_samples,
+    read_gray,
+)
+from streamcad.train.data.dedup import (
     DedupConfig,
     exact_duplicates,
     near_duplicate_pairs,
@@ -38,6 +43,8 @@ from train.data.dedup import (
     read_curator_pairs,
     union_find_groups,
 )
+
+from streamcad.errors import ConfigError
 
 __all__ = [
     "N_FOLDS",
@@ -80,7 +87,7 @@ def split_hash(dataset: str) -> str:
     """sha256 (hex) of the committed split file of `dataset`."""
     p = split_path(dataset)
     if not p.exists():
-        raise ConfigError(f"split file {p} missing; regenerate with python -m train.data.splits --write")
+        raise ConfigError(f"split file {p} missing; regenerate with python -m streamcad.train.data.splits --write")
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
@@ -88,7 +95,7 @@ def read_split(dataset: str) -> dict[str, SplitRow]:
     """The committed split of `dataset` -> {image_id: SplitRow}."""
     p = split_path(dataset)
     if not p.exists():
-        raise ConfigError(f"split file {p} missing; regenerate with python -m train.data.splits --write")
+        raise ConfigError(f"split file {p} missing; regenerate with python -m streamcad.train.data.splits --write")
     with open(p, newline="") as f:
         rows = [SplitRow(r["dataset"], r["image_id"], r["label"], r["group"], int(r["fold"]), r["reason"])
                 for r in csv.DictReader(f)]
