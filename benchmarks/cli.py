@@ -40,8 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from streamcad.benchmarks.stats import summarize
 
+from streamcad.benchmarks.stats import summarize
 from streamcad.errors import ConfigError, StreamcadError
 from streamcad.extras import missing_module_message
 
@@ -366,7 +366,6 @@ def _inference(res: dict, models, size: int, cache, gpu: bool, quick: bool) -> N
     from streamcad.benchmarks.infer import real_batch, time_backends
     from streamcad.benchmarks.models import ensure_model
     from streamcad.benchmarks.roofline import roofline
-
     from streamcad.manifest import load_model
 
     labels = ["torch-cuda-fp32", "torch-cuda-fp16", "torch-cuda-fp16-graph"] if gpu else list(CPU_LABELS)
@@ -511,7 +510,6 @@ def run_preview_ab(frames: int, runs: int, fps: float = 30.0) -> dict:
     scores and statuses, not previews: the cost measured is the pipeline's, encoding included).
     The A/B says whether scoring latency and the score stream change with previews on."""
     from streamcad.benchmarks.e2e import E2EConfig, run_e2e
-
     from streamcad.pipeline import DEFAULT_MODEL
 
     rows: dict[str, list[dict]] = {"off": [], "on": []}

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from streamcad.benchmarks.replay import ReplaySource, load_frames
 from streamcad.benchmarks.stats import summarize
-
 from streamcad.errors import StreamcadError
 from streamcad.messages import STAGES
 

@@ -83,9 +83,8 @@ def _environment(torch: Any) -> dict:
 
 def _random_checkpoint(torch: Any, name: str, size: int, folder: Path) -> Path:
     """A classifier checkpoint with random weights (for timing only) in the contract's plain-dict form."""
-    from streamcad.train.model import build_model
-
     from streamcad.preprocess import PreprocessSpec
+    from streamcad.train.model import build_model
 
     torch.manual_seed(0)
     model = build_model(name)
@@ -119,10 +118,9 @@ def _chunked_logits(be: Any, batch: np.ndarray, step: int) -> np.ndarray:
 
 def check_correctness(torch: Any, args: argparse.Namespace, work: Path) -> dict:
     """(b) torch CUDA fp32 / fp16 / fp16 + graph vs ONNX Runtime FP32 on real frames, through the gate."""
+    from streamcad.backends import load_backend
     from streamcad.engines.export import export_checkpoint, load_classifier
     from streamcad.engines.gate import load_gate_frames, run_gate, softmax
-
-    from streamcad.backends import load_backend
 
     _, ckpt, spec, _ = load_classifier(args.checkpoint)
     onnx_path = args.onnx
@@ -148,9 +146,8 @@ def check_correctness(torch: Any, args: argparse.Namespace, work: Path) -> dict:
 
 def measure_latency(torch: Any, args: argparse.Namespace, size: int, work: Path) -> dict:
     """(c) batch-1 latency percentiles and batch-B throughput per model size and mode."""
-    from streamcad.benchmarks.stats import summarize
-
     from streamcad.backends import load_backend
+    from streamcad.benchmarks.stats import summarize
 
     batches = [int(b) for b in args.batches.split(",") if b]
     rng = np.random.default_rng(0)

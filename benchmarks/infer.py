@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
 from streamcad.benchmarks.stats import summarize
 
 __all__ = ["real_batch", "time_backends"]

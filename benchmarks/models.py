@@ -65,11 +65,11 @@ def shipped_model(size: int = 160, cache: str | Path = DEFAULT_CACHE) -> BenchMo
 
 def _build(name: str, size: int, onnx_path: Path, ckpt_path: Path) -> None:
     import torch
-    from streamcad.engines.export import export_checkpoint
-    from streamcad.train.model import build_model
 
+    from streamcad.engines.export import export_checkpoint
     from streamcad.manifest import write_manifest
     from streamcad.preprocess import PreprocessSpec
+    from streamcad.train.model import build_model
 
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -29,7 +29,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from streamcad.backends import load_backend
 from streamcad.benchmarks.machine import machine_info
+from streamcad.errors import ConfigError
+from streamcad.gate_ood import OodGate
+from streamcad.manifest import read_manifest, verify_artifact
 from streamcad.train.data.datasets import data_root
 from streamcad.train.ood import (
     StreamFeatures,
@@ -38,11 +43,6 @@ from streamcad.train.ood import (
     embed_stream,
     video_frames,
 )
-
-from streamcad.backends import load_backend
-from streamcad.errors import ConfigError
-from streamcad.gate_ood import OodGate
-from streamcad.manifest import read_manifest, verify_artifact
 
 log = logging.getLogger(__name__)
 

@@ -307,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from streamcad.benchmarks.machine import machine_info
-
     from streamcad.errors import StreamcadError
     from streamcad.manifest import read_manifest
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from streamcad.engines.gate import GateResult, load_gate_frames, run_gate, softmax
 
+from streamcad.engines.gate import GateResult, load_gate_frames, run_gate, softmax
 from streamcad.errors import ArtifactError, BackendError, ConfigError
 
 __all__ = ["HELP", "add_arguments", "run", "build_engine", "gate_engine", "convert_onnx", "DEFAULT_MAX_BATCH"]

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from streamcad.engines.gate import CLASS_NAMES, load_gate_frames, softmax
 
 from streamcad.checkpoint import read_classifier
+from streamcad.engines.gate import CLASS_NAMES, load_gate_frames, softmax
 from streamcad.errors import ArtifactError, ConfigError
 from streamcad.preprocess import PreprocessSpec
 
@@ -142,6 +142,7 @@ def load_classifier(checkpoint: str | os.PathLike) -> tuple[Any, dict, Preproces
 
 def _temperature_wrapper(model: Any, temperature: float) -> Any:
     import torch
+
     from streamcad.train.ood import forward_gate
 
     class TemperatureScaled(torch.nn.Module):

@@ -206,9 +206,8 @@ class GateFrames:
 
 def default_data_root() -> Path | None:
     """$STREAMCAD_DATA, else ../shared/data beside the repository; None when neither exists."""
-    from streamcad.train.data import data_root
-
     from streamcad.errors import ConfigError
+    from streamcad.train.data import data_root
 
     try:
         return data_root()

@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training test: needs the train extra")
 import torch.nn.functional as F  # noqa: E402
+
 from streamcad.train.augment import (  # noqa: E402
     FinetuneAugment,
     TwoViewAugment,

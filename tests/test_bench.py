@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+
 from streamcad.benchmarks import cli, report
 from streamcad.benchmarks.e2e import E2EConfig, RssSampler, run_e2e
 from streamcad.benchmarks.replay import ReplaySource, load_frames
-
 from streamcad.manifest import write_manifest
 from tests.helpers_onnx import make_contract_onnx
 

@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
-from streamcad.benchmarks.naive import InlineSource
 
+from streamcad.benchmarks.naive import InlineSource
 from streamcad.sources import open_source
 from streamcad.sources.sweep import SAMPLE_DIR, SweepRenderer
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from streamcad.benchmarks.machine import machine_info
 from streamcad.benchmarks.stats import summarize
 
@@ -44,6 +45,7 @@ def test_machine_info_names_the_machine():
 def test_onnx_flops_counts_conv_and_gemm(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
+
     from streamcad.benchmarks.roofline import onnx_flops
 
     rng = np.random.default_rng(0)

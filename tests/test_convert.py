@@ -56,10 +56,9 @@ def test_convert_writes_a_gated_engine_with_its_key(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
+    from streamcad.backends.tensorrt import parse_engine_filename
     from streamcad.engines.convert import convert_onnx
     from streamcad.engines.gate import sample_images_dir
-
-    from streamcad.backends.tensorrt import parse_engine_filename
     from streamcad.manifest import read_manifest, verify_artifact
 
     path = _onnx_with_manifest(tmp_path)

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 
+from streamcad.errors import ConfigError  # noqa: E402
 from streamcad.train.augment import ScannerAugment  # noqa: E402
 from streamcad.train.cv import (  # noqa: E402
     RecipeConfig,
@@ -19,8 +20,6 @@ from streamcad.train.cv import (  # noqa: E402
     run,
     select,
 )
-
-from streamcad.errors import ConfigError  # noqa: E402
 
 
 def test_scanner_augment_keeps_the_lesion_and_its_aspect_ratio():
@@ -70,10 +69,9 @@ def test_one_run_end_to_end_to_the_runtime(tmp_path, data_root):
     """Fine-tune (1 epoch, every 25th image) -> classifier.pt -> export -> the runtime scores the
     test images as PyTorch did (the checkpoint contract from training to load_model)."""
     from streamcad.engines.export import export_checkpoint
-    from streamcad.train.cv import load_both
-
     from streamcad.manifest import load_model
     from streamcad.preprocess import PreprocessSpec, letterbox
+    from streamcad.train.cv import load_both
 
     res = run(RecipeConfig(epochs=1, batch_size=8), "cv", tmp_path / "fold0", fold=0, limit=25)
     assert res["n_test"] > 0 and 0 <= res["threshold"] <= 1 and res["temperature"] > 0

@@ -6,10 +6,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from streamcad.train.data import CLASSES, data_root, load_arrays, load_samples, read_gray, read_mask
 
 from streamcad.errors import ConfigError
 from streamcad.preprocess import letterbox
+from streamcad.train.data import CLASSES, data_root, load_arrays, load_samples, read_gray, read_mask
 
 
 def test_busi_counts_per_class(busi_dir):

@@ -20,9 +20,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training test: needs the train extra")
 
-from streamcad.train.common import load_checkpoint  # noqa: E402
-
 from streamcad.preprocess import letterbox  # noqa: E402
+from streamcad.train.common import load_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "streamcad" / "data" / "sample" / "images"

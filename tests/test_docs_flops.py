@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from streamcad.benchmarks.roofline import onnx_flops
 
 REPO = Path(__file__).resolve().parents[1]

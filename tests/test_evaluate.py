@@ -17,9 +17,9 @@ from streamcad.manifest import write_manifest
 
 pytest.importorskip("sklearn")
 from sklearn.metrics import f1_score, recall_score, roc_auc_score  # noqa: E402
-from streamcad.engines.evaluate import CLASSES, discover, evaluate  # noqa: E402
 
 from streamcad.cli import main  # noqa: E402
+from streamcad.engines.evaluate import CLASSES, discover, evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import pytest
 pytest.importorskip("sklearn", reason="needs the eval extra (scikit-learn)")
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score  # noqa: E402
+
+from streamcad.errors import ConfigError  # noqa: E402
 from streamcad.train.evaluate import (  # noqa: E402
     binary_view,
     bootstrap_metrics,
@@ -20,8 +22,6 @@ from streamcad.train.evaluate import (  # noqa: E402
     softmax,
     stratified_bootstrap_indices,
 )
-
-from streamcad.errors import ConfigError  # noqa: E402
 
 
 def synthetic(n: int, seed: int = 0, normals: bool = True, signal: float = 1.5):

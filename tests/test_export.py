@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from streamcad.cli import main as cli_main  # noqa: E402
 from streamcad.engines.export import (  # noqa: E402
     PARITY_TOLERANCE,
     check_parity,
@@ -21,8 +22,6 @@ from streamcad.engines.export import (  # noqa: E402
     load_classifier,
 )
 from streamcad.engines.gate import load_gate_frames, sample_images_dir, softmax  # noqa: E402
-
-from streamcad.cli import main as cli_main  # noqa: E402
 from streamcad.errors import ArtifactError, ConfigError  # noqa: E402
 from streamcad.manifest import load_model, read_manifest, verify_artifact  # noqa: E402
 from streamcad.preprocess import PreprocessSpec  # noqa: E402

@@ -8,6 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training test: needs the train extra")
 
+from streamcad.errors import ConfigError  # noqa: E402
+from streamcad.preprocess import PreprocessSpec  # noqa: E402
 from streamcad.train.common import save_checkpoint  # noqa: E402
 from streamcad.train.finetune import (  # noqa: E402
     FinetuneConfig,
@@ -19,9 +21,6 @@ from streamcad.train.finetune import (  # noqa: E402
     subsample_labels,
     train_one_epoch,
 )
-
-from streamcad.errors import ConfigError  # noqa: E402
-from streamcad.preprocess import PreprocessSpec  # noqa: E402
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
 from streamcad.engines.gate import (
     GateThresholds,
     load_gate_frames,
@@ -13,7 +14,6 @@ from streamcad.engines.gate import (
     sample_images_dir,
     softmax,
 )
-
 from streamcad.errors import ArtifactError, ConfigError
 from streamcad.preprocess import PreprocessSpec, preprocess
 

@@ -62,9 +62,10 @@ def exported(tmp_path_factory):
     """A random-init tiny exported by the real exporter (parity on the repo's sample images)."""
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
+    from test_export import _checkpoint
+
     from streamcad.engines.export import export_checkpoint
     from streamcad.engines.gate import sample_images_dir
-    from test_export import _checkpoint
 
     if sample_images_dir() is None:
         pytest.skip("repository sample images absent")
@@ -76,6 +77,7 @@ def exported(tmp_path_factory):
 
 def test_exported_embedding_through_ort_equals_torch(exported):
     import torch
+
     from streamcad.engines.export import load_classifier
     from streamcad.train.ood import forward_gate
 
@@ -120,6 +122,7 @@ def test_score_equals_full_covariance_mahalanobis():
 
 def test_manifest_round_trip_and_refusals(exported, tmp_path):
     from helpers_onnx import make_contract_onnx
+
     from streamcad.train.ood import fit_gate
 
     _, path = exported
@@ -158,9 +161,8 @@ def test_shipped_gate_flags_non_breast_and_passes_breast(data_root):
     """The committed model's own gate: a cardiac recording (GE-style screen) is flagged, held-out
     breast images inside the simulated scanner screen mostly are not. Skips until the shipped
     model carries a gate (`streamcad train gate engines/models/default.onnx`)."""
-    from streamcad.train.ood import breast_frames, breast_items, embed_stream, video_frames
-
     from streamcad.backends import load_backend
+    from streamcad.train.ood import breast_frames, breast_items, embed_stream, video_frames
 
     model = REPO / "engines" / "models" / "default.onnx"
     m = read_manifest(model)
@@ -177,11 +179,10 @@ def test_shipped_gate_flags_non_breast_and_passes_breast(data_root):
 
 
 def test_pipeline_flags_out_of_domain_frames_without_update(exported, tmp_path, video_dir):
-    from streamcad.train.ood import embed_stream, fit_gate, video_frames
-
     from streamcad.client import Subscriber
     from streamcad.messages import Score, Status
     from streamcad.pipeline import Pipeline
+    from streamcad.train.ood import embed_stream, fit_gate, video_frames
 
     _, path = exported
     clip = video_dir / "lung-convex-noui-neuruppin.mp4"

@@ -12,14 +12,13 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from streamcad.errors import ConfigError  # noqa: E402
 from streamcad.train.losses import (  # noqa: E402
     DenseCorrespondenceLoss,
     InfoNCELoss,
     cell_centers,
     correspondence,
 )
-
-from streamcad.errors import ConfigError  # noqa: E402
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 

@@ -10,9 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from streamcad.train.model import build_model, list_models, model_complexity  # noqa: E402
-
 from streamcad.errors import ConfigError  # noqa: E402
+from streamcad.train.model import build_model, list_models, model_complexity  # noqa: E402
 
 VARIANTS = [
     ("tiny", {}),

@@ -9,8 +9,8 @@ import logging
 import time
 
 import pytest
-from streamcad.benchmarks.operating_point import analyse, run_sweep
 
+from streamcad.benchmarks.operating_point import analyse, run_sweep
 from streamcad.client import Subscriber
 from streamcad.config import config_from_dict
 from streamcad.errors import ConfigError

@@ -205,9 +205,8 @@ def test_late_subscriber_gets_status_within_a_second(tmp_path, model_path):
 def test_torch_backend_from_the_run_config(tmp_path):
     """model.backend = 'torch' in the config loads a checkpoint (explicit cpu device) and scores."""
     torch = pytest.importorskip("torch")
-    from streamcad.train.model import build_model
-
     from streamcad.preprocess import PreprocessSpec
+    from streamcad.train.model import build_model
 
     torch.manual_seed(0)
     ckpt = {

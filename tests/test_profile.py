@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from streamcad.benchmarks.profile import parse_raw, per_frame, profile_mode, stage_of
 
 ORT = "InferenceSession.run (onnxruntime/capi/onnxruntime_inference_collection.py:220)"

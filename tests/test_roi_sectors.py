@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from streamcad.benchmarks.roi_eval import (
     black_opening,
     compose_dual,
@@ -24,7 +25,6 @@ from streamcad.benchmarks.roi_eval import (
     read_clip,
     truth_at,
 )
-
 from streamcad.errors import FrameError
 from streamcad.quality import QualityConfig, is_blank
 from streamcad.roi import _EARLY_FRAMES, RoiTracker, detect_roi, iou

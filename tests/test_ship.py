@@ -1,4 +1,5 @@
 import numpy as np
+
 from streamcad.train.data import LabeledArrays
 from streamcad.train.ship import combine
 

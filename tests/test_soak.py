@@ -8,8 +8,8 @@ exceeds --status-gap-limit, and the hour-long run is `python -m streamcad.benchm
 from __future__ import annotations
 
 import pytest
-from streamcad.benchmarks.soak import run_soak
 
+from streamcad.benchmarks.soak import run_soak
 from streamcad.manifest import write_manifest
 from streamcad.sources.faults import RandomFaults
 from tests.helpers_onnx import make_contract_onnx

@@ -6,6 +6,7 @@ import csv
 from collections import defaultdict
 
 import pytest
+
 from streamcad.train.data.splits import (
     SPLIT_DIR,
     busi_dedup,

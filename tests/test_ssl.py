@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from streamcad.errors import ArtifactError, ConfigError  # noqa: E402
+from streamcad.preprocess import letterbox  # noqa: E402
 from streamcad.train.common import (  # noqa: E402
     JsonlLogger,
     NonFiniteLossError,
@@ -23,9 +25,6 @@ from streamcad.train.common import (  # noqa: E402
 from streamcad.train.losses import DenseCorrespondenceLoss, InfoNCELoss  # noqa: E402
 from streamcad.train.model import build_model  # noqa: E402
 from streamcad.train.ssl import SSLConfig, SSLModel, knn_probe, pretrain  # noqa: E402
-
-from streamcad.errors import ArtifactError, ConfigError  # noqa: E402
-from streamcad.preprocess import letterbox  # noqa: E402
 
 S = 64
 

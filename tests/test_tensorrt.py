@@ -173,9 +173,8 @@ def gpu_engine(tmp_path_factory):
     from streamcad.engines.convert import convert_onnx
     from streamcad.engines.export import export_checkpoint
     from streamcad.engines.gate import sample_images_dir
-    from streamcad.train.model import build_model
-
     from streamcad.preprocess import PreprocessSpec
+    from streamcad.train.model import build_model
 
     d = tmp_path_factory.mktemp("trt")
     torch.manual_seed(0)
@@ -192,7 +191,6 @@ def gpu_engine(tmp_path_factory):
 
 def test_engine_agrees_with_onnxruntime(gpu_engine):
     from streamcad.engines.gate import load_gate_frames, run_gate, sample_images_dir, softmax
-
     from streamcad.manifest import load_model
 
     onnx_path, engine, manifest, gate = gpu_engine

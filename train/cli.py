@@ -200,6 +200,7 @@ def _run_splits(args) -> int:
 
 def _run_pretrain(args) -> int:
     import numpy as np
+
     from streamcad.train.ssl import SSLConfig, pretrain
 
     cfg = SSLConfig(
@@ -281,9 +282,8 @@ def _run_experiment(args) -> int:
 
 def _run_gate(args) -> int:
     """Fit the out-of-domain gate on ONNX Runtime (no torch) and rewrite the model's manifest."""
-    from streamcad.train.ood import calibrate
-
     from streamcad.manifest import read_manifest, verify_artifact, write_manifest
+    from streamcad.train.ood import calibrate
 
     if args.remove:
         m = read_manifest(args.model)

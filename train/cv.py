@@ -218,6 +218,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     `limit` keeps every limit-th image of each part (tests: the whole path on a few images)."""
     import torch
     import torch.nn.functional as F
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
     from streamcad.train.augment import ScannerAugment
     from streamcad.train.common import (
         JsonlLogger,
@@ -232,7 +234,6 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     from streamcad.train.evaluate import binary_view, choose_threshold, softmax
     from streamcad.train.finetune import class_weights, fit_temperature, split_train_val
     from streamcad.train.model import IMAGENET_GRAY, build_model
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -349,6 +350,7 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
     threshold are refitted on the same calibration split with the same rule; the test part is
     scored once. Writes out_dir/cv/foldK/result.json in the same format (report / compare read it)."""
     import torch
+
     from streamcad.train.common import load_checkpoint
     from streamcad.train.evaluate import binary_view, choose_threshold, softmax
     from streamcad.train.finetune import fit_temperature, split_train_val
@@ -398,6 +400,7 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
 def _auc_diff_paired(y, a, b, groups, n_boot, seed):
     """Paired cluster bootstrap of AUC(a) - AUC(b) over groups -> (value, lo, hi)."""
     from sklearn.metrics import roc_auc_score
+
     from streamcad.train.evaluate import _auc_ranks
 
     uniq, inv = np.unique(groups, return_inverse=True)

@@ -344,6 +344,7 @@ def predict_logits(
     (validation, test) and by pretraining's probe evaluations.
     """
     import torch
+
     from streamcad.train.common import autocast_context
 
     if images.dtype != np.uint8 or images.ndim != 3:

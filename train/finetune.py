@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from streamcad.errors import ConfigError
+from streamcad.preprocess import PreprocessSpec
 from streamcad.train.common import (
     JsonlLogger,
     autocast_context,
@@ -54,9 +57,6 @@ from streamcad.train.evaluate import (
     predict_logits,
     softmax,
 )
-
-from streamcad.errors import ConfigError
-from streamcad.preprocess import PreprocessSpec
 
 __all__ = [
     "FinetuneConfig",

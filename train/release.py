@@ -52,13 +52,12 @@ def ship_v2(
     seed: int = 0,
 ) -> dict:
     from streamcad.engines.export import export_checkpoint
+    from streamcad.manifest import read_manifest, write_manifest
     from streamcad.train.common import git_commit, load_checkpoint, machine_info
     from streamcad.train.cv import RecipeConfig, run, same_recipe
     from streamcad.train.data import split_hash
     from streamcad.train.ood import calibrate
     from streamcad.train.ship import _per_dataset_metrics
-
-    from streamcad.manifest import read_manifest, write_manifest
 
     t0 = time.perf_counter()
     cfg = RecipeConfig(seed=seed)

@@ -139,12 +139,11 @@ def ship(
     report_path: str | os.PathLike = REPO / "train" / "results" / "shipped_default.json",
 ) -> dict:
     from streamcad.engines.export import export_checkpoint
+    from streamcad.manifest import read_manifest, write_manifest
     from streamcad.train.common import git_commit, machine_info
     from streamcad.train.data import load_arrays, load_npz, read_video_frames, split_hash
     from streamcad.train.finetune import FinetuneConfig, finetune
     from streamcad.train.ssl import SSLConfig, pretrain
-
-    from streamcad.manifest import read_manifest, write_manifest
 
     t0 = time.perf_counter()
     work = Path(work)

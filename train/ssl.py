@@ -33,6 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from streamcad.errors import ConfigError
+from streamcad.preprocess import PreprocessSpec
 from streamcad.train.common import (
     JsonlLogger,
     amp_dtype,
@@ -53,10 +57,6 @@ from streamcad.train.common import (
     setup_distributed,
 )
 from streamcad.train.losses import DenseCorrespondenceLoss, InfoNCELoss
-from torch import nn
-
-from streamcad.errors import ConfigError
-from streamcad.preprocess import PreprocessSpec
 
 __all__ = [
     "SSLConfig",

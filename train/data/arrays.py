@@ -21,6 +21,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from streamcad.errors import ConfigError
+from streamcad.preprocess import letterbox
 from streamcad.train.data.datasets import (
     CLASSES,
     DATASETS,
@@ -30,9 +33,6 @@ from streamcad.train.data.datasets import (
     read_mask,
 )
 from streamcad.train.data.splits import read_split, split_hash
-
-from streamcad.errors import ConfigError
-from streamcad.preprocess import letterbox
 
 __all__ = [
     "LabeledArrays",

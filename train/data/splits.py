@@ -27,6 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from streamcad.errors import ConfigError
 from streamcad.train.data.datasets import (
     CLASSES,
     DATASETS,
@@ -43,8 +45,6 @@ from streamcad.train.data.dedup import (
     read_curator_pairs,
     union_find_groups,
 )
-
-from streamcad.errors import ConfigError
 
 __all__ = [
     "N_FOLDS",

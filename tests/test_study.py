@@ -1,0 +1,75 @@
+"""streamcad.train.study: seed spread / ensemble and label efficiency over run folders, on
+predictions whose answers are known (identical seeds, a perfect seed, a missing fold)."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from streamcad.errors import ConfigError  # noqa: E402
+from streamcad.train.study import label_efficiency_study, main, seed_study  # noqa: E402
+
+
+def _write_run(root, folds, p_of, rng_seed=0):
+    """A run folder with cv/foldK/result.json; p_of(labels, rng) -> (N,) p(malignant)."""
+    rng = np.random.default_rng(rng_seed)
+    for k in folds:
+        n = 60
+        ds = np.where(np.arange(n) % 2, "busi", "busbra")
+        ids = [f"{d}:f{k}i{i}" for i, d in enumerate(ds)]
+        groups = [f"{d}:g{k}_{i // 2}" for i, d in enumerate(ds)]  # two images a patient
+        labels = np.tile([1, 1, 2, 2], n // 4)  # benign / malignant, same per patient pair
+        pm = p_of(labels, rng)
+        probs = np.stack([np.zeros(n), 1 - pm, pm], axis=1)
+        out = root / "cv" / f"fold{k}"
+        out.mkdir(parents=True)
+        (out / "result.json").write_text(json.dumps({"fold": k, "threshold": 0.5, "wall_s": 1.0, "predictions": {
+            "ids": ids, "groups": groups, "labels": labels.tolist(), "probs": probs.tolist(), "dice": [None] * n}}))
+
+
+noisy = lambda labels, rng: np.clip((labels == 2) * 0.3 + rng.random(len(labels)) * 0.7, 0, 1)  # noqa: E731
+perfect = lambda labels, rng: (labels == 2) * 0.8 + 0.1  # noqa: E731
+
+
+def test_identical_seeds_have_no_spread_and_a_perfect_seed_wins(tmp_path):
+    _write_run(tmp_path / "s0", range(5), noisy, 1)
+    _write_run(tmp_path / "s1", range(5), noisy, 1)  # the same predictions
+    _write_run(tmp_path / "s2", range(5), perfect)
+    rep = seed_study([tmp_path / "s0", tmp_path / "s1", tmp_path / "s2"], n_boot=200)
+    assert rep["folds"] == [0, 1, 2, 3, 4]
+    for d in ("busi", "busbra"):
+        r = rep[d]
+        assert r["n"] == 150
+        assert r["per_seed"][0]["value"] == pytest.approx(r["per_seed"][1]["value"])
+        assert r["paired_vs_first"][0]["auc_difference"] == pytest.approx(0.0)
+        assert r["per_seed"][2]["value"] == pytest.approx(1.0)
+        assert r["paired_vs_first"][1]["ci_low"] > 0 and r["paired_vs_first"][1]["decision"] == "a better"
+        assert r["spread"]["max_minus_min"] == pytest.approx(1.0 - r["per_seed"][0]["value"])
+        assert r["ensemble"]["value"] > r["per_seed"][0]["value"]  # averaging in a perfect seed helps
+
+
+def test_only_common_folds_are_pooled_and_label_efficiency_pairs(tmp_path):
+    _write_run(tmp_path / "lite0", range(5), perfect)
+    _write_run(tmp_path / "le-scratch-f100", range(3), noisy, 2)  # folds 0-2 only
+    _write_run(tmp_path / "le-imagenet-f10", [0, 1], noisy, 3)
+    _write_run(tmp_path / "le-scratch-f10", [0, 1], noisy, 3)
+    rep = label_efficiency_study(tmp_path, n_boot=200)
+    assert set(rep["fractions"]) == {"10", "100"}  # 25 / 50 have no folders
+    assert rep["fractions"]["100"]["folds"] == [0, 1, 2]
+    assert rep["fractions"]["100"]["busbra"]["n"] == 90
+    assert rep["fractions"]["100"]["busbra"]["imagenet_minus_scratch"]["ci_low"] > 0
+    assert rep["fractions"]["10"]["busi"]["imagenet_minus_scratch"]["auc_difference"] == pytest.approx(0.0)
+
+
+def test_errors_name_the_folder(tmp_path, capsys):
+    _write_run(tmp_path / "a", [0], noisy)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="empty"):
+        seed_study([tmp_path / "a", tmp_path / "empty"])
+    _write_run(tmp_path / "b", [1], noisy)
+    with pytest.raises(ConfigError, match="no finished fold in common"):
+        seed_study([tmp_path / "a", tmp_path / "b"])
+    assert main(["label-efficiency", str(tmp_path / "empty"), "--json", str(tmp_path / "x.json")]) == 2
+    assert "le-imagenet-fN" in capsys.readouterr().out

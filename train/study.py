@@ -1,0 +1,176 @@
+"""Studies over several v2 run folders: seed-to-seed spread (and the seed ensemble it gives for
+free), and label efficiency (ImageNet init vs scratch at 10/25/50/100% of the labels).
+
+    seed run folders (runs/cv/lite0 = seed 0, lite0-s1, lite0-s2) --pooled out-of-fold p(malignant)
+        on the images every folder scored--> per seed: AUC [cluster-bootstrap CI]; spread (max - min,
+        SD); paired difference of each seed vs the first; the ensemble (mean p over seeds) vs the first
+    label-efficiency folders (le-imagenet-fN, le-scratch-fN; 100% = the seed-0 and le-scratch-f100
+        folders) --> per fraction and dataset: AUC of each init and the paired difference
+        imagenet - scratch [CI]
+
+Every number is pooled over the folds that all compared folders have finished (stated in the
+JSON as `folds`), judged by the same paired cluster bootstrap as `streamcad train cv compare`
+(patients for BUS-BRA, duplicate groups for BUSI). Nothing here chooses anything: these read test
+folds and only report.
+
+    python -m streamcad.train.study seeds runs/cv/lite0 runs/cv/lite0-s1 runs/cv/lite0-s2 \\
+        --json train/results/v2/seeds.json
+    python -m streamcad.train.study label-efficiency runs/cv --json train/results/v2/label_efficiency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from streamcad.errors import ConfigError
+from streamcad.train.cv import DATASETS, _auc_diff_paired, _oof, dataset_of
+
+FRACTIONS = (10, 25, 50, 100)
+
+
+def _aligned(dirs: list[Path]) -> tuple[dict, np.ndarray, list[int]]:
+    """The first folder's out-of-fold table restricted to images every folder scored, and the
+    (n_dirs, n_images) p(malignant) matrix in that order."""
+    oofs = [_oof(d) for d in dirs]
+    missing = [str(d) for d, o in zip(dirs, oofs, strict=True) if o is None]
+    if missing:
+        raise ConfigError(f"no finished fold (cv/fold*/result.json) under {', '.join(missing)}")
+    folds = sorted(set.intersection(*(set(o["folds"]) for o in oofs)))
+    if not folds:
+        raise ConfigError(f"the folders {[str(d) for d in dirs]} have no finished fold in common")
+    base = oofs[0]
+    keep = np.isin(base["ids"], np.concatenate([r["predictions"]["ids"] for r in base["runs"] if r["fold"] in folds]))
+    for o in oofs[1:]:
+        keep &= np.isin(base["ids"], o["ids"])
+    table = {k: base[k][keep] for k in ("ids", "groups", "labels")}
+    ps = []
+    for o in oofs:
+        pmap = dict(zip(o["ids"].tolist(), o["p"].tolist(), strict=True))
+        ps.append(np.array([pmap[i] for i in table["ids"]]))
+    return table, np.stack(ps), folds
+
+
+def _auc_ci(y, p, groups, n_boot, seed) -> dict:
+    from streamcad.train.evaluate import group_bootstrap_auc
+
+    a = group_bootstrap_auc(np.where(y == 1, 2, 1), p, groups, n_boot=n_boot, seed=seed)
+    return {"value": a["value"], "ci_low": a["ci_low"], "ci_high": a["ci_high"]}
+
+
+def _diff(y, a, b, groups, n_boot, seed) -> dict:
+    v, lo, hi = _auc_diff_paired(y, a, b, groups, n_boot, seed)
+    return {"auc_difference": v, "ci_low": lo, "ci_high": hi,
+            "decision": "a better" if lo > 0 else ("b better" if hi < 0 else "no difference (CI contains 0)")}
+
+
+def _per_dataset(table: dict):
+    ds = dataset_of(table["ids"])
+    for d in DATASETS:
+        keep = (ds == d) & (table["labels"] != 0)
+        if keep.any():
+            yield d, keep, (table["labels"][keep] == 2).astype(int), table["groups"][keep]
+
+
+def seed_study(dirs: list[str | Path], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Seed spread of the recipe and the seed ensemble, over the folds all seed folders finished."""
+    dirs = [Path(d) for d in dirs]
+    if len(dirs) < 2:
+        raise ConfigError(f"seeds: give at least two run folders (got {len(dirs)})")
+    table, ps, folds = _aligned(dirs)
+    out: dict = {"runs": [str(d) for d in dirs], "folds": folds}
+    for d, keep, y, groups in _per_dataset(table):
+        per_seed = [_auc_ci(y, p[keep], groups, n_boot, seed) for p in ps]
+        values = np.array([a["value"] for a in per_seed])
+        ens = ps[:, keep].mean(axis=0)
+        out[d] = {
+            "n": int(keep.sum()),
+            "per_seed": per_seed,
+            "spread": {"max_minus_min": float(values.max() - values.min()), "sd": float(values.std(ddof=1))},
+            "paired_vs_first": [_diff(y, p[keep], ps[0][keep], groups, n_boot, seed) for p in ps[1:]],
+            "ensemble": _auc_ci(y, ens, groups, n_boot, seed),
+            "ensemble_vs_first": _diff(y, ens, ps[0][keep], groups, n_boot, seed),
+        }
+    return out
+
+
+def label_efficiency_study(root: str | Path, n_boot: int = 1000, seed: int = 0) -> dict:
+    """ImageNet init vs scratch at each label fraction whose two folders exist under root."""
+    root = Path(root)
+    out: dict = {"root": str(root), "fractions": {}}
+    for f in FRACTIONS:
+        ours = root / ("lite0" if f == 100 else f"le-imagenet-f{f}")
+        scratch = root / f"le-scratch-f{f}"
+        if not (list(ours.glob("cv/fold*/result.json")) and list(scratch.glob("cv/fold*/result.json"))):
+            continue
+        table, ps, folds = _aligned([ours, scratch])
+        row: dict = {"imagenet": str(ours), "scratch": str(scratch), "folds": folds}
+        for d, keep, y, groups in _per_dataset(table):
+            row[d] = {"n": int(keep.sum()),
+                      "imagenet": _auc_ci(y, ps[0][keep], groups, n_boot, seed),
+                      "scratch": _auc_ci(y, ps[1][keep], groups, n_boot, seed),
+                      "imagenet_minus_scratch": _diff(y, ps[0][keep], ps[1][keep], groups, n_boot, seed)}
+        out["fractions"][str(f)] = row
+    if not out["fractions"]:
+        raise ConfigError(f"label-efficiency: no le-imagenet-fN / le-scratch-fN pair with a finished fold under {root}")
+    return out
+
+
+def _ci(a: dict) -> str:
+    return f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+
+
+def _dci(a: dict) -> str:
+    return f"{a['auc_difference']:+.3f} [{a['ci_low']:+.3f}, {a['ci_high']:+.3f}]"
+
+
+def render_seeds(rep: dict) -> str:
+    lines = [f"Seeds: {', '.join(rep['runs'])}; folds {rep['folds']}", "",
+             "| dataset | AUC per seed | spread (max-min / SD) | seed k - seed 0 (paired) | ensemble | ensemble - seed 0 |",
+             "|---|---|---|---|---|---|"]
+    for d in DATASETS:
+        if d in rep:
+            r = rep[d]
+            lines.append(f"| {d} | {'; '.join(_ci(a) for a in r['per_seed'])} | {r['spread']['max_minus_min']:.3f} / "
+                         f"{r['spread']['sd']:.3f} | {'; '.join(_dci(x) for x in r['paired_vs_first'])} | "
+                         f"{_ci(r['ensemble'])} | {_dci(r['ensemble_vs_first'])} |")
+    return "\n".join(lines)
+
+
+def render_label_efficiency(rep: dict) -> str:
+    lines = ["| labels | dataset | folds | ImageNet init | scratch | ImageNet - scratch (paired) |", "|---|---|---|---|---|---|"]
+    for f, row in rep["fractions"].items():
+        for d in DATASETS:
+            if d in row:
+                r = row[d]
+                lines.append(f"| {f}% | {d} | {','.join(map(str, row['folds']))} | {_ci(r['imagenet'])} | {_ci(r['scratch'])} | "
+                             f"{_dci(r['imagenet_minus_scratch'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m streamcad.train.study", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("seeds", help="seed spread + seed ensemble of run folders (the first is the reference)")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--json", required=True)
+    e = sub.add_parser("label-efficiency", help="ImageNet init vs scratch per label fraction under a runs root")
+    e.add_argument("root")
+    e.add_argument("--json", required=True)
+    args = ap.parse_args(argv)
+    try:
+        rep = seed_study(args.runs) if args.cmd == "seeds" else label_efficiency_study(args.root)
+    except ConfigError as exc:
+        print(f"study: {exc}")
+        return 2
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rep, indent=1))
+    print(render_seeds(rep) if args.cmd == "seeds" else render_label_efficiency(rep))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
