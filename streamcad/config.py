@@ -2,7 +2,10 @@
 
     streamcad.toml --tomllib--> dict --msgspec.convert (strict)--> RunConfig (frozen)
 
-Unknown keys, wrong types and out-of-range values raise ConfigError naming the key (e.g.
+The sinks' sections ([publish], [preview], [igtl], [record]) are those sinks' own options
+Structs, declared in their modules (streamcad.sinks.zmq, .preview, .igtl, .record) and named here;
+[model]'s backend keys are mapped onto the backend's own options by streamcad.backends
+(options_from_model). Unknown keys, wrong types and out-of-range values raise ConfigError naming the key (e.g.
 `smoothing.tau_s: Expected float >= 0.01, got -1`). Defaults carry their reason as a comment.
 Example (all keys optional):
 
@@ -27,6 +30,12 @@ from typing import Annotated, Literal
 import msgspec
 
 from streamcad.errors import ConfigError
+
+# the sinks' sections are their own options (each sink module declares its Struct; light imports)
+from streamcad.sinks.igtl import IgtlConfig
+from streamcad.sinks.preview import PreviewConfig
+from streamcad.sinks.record import RecordConfig
+from streamcad.sinks.zmq import PublishConfig
 
 __all__ = [
     "CONFIG_VERSION",
@@ -135,77 +144,6 @@ class QualitySection(_Section):
         bad = sorted(k for k, v in self.thresholds.items() if not math.isfinite(v))
         if bad:
             raise ValueError(f"thresholds.{bad[0]} = {self.thresholds[bad[0]]}; expected a finite number")
-
-
-class PublishConfig(_Section):
-    endpoint: str = "tcp://127.0.0.1:5555"  # loopback by default: binding wider must be explicit
-    allow_remote: bool = False
-    stream: str = "probe0"
-    encoding: Literal["json", "msgpack"] = "json"
-    heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=1.0)] = 1.0  # the contract: >= 1 status per second
-    # a slow UI may lag this long (at the stream's real rate) before IT loses messages (its seq gaps)
-    hwm_seconds: Annotated[float, msgspec.Meta(gt=0, le=300.0)] = 4.0
-    connect: bool = False  # connect to a proxy's XSUB instead of binding
-    # recorded media at pace = "none" wait for this many subscribers before the first frame, so
-    # a UI started first sees every score (0: start at once; a late UI sees the seq it joined at)
-    wait_subscribers: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
-    wait_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600.0)] = 30.0  # then start anyway, with a warning
-    # CURVE. Bind mode: this is the server's .key_secret and curve_allowed_dir the allowed UI keys.
-    # Connect mode (a proxy frontend): this is the pipeline's own .key_secret, curve_server_key the
-    # proxy's public .key, and the proxy lists the pipeline's public key in --curve-allow-publishers.
-    curve_secret_key: str | None = None
-    curve_allowed_dir: str | None = None  # bind mode: directory of allowed client .key files
-    curve_server_key: str | None = None  # connect mode: the proxy's public NAME.key
-
-    def __post_init__(self) -> None:
-        # an allow-list without a secret key would run in plaintext: refuse, never fall back
-        if self.curve_allowed_dir and not self.curve_secret_key:
-            raise ValueError("curve_allowed_dir is set but curve_secret_key is not: an allow-list needs CURVE; "
-                             "set curve_secret_key to the server's NAME.key_secret")
-        if self.connect:
-            if self.curve_allowed_dir:
-                raise ValueError("curve_allowed_dir applies to a bound publisher; with connect = true the proxy "
-                                 "keeps the allow-list (streamcad proxy --curve-allow-publishers DIR)")
-            if bool(self.curve_secret_key) != bool(self.curve_server_key):
-                raise ValueError("connect = true with CURVE needs both curve_secret_key (this pipeline's "
-                                 "NAME.key_secret) and curve_server_key (the proxy's public NAME.key)")
-        elif self.curve_server_key:
-            raise ValueError("curve_server_key applies to connect = true (a proxy frontend); a bound publisher is "
-                             "the CURVE server: set curve_secret_key and curve_allowed_dir")
-
-
-class PreviewConfig(_Section):
-    # The 'preview' topic (streamcad.preview): a downscaled JPEG of scored frames with the ROI,
-    # saliency and lesion box as data, for `streamcad view` and other UIs. Off by default: a
-    # pipeline nobody watches spends no CPU on JPEGs. CLI: run --preview.
-    enabled: bool = False
-    fps: Annotated[float, msgspec.Meta(gt=0, le=30.0)] = 10.0  # enough to follow the probe; <= 15 keeps the encoder's CPU small
-    max_side: Annotated[int, msgspec.Meta(ge=64, le=1280)] = 480  # px, the JPEG's long side (~20-40 KB a frame)
-    quality: Annotated[int, msgspec.Meta(ge=10, le=95)] = 70  # JPEG quality: enough to check the crop box
-
-
-class IgtlConfig(_Section):
-    # OpenIGTLink server for 3D Slicer (streamcad.sinks.igtl, the igtl extra): per scored frame an
-    # IMAGE of the ROI, the score as STRING (JSON) and the lesion centre as POINT. CLI: run --igtl [HOST:]PORT.
-    enabled: bool = False
-    host: str = "127.0.0.1"  # loopback unless allow_remote, as for [publish]
-    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 18944  # the OpenIGTLink port PlusServer uses
-    allow_remote: bool = False
-    image_device: Annotated[str, msgspec.Meta(min_length=1, max_length=20)] = "Image"  # device names: <= 20 bytes (OpenIGTLink header)
-    score_device: Annotated[str, msgspec.Meta(min_length=1, max_length=20)] = "Score"
-    lesion_device: Annotated[str, msgspec.Meta(min_length=1, max_length=20)] = "Lesion"
-    queue: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8  # frames waiting for a slow client before the oldest is dropped
-
-
-class RecordConfig(_Section):
-    # Session recording (streamcad.recording; CLI: run --record DIR): the delivered frames as
-    # lossless PNG files, every published message as JSON lines, the run config, the model
-    # manifest and versions; written as it happens (a kill loses at most the last second).
-    # Reaching a bound stops the recording, never the run. Replay: streamcad replay DIR.
-    dir: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # None = no recording; must not exist or be empty
-    max_size_mb: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] = 4096.0  # ~10 min of 1280x960 PNGs at 30 fps (223 KB each)
-    max_duration_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 3600.0  # an hour: a long exam
-    frames: bool = True  # false: messages only (no pixels on disk; --rescore then has nothing to score)
 
 
 class RunConfig(_Section):

@@ -42,6 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from streamcad.config import RunConfig
@@ -249,7 +250,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------- helpers
     def _open_sinks(self, publisher, sinks) -> list:
-        from streamcad.sinks import SINKS, open_sinks
+        from streamcad.sinks import open_sinks, sink_names
 
         out = [publisher] if publisher is not None else []
         if sinks is not None:
@@ -263,7 +264,7 @@ class Pipeline:
             context["zmq"] = publisher  # the preview sink sends through it
         if publisher is None:
             return open_sinks(self.config, self.scores, context)
-        return out + open_sinks(self.config, self.scores, context, only=[n for n in SINKS if n != "zmq"])
+        return out + open_sinks(self.config, self.scores, context, only=[n for n in sink_names(configured=True) if n != "zmq"])
 
     def _no_signal_item(self) -> Item:
         now = time.monotonic_ns()
@@ -542,49 +543,23 @@ class Pipeline:
 
 
 # -------------------------------------------------------------------- factories
-def _same_device(wanted: str, got: str) -> bool:
-    norm = {"cuda": "cuda:0"}
-    return norm.get(wanted, wanted) == norm.get(got, got)
-
-
 def _load_model(config: RunConfig):
-    """The [model] section -> a loaded model. Every option is either passed to a backend that
-    honours it or refused: ONNX Runtime gets its execution provider from `device`, and a device
-    or precision the loaded backend does not run on is an error, never a silent CPU / FP32 run."""
-    from streamcad.errors import BackendError, ConfigError
+    """The [model] section -> a loaded model, built by the backend registry from the backend's own
+    options (streamcad.backends: options_from_model refuses a [model] key the backend does not
+    honour; check_backend a device or precision it does not really run on): never a silent
+    CPU / FP32 run."""
+    from streamcad.backends import check_backend, options_from_model
     from streamcad.manifest import load_model
 
     m = config.model
     path = Path(m.path) if m.path else DEFAULT_MODEL
-    options = {}
-    if m.backend == "onnxruntime":
-        options["intra_op_threads"] = m.threads
-        if m.device is not None:  # 'cpu' | 'cuda' | 'cuda:i' -> the provider (the backend refuses a missing one)
-            options["providers"] = ("cuda",) if m.device.startswith("cuda") else (m.device,)
-        if m.cuda_graph:
-            raise ConfigError("model.cuda_graph = true: the onnxruntime backend does not replay CUDA graphs; "
-                              "expected backend = 'torch' or 'tensorrt', or cuda_graph = false")
-    elif m.threads != 1:  # (1 is the default)
-        raise ConfigError(f"model.threads = {m.threads}: ONNX Runtime's intra-op thread count; backend "
-                          f"{m.backend!r} does not take it (leave it out)")
-    if m.backend == "torch":
-        options.update(device=m.device, precision=m.precision, cuda_graph_batch=1 if m.cuda_graph else None)
-    elif m.backend == "tensorrt":
-        options.update(cuda_graph_batch=1 if m.cuda_graph else None)
+    options = msgspec.structs.asdict(options_from_model(m))
     model = load_model(path, backend=m.backend, allow_unverified=m.allow_unverified, **options)
-    be = model.backend
-    problem = None
-    # the default 'fp32' is what ONNX Runtime and torch run; a TensorRT engine runs the precision
-    # it was built with (streamcad convert --fp16), so only an explicit fp16 is checked there
-    if m.precision != be.precision and not (m.backend == "tensorrt" and m.precision == "fp32"):
-        problem = (f"model.precision = {m.precision!r} but backend {m.backend!r} runs {path.name} in {be.precision}"
-                   + ("; ONNX Runtime runs the graph's own precision: for fp16 use backend 'torch' on CUDA or a "
-                      "TensorRT engine (streamcad convert --fp16)" if m.backend == "onnxruntime" else ""))
-    elif m.device is not None and not _same_device(m.device, be.device):
-        problem = f"model.device = {m.device!r} but backend {m.backend!r} runs {path.name} on {be.device}"
-    if problem:
+    try:
+        check_backend(m, model.backend, path)
+    except BaseException:
         model.close()
-        raise BackendError(problem + "; refusing to run on something else than asked")
+        raise
     return model
 
 

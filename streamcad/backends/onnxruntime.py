@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
+import msgspec
 import numpy as np
 
 from streamcad.backends.base import (
@@ -19,11 +20,12 @@ from streamcad.backends.base import (
     N_CLASSES,
     OUTPUT_NAMES,
     Backend,
+    BackendOptions,
     register_backend,
 )
 from streamcad.errors import ArtifactError, BackendError
 
-__all__ = ["OnnxRuntimeBackend", "check_contract", "embedding_dim"]
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeOptions", "check_contract", "embedding_dim"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,30 @@ def embedding_dim(outputs: list, where: str) -> int | None:
     return int(emb.shape[1])
 
 
-@register_backend("onnxruntime")
+Threads = Annotated[int, msgspec.Meta(ge=0, le=256)]  # 0 = ORT's own choice; past 256 is a typo
+
+
+class OnnxRuntimeOptions(BackendOptions):
+    """OnnxRuntimeBackend's keyword arguments. From [model]: threads -> intra_op_threads,
+    device -> providers ('cpu' | 'cuda[:i]'); precision is the graph's own (fp32), so
+    model.precision = 'fp16' is refused after loading (check_backend); cuda_graph is not taken."""
+
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = ("threads", "device", "precision")
+
+    providers: tuple[str, ...] | str = ("cpu",)  # order = preference; each must really be active
+    intra_op_threads: Threads | None = None  # None = ORT's default
+    inter_op_threads: Threads | None = None
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    io_binding: bool = False  # reuse output buffers per batch size (overwritten by the next infer)
+
+    @classmethod
+    def from_model(cls, model: Any) -> OnnxRuntimeOptions:
+        device = model.device
+        providers = ("cpu",) if device is None else ("cuda",) if device.startswith("cuda") else (device,)
+        return cls(providers=providers, intra_op_threads=model.threads)
+
+
+@register_backend("onnxruntime", OnnxRuntimeOptions)
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime session with the contract checked at load.
 
@@ -98,6 +123,8 @@ class OnnxRuntimeBackend(Backend):
 
     suffixes = (".onnx",)
     artifact_kind = "an ONNX model"
+    precision_note = ("onnxruntime accepts model.precision = 'fp32' only (it runs the graph's own precision): "
+                      "for fp16 use backend 'torch' on CUDA or a TensorRT engine (streamcad convert --fp16)")
 
     def __init__(
         self,

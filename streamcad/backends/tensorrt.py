@@ -36,8 +36,9 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+import msgspec
 import numpy as np
 
 from streamcad.backends.base import (
@@ -45,6 +46,7 @@ from streamcad.backends.base import (
     N_CLASSES,
     OUTPUT_NAMES,
     Backend,
+    BackendOptions,
     register_backend,
 )
 from streamcad.errors import ArtifactError, BackendError
@@ -53,6 +55,7 @@ from streamcad.extras import install_command
 __all__ = [
     "EngineKey",
     "TensorRTBackend",
+    "TensorRTOptions",
     "TrtEngineRunner",
     "engine_filename",
     "parse_engine_filename",
@@ -63,6 +66,7 @@ __all__ = [
     "import_cudart",
     "import_tensorrt",
     "current_key",
+    "device_index",
     "unavailable_reason",
 ]
 
@@ -268,7 +272,8 @@ class CudaCalls:
         return res[1] if len(res) == 2 else res[1:]
 
 
-def _device_index(device: str) -> int:
+def device_index(device: str) -> int:
+    """'cuda' | 'cuda:i' -> i (0 for 'cuda'); BackendError for anything else."""
     m = re.fullmatch(r"cuda(?::(\d+))?", str(device))
     if m is None:
         raise BackendError(f"tensorrt: device={device!r}; expected 'cuda' or 'cuda:i'")
@@ -506,7 +511,23 @@ class TrtEngineRunner:
 # ----------------------------------------------------------------------------- the backend
 
 
-@register_backend("tensorrt")
+class TensorRTOptions(BackendOptions):
+    """TensorRTBackend's keyword arguments. From [model]: device (None = 'cuda'), cuda_graph ->
+    cuda_graph_batch = 1, precision (the engine's own: only an explicit fp16 is checked, against
+    the engine, by check_backend); threads is not taken."""
+
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = ("device", "precision", "cuda_graph")
+
+    device: Annotated[str, msgspec.Meta(pattern=r"^cuda(:\d+)?$")] = "cuda"  # 'cuda' | 'cuda:i'
+    cuda_graph_batch: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None  # <= the engine's max batch
+    verify: bool = True  # False only for an engine without a manifest (logged as a warning)
+
+    @classmethod
+    def from_model(cls, model: Any) -> TensorRTOptions:
+        return cls(device=model.device or "cuda", cuda_graph_batch=1 if model.cuda_graph else None)
+
+
+@register_backend("tensorrt", TensorRTOptions)
 class TensorRTBackend(Backend):
     """A TensorRT engine from `streamcad convert`, verified before it is deserialized.
 
@@ -518,6 +539,7 @@ class TensorRTBackend(Backend):
 
     suffixes = (".engine", ".plan")
     artifact_kind = "a TensorRT engine"
+    artifact_precision = True  # built fp16 or fp32 by `streamcad convert`; model.precision = 'fp32' means "the engine's"
 
     def __init__(
         self,
@@ -529,7 +551,7 @@ class TensorRTBackend(Backend):
         from streamcad.manifest import read_manifest, verify_artifact
 
         path = Path(artifact)
-        index = _device_index(device)
+        index = device_index(device)
         if verify:
             manifest = read_manifest(path)
             if manifest.format != "tensorrt":

@@ -1,86 +1,74 @@
-"""Sinks: the pipeline's outputs. ``Sink`` (the interface, and how to add one: see
-streamcad.sinks.base), ``MemorySink`` (the shipped fake), and ``open_sinks(config, scores)``,
-the one factory that builds the configured outputs:
+"""Sinks: the pipeline's outputs, one registry of name -> (factory, options type, config section).
 
-    zmq      streamcad.transport.Publisher    always ([publish]: the wire protocol)
-    record   streamcad.recording.Recorder     when [record] dir is set (CLI: run --record DIR)
-    preview  streamcad.sinks.preview          when [preview] enabled (CLI: run --preview): the
-                                              'preview' topic, sent through the zmq sink
-    igtl     streamcad.sinks.igtl             when [igtl] enabled (CLI: run --igtl [HOST:]PORT):
-                                              an OpenIGTLink server for 3D Slicer (the igtl extra)
+``Sink`` (the interface), ``MemorySink`` (the shipped fake), the registry (``register_sink``,
+``build_sink``, ``sink_options``, ``sink_names``: streamcad.sinks.base) and ``open_sinks(config,
+scores)``, which builds every configured output from its own section, in write order:
 
-Each builder is imported when used, so a runtime without pyzmq can still record, and the
-interface itself imports nothing heavy.
+    zmq      [publish]  streamcad.sinks.zmq -> transport.Publisher   always: the wire protocol
+    record   [record]   streamcad.sinks.record -> recording.Recorder  when dir is set (run --record DIR)
+    preview  [preview]  streamcad.sinks.preview                       when enabled (run --preview): the
+                                                                      'preview' topic, through the zmq sink
+    igtl     [igtl]     streamcad.sinks.igtl                          when enabled (run --igtl [HOST:]PORT):
+                                                                      OpenIGTLink for 3D Slicer (the igtl extra)
+    memory   (none)     streamcad.sinks.memory                        by code only: build_sink("memory", {...})
+
+Each section is the sink's own options Struct (declared in its module, strict: an unknown key is
+an error naming the key, the sink and the keys it accepts); streamcad.config names them as
+RunConfig's sections. How to add a sink (one module: the class, its options, one register call):
+see streamcad.sinks.base. The heavy libraries (pyzmq, cv2, pyigtl) are imported when a sink is
+built, so a runtime without pyzmq can still record and importing this package stays light.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
-from streamcad.errors import StreamcadError
-from streamcad.sinks.base import Sink
-from streamcad.sinks.memory import MemorySink
+from streamcad.errors import ConfigError, StreamcadError
+from streamcad.sinks.base import (
+    Sink,
+    SinkOptions,
+    build_sink,
+    register_sink,
+    sink_names,
+    sink_options,
+)
 
-__all__ = ["Sink", "MemorySink", "SINKS", "open_sinks"]
+# the built-in sink modules, imported for their register_sink calls in this order = the order
+# messages are written: the wire first, so a slow disk never delays a subscriber
+_BUILTIN = ("zmq", "record", "preview", "igtl", "memory")
+for _name in _BUILTIN:
+    importlib.import_module(f"streamcad.sinks.{_name}")
+from streamcad.sinks.memory import MemorySink  # noqa: E402 (after the loop: registration order)
 
-
-def _zmq(config, scores, context) -> Sink | None:
-    from streamcad.transport import publisher_from_config
-
-    return publisher_from_config(config, scores)
-
-
-def _record(config, scores, context) -> Sink | None:
-    if config.record.dir is None:
-        return None
-    from streamcad.recording import Recorder
-
-    return Recorder.from_config(config, context)
-
-
-def _preview(config, scores, context) -> Sink | None:
-    if not config.preview.enabled:
-        return None
-    publisher = context.get("zmq")
-    if publisher is None:
-        raise StreamcadError("preview.enabled: previews go out through the ZeroMQ publisher, and this run has none")
-    from streamcad.sinks.preview import PreviewSink
-
-    model = context.get("model")
-    manifest = getattr(model, "manifest", None)
-    p = config.preview
-    return PreviewSink(publisher, fps=p.fps, max_side=p.max_side, quality=p.quality,
-                       saliency_kind=getattr(manifest, "saliency_kind", None) or "attention",
-                       input_size=model.spec.size if model is not None else 160)
-
-
-def _igtl(config, scores, context) -> Sink | None:
-    if not config.igtl.enabled:
-        return None
-    from streamcad.sinks.igtl import IgtlSink
-
-    return IgtlSink.from_config(config)
-
-
-# name -> builder(config, scores, context) -> Sink | None (None: not configured). Order = the
-# order messages are written: the wire first, so a slow disk never delays a subscriber.
-SINKS: dict[str, Callable] = {"zmq": _zmq, "record": _record, "preview": _preview, "igtl": _igtl}
+__all__ = ["Sink", "SinkOptions", "MemorySink", "register_sink", "build_sink", "sink_options", "sink_names",
+           "open_sinks"]
 
 
 def open_sinks(config, scores, context: dict | None = None, only=None) -> list[Sink]:
-    """Build every configured sink (or those named in `only`), in SINKS order. If one fails, the
-    ones built are closed and the error propagates (it names what was wrong). `context`: what the
-    run knows that the config does not (the model, the source) for sinks that keep it (the recorder)."""
-    unknown = sorted(set(only or ()) - set(SINKS))
+    """Build every configured sink (or those named in `only`) from its RunConfig section, in
+    registration order, and open it. If one fails, the ones built are closed and the error
+    propagates (it names what was wrong). `context`: what the run knows that the options do not
+    (the model, the source) for sinks that keep it; 'config' and 'scores' are added."""
+    from streamcad.sinks.base import _SINKS
+
+    names = sink_names(configured=True)
+    unknown = sorted(set(only or ()) - set(names))
     if unknown:
-        raise StreamcadError(f"unknown sink(s) {unknown}: expected some of {sorted(SINKS)}")
+        raise StreamcadError(f"unknown sink(s) {unknown}: expected some of {sorted(names)}")
     built: list[Sink] = []
-    context = {} if context is None else context  # a builder finds the sinks built before it by name
+    context = {} if context is None else context  # a factory finds the sinks built before it by name
+    context.setdefault("config", config)
+    context.setdefault("scores", scores)
     try:
-        for name, build in SINKS.items():
+        for name in names:
             if only is not None and name not in only:
                 continue
-            sink = build(config, scores, context)
+            entry = _SINKS[name]
+            options = getattr(config, entry.section, None)
+            if not isinstance(options, entry.options):
+                raise ConfigError(f"[{entry.section}]: sink {name!r} expects {entry.options.__name__} options; "
+                                  f"got {type(options).__name__}")
+            sink = build_sink(name, options, context)
             if sink is not None:
                 built.append(sink)
                 context[name] = sink

@@ -34,19 +34,33 @@ import select
 import socket
 import threading
 import time
+from typing import Annotated
 
 import msgspec
 import numpy as np
 
 from streamcad.errors import TransportError
 from streamcad.messages import Score, Status
-from streamcad.sinks.base import Sink
+from streamcad.sinks.base import Sink, SinkOptions, register_sink
 
-__all__ = ["IgtlSink", "DEFAULT_PORT"]
+__all__ = ["IgtlSink", "IgtlConfig", "DEFAULT_PORT"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 18944  # OpenIGTLink's registered port; PlusServer's default
+
+
+class IgtlConfig(SinkOptions):
+    # OpenIGTLink server for 3D Slicer (streamcad.sinks.igtl, the igtl extra): per scored frame an
+    # IMAGE of the ROI, the score as STRING (JSON) and the lesion centre as POINT. CLI: run --igtl [HOST:]PORT.
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback unless allow_remote, as for [publish]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 18944  # the OpenIGTLink port PlusServer uses
+    allow_remote: bool = False
+    image_device: Annotated[str, msgspec.Meta(min_length=1, max_length=20)] = "Image"  # device names: <= 20 bytes (OpenIGTLink header)
+    score_device: Annotated[str, msgspec.Meta(min_length=1, max_length=20)] = "Score"
+    lesion_device: Annotated[str, msgspec.Meta(min_length=1, max_length=20)] = "Lesion"
+    queue: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8  # frames waiting for a slow client before the oldest is dropped
 
 
 class IgtlSink(Sink):
@@ -99,7 +113,10 @@ class IgtlSink(Sink):
 
     @classmethod
     def from_config(cls, config) -> IgtlSink:
-        c = config.igtl
+        return cls.from_options(config.igtl)
+
+    @classmethod
+    def from_options(cls, c: IgtlConfig) -> IgtlSink:
         return cls(c.host, c.port, allow_remote=c.allow_remote, image_device=c.image_device,
                    score_device=c.score_device, lesion_device=c.lesion_device, queue=c.queue)
 
@@ -233,3 +250,9 @@ class IgtlSink(Sink):
             for c in self._clients:
                 c.close()
             self._clients.clear()
+
+
+@register_sink("igtl", IgtlConfig, section="igtl")
+def build(options: IgtlConfig, context: dict) -> Sink | None:
+    """An IgtlSink (pyigtl: the igtl extra) of `options` when enabled."""
+    return IgtlSink.from_options(options) if options.enabled else None

@@ -8,11 +8,20 @@ client that joined, as a ZeroMQ subscriber would.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
+
 from streamcad.errors import StreamcadError
 from streamcad.messages import Score, Status
-from streamcad.sinks.base import Sink
+from streamcad.sinks.base import Sink, SinkOptions, register_sink
 
-__all__ = ["MemorySink"]
+__all__ = ["MemorySink", "MemoryOptions"]
+
+
+class MemoryOptions(SinkOptions):
+    capacity: Annotated[int, msgspec.Meta(ge=0)] | None = None  # keep this many messages, drop (and count) the rest
+    wants_frames: bool = False  # also keep a copy of every delivered frame
 
 
 class MemorySink(Sink):
@@ -79,3 +88,8 @@ class MemorySink(Sink):
 
     def close(self) -> None:
         self.closed = True
+
+
+@register_sink("memory", MemoryOptions)  # no config section: built by code (tests, tools)
+def build(options: MemoryOptions, context: dict) -> MemorySink:
+    return MemorySink(capacity=options.capacity, wants_frames=options.wants_frames)

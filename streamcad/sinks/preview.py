@@ -18,15 +18,25 @@ dropped score (``dropped`` stays 0; the ZeroMQ publisher counts refused previews
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 import msgspec
 
-from streamcad.errors import MessageError
+from streamcad.errors import MessageError, StreamcadError
 from streamcad.messages import SCHEMA_VERSION, Preview, Score, Status
-from streamcad.preview import PreviewEncoder
-from streamcad.sinks.base import Sink
+from streamcad.sinks.base import Sink, SinkOptions, register_sink
 
-__all__ = ["PreviewSink"]
+__all__ = ["PreviewSink", "PreviewConfig"]
+
+
+class PreviewConfig(SinkOptions):
+    # The 'preview' topic (streamcad.preview): a downscaled JPEG of scored frames with the ROI,
+    # saliency and lesion box as data, for `streamcad view` and other UIs. Off by default: a
+    # pipeline nobody watches spends no CPU on JPEGs. CLI: run --preview.
+    enabled: bool = False
+    fps: Annotated[float, msgspec.Meta(gt=0, le=30.0)] = 10.0  # enough to follow the probe; <= 15 keeps the encoder's CPU small
+    max_side: Annotated[int, msgspec.Meta(ge=64, le=1280)] = 480  # px, the JPEG's long side (~20-40 KB a frame)
+    quality: Annotated[int, msgspec.Meta(ge=10, le=95)] = 70  # JPEG quality: enough to check the crop box
 
 
 class PreviewSink(Sink):
@@ -38,6 +48,8 @@ class PreviewSink(Sink):
 
     def __init__(self, publisher, *, fps: float = 10.0, max_side: int = 480, quality: int = 70,
                  saliency_kind: str = "attention", input_size: int = 160) -> None:
+        from streamcad.preview import PreviewEncoder  # cv2: imported when a preview sink is built
+
         self.publisher = publisher
         self.encoder = PreviewEncoder(fps=fps, max_side=max_side, quality=quality,
                                       saliency_kind=saliency_kind, input_size=input_size)
@@ -103,3 +115,19 @@ class PreviewSink(Sink):
         if not self._closed:
             self._closed = True
             self.encoder.close()
+
+
+@register_sink("preview", PreviewConfig, section="preview")
+def build(options: PreviewConfig, context: dict) -> Sink | None:
+    """A PreviewSink of `options` when enabled; context: 'zmq' (the publisher it sends through,
+    built before it) and 'model' (its manifest's saliency kind and input size)."""
+    if not options.enabled:
+        return None
+    publisher = context.get("zmq")
+    if publisher is None:
+        raise StreamcadError("preview.enabled: previews go out through the ZeroMQ publisher, and this run has none")
+    model = context.get("model")
+    manifest = getattr(model, "manifest", None)
+    return PreviewSink(publisher, fps=options.fps, max_side=options.max_side, quality=options.quality,
+                       saliency_kind=getattr(manifest, "saliency_kind", None) or "attention",
+                       input_size=model.spec.size if model is not None else 160)
