@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", help="folder laid out like BUS-BRA (Images/ + bus_data.csv) or BUSI (benign/ malignant/ normal/)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the full result (metrics, per-image probabilities) to this JSON file")
     p.add_argument("--backend", default="onnxruntime", help="inference backend (see `streamcad info`); default onnxruntime")
-    p.add_argument("--device", default=None, help="'cpu' or 'cuda' (onnxruntime provider / torch device); default: the backend's own")
+    p.add_argument("--device", default=None, help="'cpu' or 'cuda' (onnxruntime provider / torch device); default: the backend's own (torch has none: name it)")
     p.add_argument("--allow-unverified", action="store_true", help="load a model file that has no manifest (logged as a warning)")
     p.add_argument("--threshold", type=float, default=None, help="operating threshold on p(malignant); default: the manifest's")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the 95%% CIs (default 1000)")
@@ -308,13 +308,14 @@ def write_plots(result: dict, json_path: str | Path) -> list[Path]:
 
 
 def _options(backend: str, device: str | None) -> dict:
-    if device is None:
-        return {"device": "cpu"} if backend == "torch" else {}
-    if backend == "onnxruntime":
-        return {"providers": (device,)}
-    if backend == "torch":
-        return {"device": device}
-    raise ConfigError(f"--device is not an option of backend {backend!r}; leave it out")
+    """--backend / --device -> the backend's own options, built by the backend registry from a
+    [model] section (the runtime's rules: a device the backend cannot use is refused by name)."""
+    import msgspec
+
+    from streamcad.backends import options_from_model
+    from streamcad.config import ModelConfig
+
+    return msgspec.structs.asdict(options_from_model(ModelConfig(backend=backend, device=device)))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,15 +13,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
+import msgspec
 import numpy as np
 
-from streamcad.backends.base import N_CLASSES, Backend, register_backend
+from streamcad.backends.base import N_CLASSES, Backend, BackendOptions, register_backend
 from streamcad.errors import ArtifactError, BackendError
 from streamcad.extras import install_command
 
-__all__ = ["TorchBackend", "unavailable_reason"]
+__all__ = ["TorchBackend", "TorchOptions", "unavailable_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,24 @@ def unavailable_reason() -> str | None:
     return None
 
 
-@register_backend("torch")
+class TorchOptions(BackendOptions):
+    """TorchBackend's keyword arguments. From [model]: device (required: never guessed),
+    precision, cuda_graph -> cuda_graph_batch = 1; threads is not taken."""
+
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = ("device", "precision", "cuda_graph")
+
+    device: str | None = None  # 'cpu' | 'cuda' | 'cuda:i'; None is refused by the backend, by name
+    precision: Literal["fp32", "fp16"] = "fp32"  # fp16 needs CUDA
+    channels_last: bool | None = None  # None = True on CUDA
+    cuda_graph_batch: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None  # capture for this batch size
+    warmup: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3  # iterations before the capture
+
+    @classmethod
+    def from_model(cls, model: Any) -> TorchOptions:
+        return cls(device=model.device, precision=model.precision, cuda_graph_batch=1 if model.cuda_graph else None)
+
+
+@register_backend("torch", TorchOptions)
 class TorchBackend(Backend):
     """A classifier checkpoint in eval mode.
 
