@@ -195,7 +195,7 @@ def convert_onnx(
     device: str = "cuda",
 ) -> tuple[Path, Any, GateResult]:
     """ONNX (+ manifest) -> gated engine + manifest -> (engine path, Manifest, GateResult)."""
-    from streamcad.backends.tensorrt import _device_index, current_key, engine_filename
+    from streamcad.backends.tensorrt import current_key, device_index, engine_filename
     from streamcad.manifest import read_manifest, verify_artifact, write_manifest
 
     onnx_path = Path(onnx_path)
@@ -206,7 +206,7 @@ def convert_onnx(
         raise ArtifactError(f"{onnx_path.name}: manifest format {src.format!r}; expected an ONNX model from `streamcad export`")
     src_sha = verify_artifact(onnx_path, src)
     spec = src.spec()
-    index = _device_index(device)
+    index = device_index(device)
     precision = "fp16" if fp16 else "fp32"
     key = current_key(precision, index)  # imports TensorRT + cuda-python; BackendError without them / a GPU
     out = Path(out_dir) if out_dir is not None else onnx_path.parent
