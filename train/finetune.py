@@ -15,6 +15,9 @@ looked at before the end. On BUS-BRA (no normal images) all three logits are tra
 'normal' class simply has no examples (its class weight is 0), so the softmax learns to push
 p(normal) towards 0 on these images and the exported model keeps the 3-logit contract.
 
+FinetuneConfig (every default, with its reason) lives in train/config.py; the checkpoint and the
+result record it with 'config_version'.
+
 Run one fold from the command line::
 
     streamcad train finetune --dataset busbra --fold 0 --init runs/ssl/busbra/ssl.pt --out runs/ft
@@ -28,7 +31,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,6 @@ from streamcad.train.common import (
     autocast_context,
     check_finite,
     cosine_schedule,
-    dataclass_from_dict,
     load_checkpoint,
     maybe_channels_last,
     progress,
@@ -50,6 +51,7 @@ from streamcad.train.common import (
     seed_everything,
     select_device,
 )
+from streamcad.train.config import CONFIG_VERSION, OVERLAY_MODES, FinetuneConfig
 from streamcad.train.evaluate import (
     binary_view,
     bootstrap_metrics,
@@ -71,67 +73,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-OVERLAY_MODES = ("none", "remove", "add")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """One fine-tuning run. `from_dict` rejects unknown keys and wrong types, naming the key."""
-
-    model: str = "tiny"  # registry name (train.model): tiny/small/base/resnet18
-    size: int = 160  # input S; 160 keeps CPU training feasible (docs/ARCHITECTURE.md, compute budget)
-    init: str = "scratch"  # 'scratch' or the path of an SSL checkpoint ({'kind': 'ssl'})
-    multiscale: bool = True  # False: the -multiscale ablation (StreamcadNet only)
-    cross_attention: bool = True  # False: the -cross-scale-attention ablation (StreamcadNet only)
-    label_fraction: float = 1.0  # share of the fold's training labels used (label-efficiency curve)
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3  # head learning rate (AdamW)
-    backbone_lr_scale: float = 0.3  # backbone lr = lr * scale when init is SSL (keep features); 1.0 from scratch
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    class_weighting: bool = True  # inverse-frequency weighted cross entropy (BUSI: 437/210/133)
-    patience: int = 8  # early stopping on validation AUC (epochs without improvement)
-    val_fraction: float = 0.2  # share of the training part (by group) held out for validation
-    threshold_method: str = "youden"  # 'youden' | 'sens90' (train.evaluate.choose_threshold)
-    device: str = "auto"
-    amp: bool = False  # mixed precision (CUDA only; an error on CPU, never silently ignored)
-    channels_last: bool = False  # CUDA memory format
-    seed: int = 0
-    augment: bool = True  # train.augment.FinetuneAugment on training batches
-    overlay: str = "none"  # caliper-shortcut ablation: 'none' | 'remove' (inpaint marks) | 'add' (random marks)
-    n_boot: int = 1000  # bootstrap resamples for the test-fold CIs
-
-    def __post_init__(self):
-        if self.model == "resnet18" and not (self.multiscale and self.cross_attention):
-            raise ConfigError("multiscale/cross_attention ablations apply to StreamcadNet models, not 'resnet18'")
-        if not 0 < self.label_fraction <= 1:
-            raise ConfigError(f"label_fraction={self.label_fraction}; expected 0 < f <= 1")
-        if self.epochs < 1 or self.batch_size < 2 or self.patience < 1:
-            raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}, patience={self.patience}; expected >= 1, >= 2, >= 1")
-        if not 0 < self.val_fraction < 0.5:
-            raise ConfigError(f"val_fraction={self.val_fraction}; expected 0 < f < 0.5")
-        if self.overlay not in OVERLAY_MODES:
-            raise ConfigError(f"overlay={self.overlay!r}; expected one of {list(OVERLAY_MODES)}")
-        if self.threshold_method not in ("youden", "sens90"):
-            raise ConfigError(f"threshold_method={self.threshold_method!r}; expected 'youden' or 'sens90'")
-        if self.size % 32:
-            raise ConfigError(f"size={self.size}; expected a multiple of 32 (the model's stride)")
-        if self.lr <= 0 or self.backbone_lr_scale <= 0 or self.weight_decay < 0:
-            raise ConfigError("lr and backbone_lr_scale must be > 0 and weight_decay >= 0")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FinetuneConfig:
-        return dataclass_from_dict(cls, d, "finetune")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def from_ssl(self) -> bool:
-        return self.init != "scratch"
-
 
 # ----------------------------------------------------------------------------- data preparation
 
@@ -433,7 +374,7 @@ def finetune(cfg: FinetuneConfig, arrays, fold: int, out_dir: str | os.PathLike)
         "epoch": best[1],
         "optimizer": None,  # fine-tuned weights are final; resuming is not supported
         "metrics": {k: v["value"] if isinstance(v, dict) else v for k, v in metrics.items()},
-        "train_config": {**cfg.to_dict(), "fold": fold, **init_info},
+        "train_config": {**cfg.to_dict(), "fold": fold, **init_info, "config_version": CONFIG_VERSION},
         "temperature": temperature,
         "threshold": threshold,
     }
@@ -441,6 +382,7 @@ def finetune(cfg: FinetuneConfig, arrays, fold: int, out_dir: str | os.PathLike)
     np.savez(out_dir / "predictions.npz", ids=test.ids, labels=test.labels, logits=te_logits, probs=te_probs)
     return {
         "config": cfg.to_dict(),
+        "config_version": CONFIG_VERSION,
         "fold": fold,
         "init": init_info,
         "n_train": len(train),

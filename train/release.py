@@ -24,11 +24,19 @@ from pathlib import Path
 import numpy as np
 
 from streamcad.errors import ConfigError
+from streamcad.train.config import (
+    CONFIG_VERSION,
+    CV_DIR,
+    CV_REPORT,
+    REPO,
+    SHIP_REPORT,
+    SHIPPED_MODEL,
+    RecipeConfig,
+    same_recipe,
+)
+from streamcad.train.config import SHIP_TEST_FOLD as TEST_FOLD
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[1]
-TEST_FOLD = 0
 
 def data_terms_v2() -> dict:
     """What the v2 weights derive from: the two labelled datasets (train.ship.DATASET_TERMS) and the
@@ -43,18 +51,18 @@ def data_terms_v2() -> dict:
 
 
 def ship_v2(
-    out: str | os.PathLike = REPO / "engines" / "models" / "default.onnx",
-    cv_dir: str | os.PathLike = REPO / "runs" / "cv" / "lite0",
-    cv_report: str | os.PathLike | None = REPO / "train" / "results" / "v2" / "report.json",
-    report_path: str | os.PathLike = REPO / "train" / "results" / "shipped_default.json",
+    out: str | os.PathLike = SHIPPED_MODEL,
+    cv_dir: str | os.PathLike = CV_DIR,
+    cv_report: str | os.PathLike | None = CV_REPORT,
+    report_path: str | os.PathLike = SHIP_REPORT,
     root: str | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
+    n_boot: int = RecipeConfig.n_boot,
+    seed: int = RecipeConfig.seed,
 ) -> dict:
     from streamcad.engines.export import export_checkpoint
     from streamcad.manifest import read_manifest, write_manifest
     from streamcad.train.common import git_commit, load_checkpoint, machine_info
-    from streamcad.train.cv import RecipeConfig, run, same_recipe
+    from streamcad.train.cv import run
     from streamcad.train.data import split_hash
     from streamcad.train.ood import calibrate
     from streamcad.train.ship import _per_dataset_metrics
@@ -103,7 +111,8 @@ def ship_v2(
 
     report = {
         "schema": 2, "what": "shipped default model (v2 recipe)", "onnx": Path(out).name,
-        "recipe": res["recipe"], "model": ckpt["model_config"], "size": cfg.size,
+        "recipe": res["recipe"], "config_version": res.get("config_version", CONFIG_VERSION),
+        "model": ckpt["model_config"], "size": cfg.size,
         "temperature": res["temperature"], "threshold": res["threshold"],
         "threshold_rule": m["notes"]["operating_threshold"],
         "metrics": held_out, "protocol_v2": m["metrics"]["protocol_v2"],
@@ -122,9 +131,9 @@ def ship_v2(
 
 
 def refresh_v2(
-    out: str | os.PathLike = REPO / "engines" / "models" / "default.onnx",
-    cv_report: str | os.PathLike = REPO / "train" / "results" / "v2" / "report.json",
-    report_path: str | os.PathLike = REPO / "train" / "results" / "shipped_default.json",
+    out: str | os.PathLike = SHIPPED_MODEL,
+    cv_report: str | os.PathLike = CV_REPORT,
+    report_path: str | os.PathLike = SHIP_REPORT,
     ood_result: str | os.PathLike | None = REPO / "benchmarks" / "results" / "ood_gate-default.json",
 ) -> Path:
     """Put the finished protocol report (train.cv report) and the gate's measurement

@@ -16,7 +16,10 @@ only BUSI teaches (BUS-BRA has no normal images), while BUS-BRA brings twice the
 two more scanner models. Folds are assigned within each dataset by duplicate group / patient,
 so the union of fold 0 is leak-free as well.
 
-    streamcad train ship --device cpu --size 160 --epochs-ssl 15 --epochs-ft 30
+    streamcad train ship --recipe v1 --device cpu --ssl-budget 1200 --ft-budget 600
+
+The settings are train.config.PRESETS['ship'] (ExperimentConfig; its `folds` are unused here: fold
+SHIP_TEST_FOLD is held out); the report records them under 'config' with their version.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from streamcad.train.config import SHIP_REPORT, SHIP_WORK, SHIPPED_MODEL, ExperimentConfig, preset
+from streamcad.train.config import SHIP_TEST_FOLD as TEST_FOLD
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_FOLD = 0
 
 
 # The terms of the labelled data (../shared/data/MANIFEST.md); the video clips' terms are read
@@ -118,33 +122,28 @@ def _per_dataset_metrics(pred: dict, n_boot: int, seed: int) -> dict:
 
 
 def ship(
-    out: str | os.PathLike = REPO / "engines" / "models" / "default.onnx",
-    work: str | os.PathLike = REPO / "runs" / "ship",
+    out: str | os.PathLike = SHIPPED_MODEL,
+    work: str | os.PathLike = SHIP_WORK,
+    cfg: ExperimentConfig | None = None,
     *,
-    model: str = "tiny",
-    size: int = 160,
-    epochs_ssl: int = 15,
-    epochs_ft: int = 30,
-    batch_ssl: int = 64,
-    batch_ft: int = 32,
-    device: str = "cpu",
-    amp: bool = False,
-    channels_last: bool = False,
     data_npz: str | None = None,
     root: str | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
     ssl_budget_s: float | None = None,
     ft_budget_s: float | None = None,
-    report_path: str | os.PathLike = REPO / "train" / "results" / "shipped_default.json",
+    report_path: str | os.PathLike = SHIP_REPORT,
 ) -> dict:
+    """Train (SSL + fine-tune) the v1 recipe on both datasets with fold TEST_FOLD held out, export it,
+    fit its gate and write the report + model card. cfg: default preset('ship'); its epochs are
+    upper bounds that the budgets (seconds, optional) shrink to whole cosine schedules."""
     from streamcad.engines.export import export_checkpoint
     from streamcad.manifest import read_manifest, write_manifest
     from streamcad.train.common import git_commit, machine_info
     from streamcad.train.data import load_arrays, load_npz, read_video_frames, split_hash
-    from streamcad.train.finetune import FinetuneConfig, finetune
-    from streamcad.train.ssl import SSLConfig, pretrain
+    from streamcad.train.finetune import finetune
+    from streamcad.train.ssl import pretrain
 
+    cfg = preset("ship") if cfg is None else cfg
+    size, seed, n_boot = cfg.size, cfg.seed, cfg.n_boot
     t0 = time.perf_counter()
     work = Path(work)
     if data_npz:
@@ -159,26 +158,24 @@ def ship(
     probe = (probe_tr.images, probe_tr.labels, probe_va.images, probe_va.labels)
     log.info("ship: %d training images (+%d video frames) for SSL; %d held out", len(train_part), len(video), int((data.folds == TEST_FOLD).sum()))
 
-    ssl_cfg = SSLConfig(model=model, size=size, epochs=epochs_ssl, batch_size=batch_ssl, device=device,
-                        amp=amp, channels_last=channels_last, seed=seed)
+    ssl_cfg = cfg.ssl_config()
     if ssl_budget_s:
         # time one epoch, then fit the schedule into the budget (a whole cosine schedule, not a cut-off one)
         t = time.perf_counter()
         pretrain(replace(ssl_cfg, epochs=1), pool, work / "ssl-timing")
         per_epoch = time.perf_counter() - t
-        ssl_cfg = replace(ssl_cfg, epochs=max(2, min(epochs_ssl, int(ssl_budget_s / per_epoch))))
+        ssl_cfg = replace(ssl_cfg, epochs=max(2, min(cfg.epochs_ssl, int(ssl_budget_s / per_epoch))))
         log.info("ship: SSL epoch %.1f s -> %d epochs in the %.0f s budget", per_epoch, ssl_cfg.epochs, ssl_budget_s)
     t_ssl = time.perf_counter()
     ssl_path = pretrain(ssl_cfg, pool, work / "ssl", probe=probe, resume=(work / "ssl" / "last.pt").is_file())
     t_ssl = time.perf_counter() - t_ssl
 
-    ft_cfg = FinetuneConfig(model=model, size=size, init=str(ssl_path), epochs=epochs_ft, batch_size=batch_ft,
-                            device=device, amp=amp, channels_last=channels_last, seed=seed, n_boot=n_boot)
+    ft_cfg = cfg.finetune_config(init=str(ssl_path))
     if ft_budget_s:
         t = time.perf_counter()
         finetune(replace(ft_cfg, epochs=1, n_boot=10), data, TEST_FOLD, work / "finetune-timing")
         per_epoch = time.perf_counter() - t
-        ft_cfg = replace(ft_cfg, epochs=max(2, min(epochs_ft, int(ft_budget_s / per_epoch))))
+        ft_cfg = replace(ft_cfg, epochs=max(2, min(cfg.epochs_ft, int(ft_budget_s / per_epoch))))
         log.info("ship: fine-tune epoch %.1f s -> %d epochs in the %.0f s budget", per_epoch, ft_cfg.epochs, ft_budget_s)
     res = finetune(ft_cfg, data, TEST_FOLD, work / "finetune")
     metrics = _per_dataset_metrics(res["predictions"], n_boot, seed)
@@ -207,7 +204,8 @@ def ship(
         "schema": 1,
         "what": "shipped default model",
         "onnx": str(Path(out).name),
-        "model": model, "size": size,
+        "model": cfg.model, "size": size,
+        "config": cfg.to_dict(),  # the recipe-level settings with their version (train.config)
         "ssl_config": ssl_cfg.to_dict(),
         "finetune_config": ft_cfg.to_dict(),
         "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],

@@ -14,6 +14,9 @@
 Every epoch's randomness (order, augmentation) is seeded from (seed, epoch, rank), so a run
 resumed from a checkpoint continues exactly as an uninterrupted one would.
 
+SSLConfig (every default, with its reason) lives in train/config.py; checkpoints record it as
+'train_config' with 'config_version'.
+
 Run (single process, or `torchrun --nproc_per_node=N` for DDP)::
 
     from streamcad.train.ssl import SSLConfig, pretrain
@@ -27,7 +30,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,6 @@ from streamcad.train.common import (
     check_finite,
     cleanup_distributed,
     cosine_schedule,
-    dataclass_from_dict,
     git_commit,
     is_main_process,
     load_checkpoint,
@@ -56,6 +57,7 @@ from streamcad.train.common import (
     select_device,
     setup_distributed,
 )
+from streamcad.train.config import CONFIG_VERSION, SSLConfig
 from streamcad.train.losses import DenseCorrespondenceLoss, InfoNCELoss
 
 __all__ = [
@@ -70,66 +72,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SSLConfig:
-    """One pretraining run. `from_dict` rejects unknown keys and wrong types, naming the key."""
-
-    model: str = "tiny"  # registry name (train.model)
-    multiscale: bool = True  # False: the -multiscale ablation
-    cross_attention: bool = True  # False: the -cross-scale-attention ablation
-    size: int = 160  # input S (docs/ARCHITECTURE.md compute budget: 160 keeps CPU epochs under a minute or so)
-    epochs: int = 30
-    batch_size: int = 64  # global batch (split over DDP ranks); 2B-2 = 126 negatives per anchor
-    lr: float = 2e-3  # AdamW peak lr (small model, small batch)
-    min_lr: float = 1e-5
-    warmup_epochs: int = 2  # linear warmup: contrastive losses are unstable at full lr from init
-    weight_decay: float = 0.05
-    grad_clip: float = 3.0  # max grad norm (0 = off)
-    temperature: float = 0.2  # instance NT-Xent; 0.1-0.5 work for small batches (SimCLR fig. B.1)
-    dense_temperature: float = 0.2  # DenseCL's value
-    dense_weight: float = 0.5  # loss = instance + dense_weight * dense; 0 = plain SimCLR
-    min_overlap: float = 0.3  # the two views share >= 30% of area, so the dense term has cells
-    proj_hidden: int = 256
-    proj_dim: int = 128  # SimCLR's projection size
-    knn_k: int = 20
-    max_steps_per_epoch: int = 0  # 0 = the whole pool each epoch; > 0 caps it (quick runs, tests)
-    seed: int = 0
-    device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
-    amp: bool = False  # mixed precision (CUDA only; an error on CPU, never silently ignored)
-    channels_last: bool = False  # CUDA memory format
-
-    def __post_init__(self):
-        if self.size % 32 or self.size < 32:
-            raise ConfigError(f"size={self.size}; expected a multiple of 32 (the model's stride)")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}; expected >= 1 and >= 2")
-        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("lr must be > 0 and min_lr, weight_decay, grad_clip >= 0")
-        if self.temperature <= 0 or self.dense_temperature <= 0:
-            raise ConfigError(f"temperature={self.temperature}, dense_temperature={self.dense_temperature}; expected > 0")
-        if self.dense_weight < 0:
-            raise ConfigError(f"dense_weight={self.dense_weight}; expected >= 0 (0 = plain SimCLR)")
-        if self.model == "resnet18" and not (self.multiscale and self.cross_attention):
-            raise ConfigError("multiscale/cross_attention ablations apply to StreamcadNet models, not 'resnet18'")
-        if self.knn_k < 1 or self.max_steps_per_epoch < 0 or self.warmup_epochs < 0:
-            raise ConfigError("knn_k >= 1, max_steps_per_epoch >= 0, warmup_epochs >= 0 expected")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SSLConfig:
-        return dataclass_from_dict(cls, d, "ssl")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def model_overrides(self) -> dict:
-        ov = {}
-        if not self.multiscale:
-            ov["multiscale"] = False
-        if not self.cross_attention:
-            ov["cross_attention"] = False
-        return ov
 
 
 # ----------------------------------------------------------------------------- heads
@@ -419,6 +361,7 @@ def _checkpoint(ssl_model: SSLModel, optimizer, scaler, cfg: SSLConfig, spec: Pr
         "metrics": {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str))},
         "history": history,
         "train_config": cfg.to_dict(),
+        "config_version": CONFIG_VERSION,  # train.config
         "git_commit": git_commit(),
         "machine": machine_info(),
         "finite": all(math.isfinite(m.get("loss", 0.0)) for m in history),
