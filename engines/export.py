@@ -1,10 +1,10 @@
 """`streamcad export`: a classifier checkpoint -> ONNX + manifest, refused unless it matches PyTorch.
 
     checkpoint.pt (plain dict: model_config, model, preprocess, temperature, metrics, train_config)
-      --train.model.build_model(**model_config) + load_state_dict(strict)--> nn.Module (eval)
+      --streamcad.nets.build_model(**model_config) + load_state_dict(strict)--> nn.Module (eval)
       --wrap: logits / T (temperature baked in)--> torch.onnx.export (opset >= 17, dynamic batch)
           input 'input' (N, 1, S, S) float32 -> outputs 'logits' (N, 3), 'saliency' (N, 1, h, w),
-          'embedding' (N, D) (train.ood.forward_gate: pooled stage maps + the classifier's
+          'embedding' (N, D) (streamcad.nets.forward_gate: pooled stage maps + the classifier's
           embedding, one backbone pass; what the runtime's out-of-domain gate scores)
       --onnx.checker (full check)-->
       --parity on REAL frames (engines.gate.load_gate_frames, letterboxed by streamcad.preprocess):
@@ -124,10 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
 def load_classifier(checkpoint: str | os.PathLike) -> tuple[Any, dict, PreprocessSpec, float]:
     """Checkpoint path -> (model in eval mode on CPU, checkpoint dict, PreprocessSpec, temperature)."""
-    from streamcad.train.common import (
-        load_checkpoint,  # ArtifactError for missing / unreadable files
-    )
-    from streamcad.train.model import build_model
+    from streamcad.checkpoint import load_checkpoint  # ArtifactError for missing / unreadable files
+    from streamcad.nets import build_model
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -143,11 +141,11 @@ def load_classifier(checkpoint: str | os.PathLike) -> tuple[Any, dict, Preproces
 def _temperature_wrapper(model: Any, temperature: float) -> Any:
     import torch
 
-    from streamcad.train.ood import forward_gate
+    from streamcad.nets import forward_gate
 
     class TemperatureScaled(torch.nn.Module):
         """(B, 1, S, S) -> (logits / T (B, 3), saliency (B, 1, h, w), embedding (B, D)): calibration
-        baked into the graph; the embedding is train.ood.forward_gate's (the out-of-domain gate's input)."""
+        baked into the graph; the embedding is streamcad.nets.forward_gate's (the out-of-domain gate's input)."""
 
         def __init__(self, net: torch.nn.Module, t: float) -> None:
             super().__init__()

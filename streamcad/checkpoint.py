@@ -1,7 +1,11 @@
-"""The classifier checkpoint contract, one typed schema (torch-free: plain data only).
+"""The classifier checkpoint contract, one typed schema, and the one checkpoint loader.
+
+Importing this module never imports torch: the schema is plain data, and load_checkpoint
+imports torch when it is called (the torch backend, engines.export and train/ all load
+checkpoints through it; train.common re-exports it next to save_checkpoint).
 
     train.finetune / train.cv ──save_checkpoint──► classifier.pt (a plain dict of tensors + metadata)
-        ──torch.load(weights_only)──► dict ──read_classifier(ckpt, where)──► ClassifierCheckpoint
+        ──load_checkpoint (torch.load, weights_only)──► dict ──read_classifier(ckpt, where)──► ClassifierCheckpoint
         ──► engines.export (the manifest: temperature, operating_threshold, training_data, metrics)
         ──► streamcad.backends.torch (the runtime's torch backend)
 
@@ -9,7 +13,7 @@ Keys (a checkpoint is a plain dict, DINO / MoCo style; this module checks the me
 code loads the weights):
 
     kind            'classifier'                       (an 'ssl' checkpoint has no trained head)
-    model_config    {'name': registry name, ...}        train.model.build_model(**model_config)
+    model_config    {'name': registry name, ...}        streamcad.nets.build_model(**model_config)
     model           the state dict                     (checked to be a mapping here, loaded by torch)
     preprocess      PreprocessSpec.to_dict()
     temperature     calibration T > 0 (1.0 = uncalibrated): the logits are divided by it
@@ -27,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -34,7 +39,7 @@ import msgspec
 from streamcad.errors import ArtifactError
 from streamcad.preprocess import PreprocessSpec
 
-__all__ = ["ClassifierCheckpoint", "read_classifier", "KEYS", "DATA_KEYS"]
+__all__ = ["ClassifierCheckpoint", "read_classifier", "load_checkpoint", "KEYS", "DATA_KEYS"]
 
 _WEIGHTS = ("model", "optimizer")  # tensors: not part of the typed metadata
 # train_config entries that describe the training data (the manifest's training_data)
@@ -128,3 +133,22 @@ def read_classifier(ckpt: Mapping, where: str) -> ClassifierCheckpoint:
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{where}: bad preprocess {info.preprocess!r}: {exc}") from exc
     return info
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint written by train.common.save_checkpoint (any kind: classifier or ssl).
+    Raises ArtifactError naming the file if it is missing, unreadable, or not a dict. torch is
+    imported here, not when this module is."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint {path} does not exist")
+    try:
+        # weights_only=True: plain dicts of tensors/numbers/strings only, no pickled code.
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, pickle errors, EOFError, ...
+        raise ArtifactError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise ArtifactError(f"checkpoint {path} holds a {type(ckpt).__name__}; expected a plain dict")
+    return ckpt

@@ -1,7 +1,7 @@
 """The out-of-domain gate and the content flags, on real parts.
 
 - a real tiny model (random init) exported to ONNX has the 'embedding' output, ONNX Runtime
-  returns it, and it equals PyTorch's train.ood.forward_gate;
+  returns it, and it equals PyTorch's streamcad.nets.forward_gate;
 - the gate's score equals a slow full-covariance Mahalanobis reference;
 - manifest round trip; a gate of the wrong D and a gate on a graph without 'embedding' are refused;
 - the shipped model's gate (when its manifest has one) flags real non-breast recordings and
@@ -79,7 +79,7 @@ def test_exported_embedding_through_ort_equals_torch(exported):
     import torch
 
     from streamcad.engines.export import load_classifier
-    from streamcad.train.ood import forward_gate
+    from streamcad.nets import forward_gate
 
     ckpt, path = exported
     model, _, spec, _ = load_classifier(ckpt)

@@ -28,10 +28,12 @@ SCRIPT = textwrap.dedent(
         try:
             importlib.import_module(m.name)
         except ImportError as exc:  # only the tensorrt backend may need its engine at import,
+            # streamcad.nets torch (the torch backend's networks, imported inside its constructor),
             # and a module of a runtime extra its extra (streamcad.viewer.server: aiohttp, the viewer extra)
             from streamcad.extras import EXTRA_OF_MODULE
             extra = EXTRA_OF_MODULE.get((getattr(exc, "name", None) or "").split(".")[0])
-            if m.name != "streamcad.backends.tensorrt" and extra not in ("viewer", "igtl"):
+            nets = m.name == "streamcad.nets" and "torch" in str(exc)
+            if m.name != "streamcad.backends.tensorrt" and not nets and extra not in ("viewer", "igtl"):
                 failed[m.name] = repr(exc)
     from streamcad.cli import main
     buf = io.StringIO()

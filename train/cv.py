@@ -164,6 +164,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     import torch.nn.functional as F
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+    from streamcad.nets import IMAGENET_GRAY, build_model
     from streamcad.train.augment import ScannerAugment
     from streamcad.train.common import (
         JsonlLogger,
@@ -177,7 +178,6 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     )
     from streamcad.train.evaluate import binary_view, choose_threshold, softmax
     from streamcad.train.finetune import class_weights, fit_temperature, split_train_val
-    from streamcad.train.model import IMAGENET_GRAY, build_model
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -296,10 +296,10 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
     scored once. Writes out_dir/cv/foldK/result.json in the same format (report / compare read it)."""
     import torch
 
+    from streamcad.nets import build_model
     from streamcad.train.common import load_checkpoint
     from streamcad.train.evaluate import binary_view, choose_threshold, softmax
     from streamcad.train.finetune import fit_temperature, split_train_val
-    from streamcad.train.model import build_model
 
     arrays = None
     done = []
@@ -586,4 +586,3 @@ def run_command(args) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -147,7 +147,7 @@ def build_classifier(cfg: FinetuneConfig) -> tuple[torch.nn.Module, PreprocessSp
     """-> (model, preprocessing spec, provenance of the init). From SSL: the checkpoint's
     model_config and weights (the head is re-initialised: SSL heads are not classifiers);
     the checkpoint's input size and preprocessing must match the config."""
-    from streamcad.train.model import build_model
+    from streamcad.nets import build_model
 
     overrides = {}
     if not cfg.multiscale:

@@ -20,8 +20,9 @@ test set (benchmarks/ood_gate.py). Run alone on any exported model (rewrites its
 
     streamcad train gate engines/models/default.onnx [--root ../shared/data] [--target-rate 0.02]
 
-`streamcad train ship` calls calibrate() after the export. torch is needed only by
-forward_gate (the exporter's embedding); fitting and calibration run on ONNX Runtime.
+`streamcad train ship` calls calibrate() after the export. The embedding itself is
+streamcad.nets.forward_gate (the exporter's and the torch backend's, defined with the networks);
+fitting and calibration here run on ONNX Runtime, without torch.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from streamcad.errors import ArtifactError, ConfigError
 from streamcad.gate_ood import OodGate
 
 __all__ = [
-    "forward_gate",
     "StreamFeatures",
     "embed_stream",
     "breast_frames",
@@ -60,39 +60,6 @@ log = logging.getLogger(__name__)
 TARGET_RATE = 0.02
 N_AXES = 64  # principal axes kept: 64 x D numbers in the manifest; the rest is one residual variance (32 -> 64: ROC AUC of the shipped tiny model 0.85 -> 0.89, benchmarks.ood_gate)
 _BATCH = 32
-
-
-# ----------------------------------------------------------------------------- the exported embedding
-
-
-def forward_gate(model: Any, x: Any) -> tuple[Any, Any, Any]:
-    """One backbone pass -> (logits (B, 3), saliency (B, 1, h, w), gate embedding (B, D)).
-
-    The gate embedding is [GAP(f1), GAP(f2), GAP(f3), GAP(f4), model embedding]: the spatially
-    averaged map of every stage (feature_info's modules, caught with forward hooks) followed by
-    the classifier's embedding (model.forward_with_embedding). Early stages carry texture
-    statistics (speckle, scanner processing), late ones content; a Mahalanobis distance over
-    several layers separates unfamiliar inputs better than the last layer alone (Lee et al.
-    2018's feature ensemble; on the shipped tiny model the last layer alone gave ROC AUC 0.78,
-    all stages 0.88, on the real non-breast recordings vs held-out breast frames).
-    """
-    import torch
-
-    maps: list[torch.Tensor] = []
-    mods = [model.get_submodule(f["module"]) for f in model.feature_info]
-    handles = [m.register_forward_hook(lambda _m, _i, out: maps.append(out)) for m in mods]
-    try:
-        logits, sal, emb = model.forward_with_embedding(x)
-    finally:
-        for h in handles:
-            h.remove()
-    if len(maps) != len(mods):
-        raise ArtifactError(
-            f"forward_gate: caught {len(maps)} stage maps for {len(mods)} feature_info modules; "
-            "expected each stage module to run exactly once per forward pass"
-        )
-    pooled = [m.mean(dim=(2, 3)) for m in maps]  # each (B, C_i)
-    return logits, sal, torch.cat([*pooled, emb], dim=1)  # (B, sum C_i + E)
 
 
 # ----------------------------------------------------------------------------- frames -> embeddings

@@ -256,7 +256,7 @@ def pretrain(config: SSLConfig, images_uint8: np.ndarray, out_dir: str | os.Path
     stop_after_epoch: end this process after that many completed epochs (time-boxed jobs;
     resume later); returns last.pt then.
     """
-    from streamcad.train.model import build_model
+    from streamcad.nets import build_model
 
     cfg = config
     images = np.asarray(images_uint8)

@@ -1,10 +1,12 @@
 """PyTorch backend: runs a training checkpoint directly (no export), on CPU or CUDA.
 
     model.pt (plain dict: model_config, model state_dict, preprocess, temperature)
-        --train.model.build_model(**model_config), load_state_dict(strict)-->  nn.Module (eval)
+        --streamcad.nets.build_model(**model_config), load_state_dict(strict)-->  nn.Module (eval)
     float32 (N, 1, S, S) --to(device)[, half][, channels_last]--> model --logits / T--> numpy
 
-torch and train.model are imported inside the constructor: importing this module costs nothing.
+torch and streamcad.nets (the networks, in the runtime: this backend never imports the training
+code, docs/ARCHITECTURE.md "Layers") are imported inside the constructor: importing this module
+costs nothing.
 The device must be named; fp16 needs CUDA; nothing is downgraded silently.
 """
 
@@ -29,14 +31,11 @@ log = logging.getLogger(__name__)
 
 def unavailable_reason() -> str | None:
     """Why this backend cannot run here (checked without importing torch), or None."""
-    for mod, what in (("torch", f"torch not installed (install the 'train' extra: {install_command('train')})"),
-                      ("train", f"the train package is not installed (install from the checkout: {install_command('train')})")):
-        try:
-            if importlib.util.find_spec(mod) is None:
-                return what
-        except (ImportError, ValueError):
-            return what
-    return None
+    what = f"torch not installed (install the 'train' extra: {install_command('train')})"
+    try:  # the networks are streamcad.nets: torch is all this backend needs beyond the runtime
+        return what if importlib.util.find_spec("torch") is None else None
+    except (ImportError, ValueError):
+        return what
 
 
 class TorchOptions(BackendOptions):
@@ -103,9 +102,8 @@ class TorchBackend(Backend):
         if cuda_graph_batch is not None and (dev.type != "cuda" or int(cuda_graph_batch) < 1):
             raise BackendError(f"torch: cuda_graph_batch={cuda_graph_batch!r} needs a CUDA device and a batch size >= 1")
 
-        from streamcad.checkpoint import read_classifier
-        from streamcad.train.common import load_checkpoint  # ArtifactError on unreadable files
-        from streamcad.train.model import build_model
+        from streamcad.checkpoint import load_checkpoint, read_classifier  # ArtifactError
+        from streamcad.nets import build_model
 
         ckpt = load_checkpoint(artifact, map_location="cpu")
         where = Path(artifact).name
@@ -131,7 +129,7 @@ class TorchBackend(Backend):
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
         self._model = model
-        # the exported graph's 'embedding' (train.ood.forward_gate): one pass gives all three outputs
+        # the exported graph's 'embedding' (streamcad.nets.forward_gate): one pass gives all three outputs
         self.embedding_dim = sum(int(f["num_chs"]) for f in model.feature_info) + int(model.embed_dim)
         self._graph: Any = None
         self._graph_batch = int(cuda_graph_batch) if cuda_graph_batch else None
@@ -144,7 +142,7 @@ class TorchBackend(Backend):
         return x.contiguous(memory_format=self._torch.channels_last) if self._channels_last else x
 
     def _forward(self, x: Any) -> tuple[Any, Any, Any]:
-        from streamcad.train.ood import forward_gate
+        from streamcad.nets import forward_gate
 
         logits, sal, emb = forward_gate(self._model, x)
         return logits.float() / self.temperature, sal.float(), emb.float()  # same as the exported ONNX: logits / T
