@@ -563,46 +563,9 @@ def _load_model(config: RunConfig):
     return model
 
 
-# the [source] keys each scheme honours (reconnect_* apply to all); another one set to anything
-# but its default is an error, never silently ignored (e.g. source.fps with a file: the file's own
-# rate paces it)
-_SOURCE_KEYS = {"file": ("loop", "pace"), "sweep": ("loop", "pace", "seed", "fps"),
-                "device": ("fps", "width", "height", "fourcc"), "url": (), "gst": ()}
-
-
-def _check_source_keys(s) -> None:
-    from streamcad.config import SourceConfig
-    from streamcad.errors import ConfigError
-
-    scheme = s.uri.split(":", 1)[0]
-    if scheme not in _SOURCE_KEYS:
-        return  # open_source names the unknown scheme
-    default = SourceConfig()
-    keys = ("loop", "pace", "fps", "seed", "width", "height", "fourcc")
-    bad = [k for k in keys if k not in _SOURCE_KEYS[scheme] and getattr(s, k) != getattr(default, k)]
-    if bad:
-        takes = ", ".join(_SOURCE_KEYS[scheme]) or "none of them"
-        raise ConfigError(f"source.{bad[0]} = {getattr(s, bad[0])!r}: a {scheme}: source cannot honour it; "
-                          f"{scheme}: takes {takes} (of {', '.join(keys)})")
-
-
 def _open_source(config: RunConfig):
-    from streamcad.sources import ReconnectPolicy, open_source
+    """The [source] section -> its (not started) source, built by the sources registry from the
+    scheme's own options (streamcad.sources: a [source] key the scheme cannot honour is an error)."""
+    from streamcad.sources import source_from_config
 
-    s = config.source
-    _check_source_keys(s)
-    uri = s.uri
-    scheme = uri.split(":", 1)[0]
-    opts: dict = {}
-    if scheme in ("file", "sweep"):
-        opts.update(loop=s.loop, pace=s.pace)
-    if scheme == "sweep":
-        opts["seed"] = s.seed
-        if s.fps is not None:
-            opts["fps"] = s.fps
-    if scheme == "device":
-        opts.update({k: getattr(s, k) for k in ("fps", "width", "height", "fourcc") if getattr(s, k) is not None})
-    opts["reconnect"] = ReconnectPolicy(
-        initial_s=s.reconnect_initial_s, max_s=s.reconnect_max_s, max_attempts=s.reconnect_max_attempts
-    )
-    return open_source(uri, **opts)
+    return source_from_config(config.source)

@@ -3,6 +3,8 @@
     [publish] --PublishConfig (strict)--> build --> streamcad.transport.Publisher (XPUB, the wire
     protocol of docs/PROTOCOL.md; CURVE keys read here)
 
+``build`` is the one factory: streamcad.transport.publisher_from_config(config) calls it.
+
 pyzmq is imported when the sink is built, not when this module is (streamcad.config imports
 PublishConfig from here).
 """
