@@ -561,30 +561,9 @@ class Publisher(Sink):
         self.close()
 
 
-def _expected_rate(source) -> float:
-    from streamcad.sources.capture import expected_rate
-
-    return expected_rate(source.uri, source.pace, source.fps)
-
-
 def publisher_from_config(config, scores: ScoreStream | None = None) -> Publisher:
-    """The ZeroMQ sink of a RunConfig's [publish] section (CURVE keys read here)."""
-    p = config.publish
-    curve = None
-    if p.curve_secret_key:
-        if p.connect:  # a CURVE client of the proxy's frontend (config checked both keys are set)
-            curve = ClientCurve.from_files(p.curve_secret_key, p.curve_server_key)
-        else:
-            curve = ServerCurve.from_files(p.curve_secret_key, p.curve_allowed_dir)
-    if scores is None:
-        scores = ScoreStream(p.stream, heartbeat_s=p.heartbeat_s)
-    return Publisher(
-        p.endpoint,
-        encoding=p.encoding,
-        hwm_seconds=p.hwm_seconds,
-        fps=_expected_rate(config.source),
-        connect=p.connect,
-        allow_remote=p.allow_remote,
-        curve=curve,
-        scores=scores,
-    )
+    """The ZeroMQ sink of a RunConfig's [publish] section: the zmq sink's own factory
+    (streamcad.sinks.zmq.build: CURVE keys read there, queues sized from [source])."""
+    from streamcad.sinks.zmq import build
+
+    return build(config.publish, {"config": config, "scores": scores})
