@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,12 +137,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _meta(kind: str, opts: dict) -> dict:
     from streamcad.benchmarks.machine import machine_info
+    from streamcad.manifest import git_commit
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = git_commit(REPO)
     return {
         "kind": kind,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -405,7 +401,9 @@ def _pareto(res: dict, models) -> None:
         return
     lbl = "ort-cpu-1t" if "ort-cpu-1t" in inf["resnet18"] else next(k for k in inf["resnet18"] if not k.startswith("_"))
     ref = inf["resnet18"][lbl]["p50"]
-    acc = _accuracy()
+    from streamcad.benchmarks.report import experiment_accuracy
+
+    acc = experiment_accuracy()
     rows = {}
     for name in models:
         if name not in inf:
@@ -414,26 +412,6 @@ def _pareto(res: dict, models) -> None:
                       "speedup_vs_resnet18": ref / inf[name][lbl]["p50"],
                       "accuracy": acc.get(name, [])}
     res["ratios"]["model_vs_resnet18"] = rows
-
-
-def _accuracy() -> dict:
-    """{model name: [pooled test AUC of each experiment row trained with it]} from the experiment
-    results (train/results/**/*.json, schema 1): 'ours' rows for our sizes, 'resnet18' rows for
-    ResNet-18 (the rows the Pareto picture compares)."""
-    out: dict = {}
-    for p in sorted((REPO / "train" / "results").rglob("*.json")):
-        try:
-            d = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(d, dict) or d.get("schema") != 1 or d.get("run") not in ("ours", "resnet18"):
-            continue
-        fc, auc = d.get("finetune_config", {}), d.get("pooled", {}).get("auc", {})
-        if "model" in fc and "value" in auc:
-            out.setdefault(fc["model"], []).append({
-                "dataset": d["dataset"], "run": d["run"], "size": fc.get("size"), "folds": d["experiment"]["folds"],
-                "auc": auc["value"], "ci": [auc["ci_low"], auc["ci_high"]], "file": str(p.relative_to(REPO))})
-    return out
 
 
 def _targets(res: dict, primary) -> None:

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from streamcad.messages import STAGES
+
 __all__ = ["latency_cdf", "stage_bars", "rss_trace"]
 
-STAGE_ORDER = ("grab", "preprocess", "queue", "infer", "smooth", "publish", "transport")
+# the pipeline's stages (streamcad.messages.STAGES, the one list) but its total, then the subscriber's
+STAGE_ORDER = (*(s for s in STAGES if s != "total"), "transport")
 
 
 def _plt():

@@ -9,7 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["write_readme", "render"]
+from streamcad.benchmarks.plots import STAGE_ORDER
+
+__all__ = ["write_readme", "render", "experiment_accuracy"]
 
 REPO = Path(__file__).resolve().parents[1]
 ORDER = ("cpu", "gpu", "long", "quick")
@@ -71,7 +73,7 @@ def _e2e_table(rows: list[dict]) -> list[str]:
 
 
 def _stage_table(rows: list[dict]) -> list[str]:
-    stages = ("grab", "preprocess", "queue", "infer", "smooth", "publish", "transport")
+    stages = STAGE_ORDER
     out = ["| configuration | " + " | ".join(f"{s} p50 / p99" for s in stages) + " |",
            "|---|" + "---|" * len(stages)]
     for r in rows:
@@ -127,9 +129,7 @@ def render(results: dict[str, dict]) -> str:
                           "Latency at this suite's S; accuracy = pooled test AUC of the experiment rows in "
                           "`train/results` (`docs/TRAINING.md`), at the S they were trained at.", "",
                           "| model | backend | infer p50 | p99 | speed-up vs ResNet-18 | accuracy |", "|---|---|---|---|---|---|"]
-                from streamcad.benchmarks.cli import _accuracy
-
-                current = _accuracy()  # accuracy as trained now (the JSON keeps what was there at bench time)
+                current = experiment_accuracy()  # accuracy as trained now (the JSON keeps what was there at bench time)
                 for m, v in mv.items():
                     acc_s = "; ".join(f"{a['dataset']} {a['run']} AUC {a['auc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}] "
                                       f"(S={a['size']}, folds {','.join(map(str, a['folds']))})"
@@ -257,3 +257,23 @@ def write_readme(results_dir: Path | None = None, readme: Path | None = None) ->
 
 if __name__ == "__main__":
     print(write_readme(Path(sys.argv[1]) if len(sys.argv) > 1 else None))
+
+
+def experiment_accuracy() -> dict:
+    """{model name: [pooled test AUC of each experiment row trained with it]} from the experiment
+    results (train/results/**/*.json, schema 1): 'ours' rows for our sizes, 'resnet18' rows for
+    ResNet-18 (the rows the Pareto picture compares)."""
+    out: dict = {}
+    for p in sorted((REPO / "train" / "results").rglob("*.json")):
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(d, dict) or d.get("schema") != 1 or d.get("run") not in ("ours", "resnet18"):
+            continue
+        fc, auc = d.get("finetune_config", {}), d.get("pooled", {}).get("auc", {})
+        if "model" in fc and "value" in auc:
+            out.setdefault(fc["model"], []).append({
+                "dataset": d["dataset"], "run": d["run"], "size": fc.get("size"), "folds": d["experiment"]["folds"],
+                "auc": auc["value"], "ci": [auc["ci_low"], auc["ci_high"]], "file": str(p.relative_to(REPO))})
+    return out

@@ -3,9 +3,9 @@
     MODEL (.onnx / .engine / .pt) + manifest --streamcad.manifest.load_model--> backend
     DATA_DIR (BUS-BRA | BUSI | sample layout) --discover--> image paths + labels
         --cv2 gray--> streamcad.preprocess (the runtime's own path) --backend.infer--> logits
-        --softmax--> probs (N, 3) --train.evaluate.bootstrap_metrics--> metrics + 95% CIs
+        --softmax--> probs (N, 3) --engines.metrics.bootstrap_metrics--> metrics + 95% CIs
 
-Metric definitions are train.evaluate's (one definition for training reports and this command):
+Metric definitions are engines.metrics' (one definition for training reports and this command):
 AUC is benign vs malignant with score = p(malignant), the 3-way softmax output the runtime
 publishes (NOT renormalised over benign + malignant); normal images are left out of it.
 Sensitivity / specificity / F1 binarise p(malignant) >= threshold, where threshold is
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from streamcad.engines.gate import softmax
 from streamcad.errors import ConfigError, FrameError, StreamcadError
 from streamcad.extras import missing_module_message
 from streamcad.manifest import CLASS_NAMES as CLASSES
@@ -140,12 +141,6 @@ def _read_gray(path: Path) -> np.ndarray:
     return img
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)  # (N, 3), temperature already in the logits
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def predict(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
     """Run a LoadedModel over image files through the runtime's preprocessing -> probs (N, 3)."""
     from streamcad.preprocess import preprocess_batch
@@ -159,7 +154,7 @@ def predict(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> n
         n = x.shape[0]
         if be.fixed_batch and n < bs:  # pad the last batch of a fixed-batch engine, drop the padding after
             x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), np.float32)])
-        out[start : start + n] = _softmax(be.infer(x)["logits"][:n])
+        out[start : start + n] = softmax(be.infer(x)["logits"][:n])  # temperature already in the logits
     return out
 
 
@@ -175,7 +170,7 @@ def evaluate(
 ) -> dict:
     """Score `model_path` on `data_dir` -> a JSON-ready dict (metrics with CIs, per-image probs)."""
     try:
-        from streamcad.train.evaluate import bootstrap_metrics
+        from streamcad.engines.metrics import bootstrap_metrics
     except ModuleNotFoundError as exc:
         msg = missing_module_message(exc.name or "", "eval")
         if msg is None:
@@ -229,10 +224,10 @@ def evaluate(
 
 
 def _split_rows(dataset: str) -> tuple[Path, list[dict[str, str]]]:
-    """The committed 5-fold split of `dataset` (train/splits/DATASET_5fold.csv): path, rows."""
-    from streamcad import train
-
-    path = Path(train.__file__).parent / "splits" / f"{dataset}_5fold.csv"
+    """The committed 5-fold split of `dataset` (train/splits/DATASET_5fold.csv): path, rows.
+    A data file, found by place: train/ is engines/'s sibling in a checkout and in the wheel
+    (streamcad/train), and engines never import train (docs/ARCHITECTURE.md, "Layers")."""
+    path = Path(__file__).resolve().parents[1] / "train" / "splits" / f"{dataset}_5fold.csv"
     return path, _read_csv(path)
 
 
@@ -296,7 +291,7 @@ def training_overlap(training_data: dict, ids: list[str]) -> dict | None:
 def write_plots(result: dict, json_path: str | Path) -> list[Path]:
     """ROC curve and reliability diagram of `result` (evaluate()'s dict) beside `json_path`:
     OUT.roc.png and OUT.reliability.png."""
-    from streamcad.train.evaluate import plot_reliability, plot_roc
+    from streamcad.engines.metrics import plot_reliability, plot_roc
 
     labels = np.array([CLASSES.index(p["label"]) for p in result["predictions"]], np.int64)
     probs = np.array([[p[f"p_{c}"] for c in CLASSES] for p in result["predictions"]], np.float64)

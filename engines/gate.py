@@ -43,6 +43,7 @@ __all__ = [
     "softmax",
     "run_gate",
     "load_gate_frames",
+    "data_root",
     "default_data_root",
     "sample_images_dir",
 ]
@@ -93,9 +94,13 @@ class GateResult:
         )
 
 
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float64 (the gate compares probabilities, not logits)."""
-    z = np.asarray(logits, dtype=np.float64)
+def softmax(logits: np.ndarray, temperature: float = 1.0, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax of logits / temperature in float64, along `axis`: the one
+    softmax of the tooling (the gate, export's parity check, evaluate, train's metrics). The
+    runtime's per-frame softmax (streamcad.processor) is float32 on one frame, by design."""
+    if not temperature > 0:
+        raise ConfigError(f"temperature={temperature}; expected > 0")
+    z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - np.max(z, axis=axis, keepdims=True)
     e = np.exp(z)
     return e / np.sum(e, axis=axis, keepdims=True)
@@ -204,11 +209,27 @@ class GateFrames:
     source: str  # where the frames came from (recorded in manifests and reports)
 
 
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Resolve the data root: the argument, else $STREAMCAD_DATA, else ../shared/data beside
+    the repository. Raises ConfigError naming every place looked at when none exists."""
+    tried = []
+    cands = [Path(root)] if root is not None else []
+    if root is None and os.environ.get("STREAMCAD_DATA"):
+        cands.append(Path(os.environ["STREAMCAD_DATA"]))
+    if root is None:
+        cands.append(REPO.parent / "shared" / "data")
+    for c in cands:
+        tried.append(str(c))
+        if c.is_dir():
+            return c
+    raise ConfigError(
+        f"data root not found (tried {', '.join(tried)}); expected a folder holding BUSI/ and "
+        "BUS-BRA/ (pass root=..., or set $STREAMCAD_DATA)"
+    )
+
+
 def default_data_root() -> Path | None:
     """$STREAMCAD_DATA, else ../shared/data beside the repository; None when neither exists."""
-    from streamcad.errors import ConfigError
-    from streamcad.train.data import data_root
-
     try:
         return data_root()
     except ConfigError:

@@ -292,16 +292,24 @@ def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     return out
 
 
-def git_commit(where: Path) -> str | None:
-    """HEAD of the git checkout at `where`, or None (not a checkout, no git)."""
+def git_commit(where: Path, dirty: bool = False) -> str | None:
+    """HEAD of the git checkout at `where`, or None (not a checkout, no git). The one git-commit
+    helper (manifests, recordings, training records, benchmarks): dirty=True appends '-dirty'
+    when tracked files differ from HEAD (a training run's code may not be HEAD's)."""
+
+    def git(*args: str) -> str | None:
+        r = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
     try:
-        r = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=False
-        )
+        sha = git("rev-parse", "HEAD") or None
+        if sha is None or not dirty:
+            return sha
+        changed = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError) as exc:
-        log.debug("no git commit for the manifest: %s", exc)
+        log.debug("no git commit: %s", exc)
         return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
+    return None if changed is None else sha + ("-dirty" if changed else "")
 
 
 def _format_of(path: Path) -> str:

@@ -11,7 +11,7 @@
 Stateful where its stages are (the ROI tracker's temporal evidence, the smoother's EMA and
 state): one processor per stream, fed its frames in order. streamcad.pipeline runs the stages on
 its threads (prepare, infer, publish); its naive baseline (run_sequential), re-scoring a
-recording (streamcad.recording.rescore) and tests call these same methods, so they all compute
+recording (streamcad.rescore) and tests call these same methods, so they all compute
 the same answer for the same frames. Each stage stamps its end in ``item.t`` (monotonic ns),
 which the pipeline turns into the message's ``latency_ms``.
 """

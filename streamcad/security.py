@@ -19,12 +19,19 @@ again, the removed key is refused. A malformed ``*.key`` in the folder is skippe
 (the others still work); a secret key file readable by group or others is refused. A plain
 (non-CURVE) client fails the handshake (mechanism mismatch); the server logs that through its
 socket monitor.
+
+What may be bound is decided here too (check_bind_endpoint, bind_socket: tcp on localhost only
+unless allow_remote, ipc owner-only); streamcad.transport re-exports both, and the revocation's
+re-bind uses them without importing the transport (imports run one way inside the runtime too).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
+import socket as pysocket
 import stat
 import threading
 import time
@@ -48,6 +55,8 @@ __all__ = [
     "curve_available",
     "Revocation",
     "KEY_NAME_MAX",
+    "check_bind_endpoint",
+    "bind_socket",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,6 +120,83 @@ def generate_keypair(out_dir: str | Path, name: str) -> tuple[Path, Path]:
     Path(secret_file).chmod(0o600)
     log.info("wrote CURVE key pair %s / %s", public_file, secret_file)
     return Path(public_file), Path(secret_file)
+
+
+# ----------------------------------------------------------------------------- what may be bound
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> tuple[str, str]:
+    """Split and vet an endpoint to bind. Returns (scheme, rest).
+
+    tcp binds only to 127.0.0.1 / localhost / ::1 unless allow_remote=True (the scores are
+    patient data); ipc:// and inproc:// are local by nature.
+    """
+    if not isinstance(endpoint, str) or "://" not in endpoint:
+        raise TransportError(f"bad endpoint {endpoint!r}: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    scheme, rest = endpoint.split("://", 1)
+    if scheme in ("ipc", "inproc"):
+        if not rest:
+            raise TransportError(f"bad endpoint {endpoint!r}: empty {scheme} path")
+        return scheme, rest
+    if scheme != "tcp":
+        if not allow_remote:
+            raise TransportError(f"refusing to bind {endpoint}: only tcp/ipc/inproc are allowed without allow_remote=True")
+        return scheme, rest
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port:
+        raise TransportError(f"bad endpoint {endpoint!r}: expected tcp://HOST:PORT")
+    if port != "*" and not (port.isdigit() and 0 < int(port) < 65536):
+        raise TransportError(f"bad endpoint {endpoint!r}: port must be 1-65535 or '*'")
+    if host not in _LOCAL_HOSTS and not allow_remote:
+        raise TransportError(
+            f"refusing to bind {endpoint}: binding beyond 127.0.0.1/localhost/ipc exposes the stream "
+            "to the network; pass allow_remote=True (CLI: --allow-remote) and consider CURVE"
+        )
+    return scheme, rest
+
+
+def _prepare_ipc(endpoint: str, path: str) -> Path | None:
+    """Refuse a path a live process listens on; remove a stale socket file of a dead one."""
+    if path.startswith("@"):  # Linux abstract namespace: no file
+        return None
+    p = Path(path)
+    if not (p.exists() or p.is_symlink()):
+        return p
+    if not stat.S_ISSOCK(p.lstat().st_mode):
+        raise TransportError(f"cannot bind {endpoint}: {p} exists and is not a socket")
+    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(p))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.warning("removing stale ipc socket file %s (no process listens on it)", p)
+        p.unlink(missing_ok=True)
+        return p
+    except OSError as exc:
+        raise TransportError(f"cannot bind {endpoint}: cannot probe {p}: {exc}") from exc
+    finally:
+        probe.close()
+    raise TransportError(f"cannot bind {endpoint}: another live process is already bound to {p}")
+
+
+def bind_socket(sock: zmq.Socket, endpoint: str, allow_remote: bool = False) -> str:
+    """Bind with the checks above; returns the resolved endpoint (LAST_ENDPOINT)."""
+    scheme, rest = check_bind_endpoint(endpoint, allow_remote)
+    ipc_path = _prepare_ipc(endpoint, rest) if scheme == "ipc" else None
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise TransportError(f"cannot bind {endpoint}: address already in use (another process holds it)") from exc
+        raise TransportError(f"cannot bind {endpoint}: {exc}") from exc
+    if ipc_path is not None:
+        # owner-only: other local users must not read the stream. (A umask change would be
+        # process-wide and racy with other threads, so chmod right after bind.)
+        os.chmod(ipc_path, 0o600)
+    last = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return last.decode() if isinstance(last, bytes) and last else endpoint
 
 
 @dataclass(frozen=True)
@@ -286,8 +372,6 @@ class Revocation:
         return self.allow.revoked()
 
     def cut(self, sock: zmq.Socket, endpoint: str, revoked: set[bytes]) -> None:
-        from streamcad.transport import bind_socket
-
         self.allow.forget_admitted()  # before the re-bind: every handshake after it is recorded again
         try:
             sock.unbind(endpoint)

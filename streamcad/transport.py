@@ -44,12 +44,8 @@ from that thread so new subscribers get their status and heartbeats keep going.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
-import os
-import socket as pysocket
-import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -72,12 +68,14 @@ from streamcad.messages import (
     topic,
 )
 from streamcad.ratelimit import LogLimiter
-from streamcad.security import (
+from streamcad.security import (  # the bind rules are access control: defined there, re-exported here
     ClientCurve,
     Revocation,
     ServerCurve,
     apply_client,
     apply_server,
+    bind_socket,
+    check_bind_endpoint,
     start_authenticator,
 )
 from streamcad.sinks.base import Sink
@@ -87,7 +85,6 @@ __all__ = ["DEFAULT_ENDPOINT", "Publisher", "publisher_from_config", "check_bind
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _MONITOR_EVENTS = (
     zmq.EVENT_ACCEPTED
     | zmq.EVENT_DISCONNECTED
@@ -102,78 +99,6 @@ _HANDSHAKE_CODES = {
     0x11000001: "unspecified ZMTP error",
     0x20000000: "ZAP unspecified error",
 }
-
-
-def check_bind_endpoint(endpoint: str, allow_remote: bool = False) -> tuple[str, str]:
-    """Split and vet an endpoint to bind. Returns (scheme, rest).
-
-    tcp binds only to 127.0.0.1 / localhost / ::1 unless allow_remote=True (the scores are
-    patient data); ipc:// and inproc:// are local by nature.
-    """
-    if not isinstance(endpoint, str) or "://" not in endpoint:
-        raise TransportError(f"bad endpoint {endpoint!r}: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
-    scheme, rest = endpoint.split("://", 1)
-    if scheme in ("ipc", "inproc"):
-        if not rest:
-            raise TransportError(f"bad endpoint {endpoint!r}: empty {scheme} path")
-        return scheme, rest
-    if scheme != "tcp":
-        if not allow_remote:
-            raise TransportError(f"refusing to bind {endpoint}: only tcp/ipc/inproc are allowed without allow_remote=True")
-        return scheme, rest
-    host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port:
-        raise TransportError(f"bad endpoint {endpoint!r}: expected tcp://HOST:PORT")
-    if port != "*" and not (port.isdigit() and 0 < int(port) < 65536):
-        raise TransportError(f"bad endpoint {endpoint!r}: port must be 1-65535 or '*'")
-    if host not in _LOCAL_HOSTS and not allow_remote:
-        raise TransportError(
-            f"refusing to bind {endpoint}: binding beyond 127.0.0.1/localhost/ipc exposes the stream "
-            "to the network; pass allow_remote=True (CLI: --allow-remote) and consider CURVE"
-        )
-    return scheme, rest
-
-
-def _prepare_ipc(endpoint: str, path: str) -> Path | None:
-    """Refuse a path a live process listens on; remove a stale socket file of a dead one."""
-    if path.startswith("@"):  # Linux abstract namespace: no file
-        return None
-    p = Path(path)
-    if not (p.exists() or p.is_symlink()):
-        return p
-    if not stat.S_ISSOCK(p.lstat().st_mode):
-        raise TransportError(f"cannot bind {endpoint}: {p} exists and is not a socket")
-    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-    probe.settimeout(0.5)
-    try:
-        probe.connect(str(p))
-    except (ConnectionRefusedError, FileNotFoundError):
-        log.warning("removing stale ipc socket file %s (no process listens on it)", p)
-        p.unlink(missing_ok=True)
-        return p
-    except OSError as exc:
-        raise TransportError(f"cannot bind {endpoint}: cannot probe {p}: {exc}") from exc
-    finally:
-        probe.close()
-    raise TransportError(f"cannot bind {endpoint}: another live process is already bound to {p}")
-
-
-def bind_socket(sock: zmq.Socket, endpoint: str, allow_remote: bool = False) -> str:
-    """Bind with the checks above; returns the resolved endpoint (LAST_ENDPOINT)."""
-    scheme, rest = check_bind_endpoint(endpoint, allow_remote)
-    ipc_path = _prepare_ipc(endpoint, rest) if scheme == "ipc" else None
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise TransportError(f"cannot bind {endpoint}: address already in use (another process holds it)") from exc
-        raise TransportError(f"cannot bind {endpoint}: {exc}") from exc
-    if ipc_path is not None:
-        # owner-only: other local users must not read the stream. (A umask change would be
-        # process-wide and racy with other threads, so chmod right after bind.)
-        os.chmod(ipc_path, 0o600)
-    last = sock.getsockopt(zmq.LAST_ENDPOINT)
-    return last.decode() if isinstance(last, bytes) and last else endpoint
 
 
 class Publisher(Sink):

@@ -167,7 +167,7 @@ def test_pareto_accuracy_comes_from_the_experiment_results():
     rows = [r for r in rows if isinstance(r, dict) and r.get("schema") == 1 and r.get("run") in ("ours", "resnet18")]
     if not rows:
         pytest.skip("no experiment results committed")
-    acc = cli._accuracy()
+    acc = report.experiment_accuracy()
     for r in rows:
         found = [a["auc"] for a in acc[r["finetune_config"]["model"]] if a["dataset"] == r["dataset"]]
         assert r["pooled"]["auc"]["value"] in found

@@ -26,8 +26,8 @@ from streamcad.recording import (
     RecordingError,
     RecordingSource,
     replay,
-    rescore,
 )
+from streamcad.rescore import rescore
 from tests.helpers_stream import free_port
 
 CLIP = "lung-convex-noui-neuruppin.mp4"  # CC BY 4.0 (sectors.json), 370x370, 150 frames at 25 fps

@@ -1,7 +1,8 @@
 """Helpers shared by SSL pretraining (train/ssl.py) and fine-tuning (train/finetune.py).
 
 Nothing here knows about a particular model or loss: seeding, device choice, the torchrun/DDP
-setup, atomic checkpoints (plain dicts), the cosine schedule (a pure function), one JSON line
+setup, atomic checkpoints (plain dicts; loading is streamcad.checkpoint.load_checkpoint, the
+runtime's, re-exported here), the cosine schedule (a pure function), one JSON line
 of metrics per epoch, a rich progress bar, mixed precision and channels_last for GPUs, the
 non-finite-loss stop, and provenance (git commit, machine).
 
@@ -28,7 +29,6 @@ import math
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +38,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from streamcad.checkpoint import load_checkpoint  # the one loader, re-exported
 from streamcad.errors import ArtifactError, ConfigError, StreamcadError
+from streamcad.manifest import git_commit as manifest_git_commit
 
 __all__ = [
     "NonFiniteLossError",
@@ -176,22 +178,6 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint written by save_checkpoint. Raises ArtifactError naming the file if it is
-    missing, unreadable, or not a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"checkpoint {path} does not exist")
-    try:
-        # weights_only=True: plain dicts of tensors/numbers/strings only, no pickled code.
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, pickle errors, EOFError, ...
-        raise ArtifactError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict):
-        raise ArtifactError(f"checkpoint {path} holds a {type(ckpt).__name__}; expected a plain dict")
-    return ckpt
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -341,19 +327,9 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit (+ '-dirty' when tracked files changed), or 'unknown'."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return sha + ("-dirty" if dirty else "")
+    """The repository's HEAD commit (+ '-dirty' when tracked files changed), or 'unknown':
+    streamcad.manifest.git_commit, in the training records' format."""
+    return manifest_git_commit(Path(__file__).resolve().parents[1], dirty=True) or "unknown"
 
 
 def machine_info() -> dict:

@@ -346,7 +346,7 @@ def _auc_diff_paired(y, a, b, groups, n_boot, seed):
     """Paired cluster bootstrap of AUC(a) - AUC(b) over groups -> (value, lo, hi)."""
     from sklearn.metrics import roc_auc_score
 
-    from streamcad.train.evaluate import _auc_ranks
+    from streamcad.train.evaluate import auc_ranks as _auc_ranks
 
     uniq, inv = np.unique(groups, return_inverse=True)
     members = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])

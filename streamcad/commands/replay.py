@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamcad.recording import replay, rescore
+    from streamcad.recording import replay
+    from streamcad.rescore import rescore
 
     if args.rescore:
         out = rescore(args.dir, model=args.model, backend=args.backend)

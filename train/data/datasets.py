@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamcad.engines.gate import data_root  # one definition, for engines and train
 from streamcad.errors import ConfigError
 from streamcad.manifest import CLASS_NAMES as CLASSES
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 
 DATASETS: tuple[str, ...] = ("busi", "busbra")
-_REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -56,25 +56,6 @@ class Sample:
     @property
     def label_name(self) -> str:
         return CLASSES[self.label]
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Resolve the data root: the argument, else $STREAMCAD_DATA, else ../shared/data beside
-    the repository. Raises ConfigError naming every place looked at when none exists."""
-    tried = []
-    cands = [Path(root)] if root is not None else []
-    if root is None and os.environ.get("STREAMCAD_DATA"):
-        cands.append(Path(os.environ["STREAMCAD_DATA"]))
-    if root is None:
-        cands.append(_REPO.parent / "shared" / "data")
-    for c in cands:
-        tried.append(str(c))
-        if c.is_dir():
-            return c
-    raise ConfigError(
-        f"data root not found (tried {', '.join(tried)}); expected a folder holding BUSI/ and "
-        "BUS-BRA/ (pass root=..., or set $STREAMCAD_DATA)"
-    )
 
 
 def read_gray(path: str | os.PathLike) -> np.ndarray:
