@@ -19,7 +19,7 @@ The ZeroMQ implementation of the Sink interface (streamcad.sinks). Data flow::
 One XPUB socket, bound (default ``tcp://127.0.0.1:5555``) or connected to a proxy's XSUB frontend
 (``connect=True``). ``hwm_seconds`` is time: the queue per subscriber holds
 ``ceil(hwm_seconds * (fps + 1/heartbeat_s))`` messages, where ``fps`` is the stream's score rate
-(scores) plus the status heartbeat: ``publisher_from_config`` takes it from the source
+(scores) plus the status heartbeat: ``streamcad.sinks.zmq.publisher_from_config`` takes it from the source
 (``streamcad.sources.capture.expected_rate``: the file's or sweep's own fps, the requested device fps;
 for unpaced recorded media the ceiling of 1,000 fps), so a subscriber may lag at least
 hwm_seconds before it loses messages. (Kernel socket buffers on the way hold more on top; they
@@ -80,7 +80,7 @@ from streamcad.security import (  # the bind rules are access control: defined t
 )
 from streamcad.sinks.base import Sink
 
-__all__ = ["DEFAULT_ENDPOINT", "Publisher", "publisher_from_config", "check_bind_endpoint", "bind_socket"]
+__all__ = ["DEFAULT_ENDPOINT", "Publisher", "check_bind_endpoint", "bind_socket"]
 
 log = logging.getLogger(__name__)
 
@@ -485,10 +485,3 @@ class Publisher(Sink):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def publisher_from_config(config, scores: ScoreStream | None = None) -> Publisher:
-    """The ZeroMQ sink of a RunConfig's [publish] section: the zmq sink's own factory
-    (streamcad.sinks.zmq.build: CURVE keys read there, queues sized from [source])."""
-    from streamcad.sinks.zmq import build
-
-    return build(config.publish, {"config": config, "scores": scores})

@@ -222,7 +222,7 @@ def test_torch_backend_from_the_run_config(tmp_path):
                       model={"path": str(path), "backend": "torch", "device": "cpu", "threads": 1})
     src = open_source("sweep:", pace="none", fps=30.0, seed=0, loop=True)
     from streamcad.sinks import MemorySink
-    from streamcad.transport import publisher_from_config
+    from streamcad.sinks.zmq import publisher_from_config
 
     frames = MemorySink(wants_frames=True)
     with Pipeline(cfg, source=src, publisher=publisher_from_config(cfg), sinks=[frames]) as pipe, \

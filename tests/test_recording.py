@@ -150,7 +150,7 @@ def test_a_published_score_is_offline_preprocess_and_infer_of_the_same_frame(tmp
     from streamcad.manifest import load_model
     from streamcad.preprocess import preprocess
     from streamcad.sinks import MemorySink
-    from streamcad.transport import publisher_from_config
+    from streamcad.sinks.zmq import publisher_from_config
 
     cfg = _cfg(tmp_path, "sweep:", source={"fps": 30.0, "seed": 4}, record={"dir": None},
                publish={"wait_subscribers": 0}, frames=30)

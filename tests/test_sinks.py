@@ -14,7 +14,8 @@ from streamcad.errors import MessageError, StreamcadError
 from streamcad.messages import STAGES, Score, ScoreStream, Status
 from streamcad.pipeline import DEFAULT_MODEL, Pipeline
 from streamcad.sinks import MemorySink, Sink, open_sinks
-from streamcad.transport import Publisher, publisher_from_config
+from streamcad.sinks.zmq import publisher_from_config
+from streamcad.transport import Publisher
 from tests.helpers_stream import free_port
 
 N = 30

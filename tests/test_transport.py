@@ -282,8 +282,8 @@ def test_expected_rate_sizes_the_queue_for_the_source(tmp_path):
     import numpy as np
 
     from streamcad.config import config_from_dict
+    from streamcad.sinks.zmq import publisher_from_config
     from streamcad.sources.capture import UNPACED_MAX_FPS, expected_rate
-    from streamcad.transport import publisher_from_config
 
     clip = tmp_path / "c.avi"
     vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 12.0, (64, 48))

@@ -3,7 +3,8 @@
     [publish] --PublishConfig (strict)--> build --> streamcad.transport.Publisher (XPUB, the wire
     protocol of docs/PROTOCOL.md; CURVE keys read here)
 
-``build`` is the one factory: streamcad.transport.publisher_from_config(config) calls it.
+``build`` is the one factory; publisher_from_config(config) builds it from a whole RunConfig (it
+lives here, not in streamcad.transport, which this module imports: no import cycle).
 
 pyzmq is imported when the sink is built, not when this module is (streamcad.config imports
 PublishConfig from here).
@@ -17,7 +18,7 @@ import msgspec
 
 from streamcad.sinks.base import Sink, SinkOptions, register_sink
 
-__all__ = ["PublishConfig"]
+__all__ = ["PublishConfig", "publisher_from_config"]
 
 
 class PublishConfig(SinkOptions):
@@ -80,3 +81,10 @@ def build(options: PublishConfig, context: dict) -> Sink:
         kw["fps"] = expected_rate(config.source.uri, config.source.pace, config.source.fps)
     return Publisher(p.endpoint, encoding=p.encoding, hwm_seconds=p.hwm_seconds, connect=p.connect,
                      allow_remote=p.allow_remote, curve=curve, scores=scores, **kw)
+
+
+def publisher_from_config(config, scores=None) -> Sink:
+    """The ZeroMQ sink (a streamcad.transport.Publisher) of a RunConfig's [publish] section, with
+    the run's ScoreStream `scores` (None: its own): build's context from the whole config (CURVE
+    keys read in build, queues sized from [source])."""
+    return build(config.publish, {"config": config, "scores": scores})
