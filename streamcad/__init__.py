@@ -1,8 +1,10 @@
 """streamcad: real-time breast-ultrasound video analysis.
 
 source -> ROI crop -> quality flags -> inference backend -> smoothing -> ZeroMQ publish.
-Importing this package never imports torch or TensorRT, and imports ZeroMQ / ONNX Runtime
-only when one of the names that needs them is first used (PEP 562 lazy attributes).
+Importing this package never imports torch or TensorRT, and imports numpy / OpenCV / ZeroMQ /
+ONNX Runtime only when one of the names that needs them is first used (PEP 562 lazy attributes):
+`import streamcad` takes about a millisecond, and installs no signal handler (the command line
+takes Ctrl-C over in its entry point, streamcad.__main__).
 
     from streamcad import Subscriber          # a UI in Python
     with Subscriber("tcp://127.0.0.1:5555") as sub:
@@ -51,13 +53,15 @@ if not os.path.isdir(os.path.join(_HERE, "engines")) and os.path.isfile(os.path.
 
     _sys.meta_path.insert(0, _CheckoutTooling)
 
-from streamcad.errors import StreamcadError  # noqa: E402
-from streamcad.preprocess import PreprocessSpec, preprocess  # noqa: E402
-
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it. Every public name is lazy, so that `import streamcad`
+# costs milliseconds and imports neither numpy nor OpenCV: the console script imports this
+# package before its entry point (streamcad.__main__) can take over Ctrl-C.
 _LAZY = {
+    "StreamcadError": "streamcad.errors",
+    "PreprocessSpec": "streamcad.preprocess",
+    "preprocess": "streamcad.preprocess",
     "Subscriber": "streamcad.client",
     "Publisher": "streamcad.transport",
     "Score": "streamcad.messages",
@@ -70,10 +74,29 @@ _LAZY = {
     "open_source": "streamcad.sources",
 }
 
-__all__ = ["__version__", "StreamcadError", "PreprocessSpec", "preprocess", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # once: later lookups do not come here
+        return value
     raise AttributeError(f"module 'streamcad' has no attribute {name!r}")
+
+
+class _Package(type(os)):
+    """`streamcad.preprocess` is the function, as it was when this package imported it eagerly;
+    but importing the submodule streamcad.preprocess binds the module under that name on its
+    package. This class keeps that one binding off, so the name still resolves (lazily) to the
+    function."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "preprocess" and isinstance(value, type(os)):
+            return
+        super().__setattr__(name, value)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _Package

@@ -7,6 +7,8 @@ Errors of our own (StreamcadError) are printed as one line with a non-zero exit,
 and so is a missing optional dependency (torch for `train`, scikit-learn for `evaluate`, ...):
 the line names the extra and the pip command that installs it from this checkout
 (streamcad.extras).
+The console script and `python -m streamcad` enter through streamcad.__main__: a Ctrl-C in the
+imports before main() runs exits 130 there; from main() on, _StartupInterrupt holds it.
 """
 
 from __future__ import annotations
