@@ -21,6 +21,36 @@ from importlib import import_module
 # telemetry sets ORT_DISABLE_TELEMETRY=0 beforehand (the variable is only defaulted).
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
+# OpenCV and the FFmpeg inside it print their own lines to fd 2, unformatted and not
+# rate-limited: a dead url: feed adds "[tcp @ 0x...] Connection refused" and "[ WARN:0@...]
+# ... can't be used to capture by name" at every reconnect attempt, for as long as it is down.
+# streamcad says what failed in its own rate-limited lines (streamcad.sources), so by default
+# OpenCV keeps only its errors (its logger reads OPENCV_LOG_LEVEL once, at its first line) and
+# FFmpeg is quiet (-8 = AV_LOG_QUIET; OpenCV reads OPENCV_FFMPEG_LOGLEVEL at every FFmpeg
+# open). Defaults only: an operator's own values win; `streamcad -vv` (debug) lets the native
+# lines through again (_allow_native_logs). Not covered by either: libpng's "libpng error: ..."
+# for a corrupt PNG (libpng prints it itself) and OpenCV's built-in AVI parser's lines.
+_NATIVE_LOG_DEFAULTS = {"OPENCV_LOG_LEVEL": "ERROR", "OPENCV_FFMPEG_LOGLEVEL": "-8"}
+_NATIVE_DEFAULTED = [k for k in _NATIVE_LOG_DEFAULTS if k not in os.environ]
+os.environ.update({k: _NATIVE_LOG_DEFAULTS[k] for k in _NATIVE_DEFAULTED})
+
+
+def _allow_native_logs() -> list[str]:
+    """Undo the defaults above that this process set (an operator's own values stay): OpenCV
+    and FFmpeg print their own lines again. For a debug run; call it before the first capture
+    opens. Returns the variables it removed."""
+    import sys
+
+    removed = [k for k in _NATIVE_DEFAULTED if os.environ.get(k) == _NATIVE_LOG_DEFAULTS[k]]
+    for k in removed:
+        del os.environ[k]
+    _NATIVE_DEFAULTED.clear()
+    cv2 = sys.modules.get("cv2")
+    if "OPENCV_LOG_LEVEL" in removed and cv2 is not None:  # its logger already read the variable
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
+    return removed
+
+
 # The tooling lives beside this package in a checkout (engines/, train/, benchmarks/ at the top of
 # the repository) and inside it in a wheel (streamcad/engines, streamcad/train,
 # streamcad/benchmarks: pyproject's package-dir), so a user's site-packages gets no generic

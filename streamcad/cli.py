@@ -95,7 +95,8 @@ def startup_interrupted() -> bool:
 
 def _build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
     parser = argparse.ArgumentParser(prog="streamcad", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-vv: debug, with OpenCV's and FFmpeg's own lines)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     module = None
@@ -135,6 +136,10 @@ def _main(argv: list[str] | None, startup: _StartupInterrupt) -> int:
         return 2
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level == logging.DEBUG:  # OpenCV's and FFmpeg's own lines too (quiet by default: streamcad/__init__.py)
+        from streamcad import _allow_native_logs
+
+        _allow_native_logs()
     if startup.pending or (not getattr(module, "HANDLES_SIGINT", False) and startup.release()):
         return 130  # Ctrl-C while starting: nothing was done yet
     try:
