@@ -4,7 +4,9 @@ Nothing here knows about a particular model or loss: seeding, device choice, the
 setup, atomic checkpoints (plain dicts; loading is streamcad.checkpoint.load_checkpoint, the
 runtime's, re-exported here), the cosine schedule (a pure function), one JSON line
 of metrics per epoch, a rich progress bar, mixed precision and channels_last for GPUs, the
-non-finite-loss stop, and provenance (git commit, machine).
+non-finite-loss stop, the model input (`to_unit`, `normalise`: streamcad.preprocess's
+normalisation on uint8 tensors), and provenance (git commit, machine: streamcad.machine's plus
+torch's view).
 
 Typical use in an epoch loop::
 
@@ -27,7 +29,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -40,7 +41,10 @@ import torch.distributed as dist
 
 from streamcad.checkpoint import load_checkpoint  # the one loader, re-exported
 from streamcad.errors import ArtifactError, ConfigError, StreamcadError
+from streamcad.machine import machine_info as shared_machine_info
+from streamcad.machine import torch_version
 from streamcad.manifest import git_commit as manifest_git_commit
+from streamcad.preprocess import PreprocessSpec
 
 __all__ = [
     "NonFiniteLossError",
@@ -59,6 +63,9 @@ __all__ = [
     "autocast_context",
     "maybe_channels_last",
     "check_finite",
+    "to_unit",
+    "normalise",
+    "model_input",
     "git_commit",
     "machine_info",
 ]
@@ -323,6 +330,30 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- model input
+# streamcad.preprocess's (x / 255 - mean) / std in two halves, because augmentation works in
+# [0, 1] between them. The same formula, not the same float32 arithmetic: the runtime computes
+# x * (1 / (255 std)) + (-mean / std) as one multiply-add, this divides twice, so the two differ
+# by at most 2 ulp of 1 / std (tests/test_train_input.py holds it on the repo sample).
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Letterboxed uint8 images (B, S, S) -> float32 (B, 1, S, S) in [0, 1] (x / 255)."""
+    if images.dtype != torch.uint8 or images.ndim != 3:
+        raise ConfigError(f"images {images.dtype} of shape {tuple(images.shape)}; expected uint8 (B, S, S)")
+    return images.unsqueeze(1).float() / 255.0  # (B, 1, S, S)
+
+
+def normalise(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """[0, 1] floats (B, 1, S, S) -> (x - mean) / std with the model's PreprocessSpec."""
+    return (x - spec.mean) / spec.std
+
+
+def model_input(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """uint8 (B, S, S) -> the normalised float32 model input (B, 1, S, S), no augmentation."""
+    return normalise(to_unit(images), spec)
+
+
 # ----------------------------------------------------------------------------- provenance
 
 
@@ -333,27 +364,20 @@ def git_commit() -> str:
 
 
 def machine_info() -> dict:
-    """Where a number was measured: host, CPU, cores, torch threads, GPU, versions."""
-    info = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+    """Where a number was measured: streamcad.machine.machine_info (host, CPU, cores, memory,
+    GPUs, library versions) plus what torch sees (threads, version, CUDA, GPU) and the time.
+    `processor` and `cpu_count` repeat `cpu` and `cores` under the names training records have
+    always used (train.experiment's tables and the model cards read them)."""
+    info = shared_machine_info()
+    info.update({
+        "processor": info["cpu"],
+        "cpu_count": info["cores"],
         "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),  # TorchVersion is not a plain str: weights_only loads refuse it
+        "torch": torch_version(),
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["processor"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    })
     return info
 
 

@@ -2,8 +2,9 @@
 `streamcad info --config`: every config key with its default and the reason for it, as TOML
 (generated from streamcad.config's classes and their comments; README's config block is this).
 
-Never imports torch or TensorRT just to report them: versions come from package metadata, GPUs
-from nvidia-smi; torch.cuda is asked only when torch is installed.
+The machine block is streamcad.machine's (the one benchmarks and training records carry). Never
+imports torch or TensorRT just to report them: versions come from package metadata, GPUs from
+nvidia-smi; torch.cuda is asked only when torch is installed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import platform
-import shutil
-import subprocess
 import sys
 
 log = logging.getLogger(__name__)
@@ -133,42 +131,6 @@ def default_config_toml() -> str:
     return "\n".join(out) + "\n"
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        alts = {"opencv-python-headless": ("opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
-                "onnxruntime": ("onnxruntime-gpu",)}  # other wheels that provide the same module
-        if dist in alts:
-            for alt in alts[dist]:
-                try:
-                    return importlib.metadata.version(alt)
-                except importlib.metadata.PackageNotFoundError:
-                    continue
-        return None
-
-
-def _nvidia_smi() -> list[dict] | str:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return "nvidia-smi not found"
-    try:
-        r = subprocess.run(
-            [exe, "--query-gpu=index,name,memory.total,driver_version,compute_cap", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=15, check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"nvidia-smi failed: {exc}"
-    if r.returncode != 0:
-        return f"nvidia-smi exit {r.returncode}: {r.stderr.strip() or r.stdout.strip()}"
-    gpus = []
-    for line in r.stdout.strip().splitlines():
-        parts = [x.strip() for x in line.split(",")]
-        if len(parts) >= 5:
-            gpus.append({"index": int(parts[0]), "name": parts[1], "memory_mib": parts[2], "driver": parts[3], "compute_capability": parts[4]})
-    return gpus
-
-
 def _torch_cuda() -> dict | str:
     try:
         if importlib.util.find_spec("torch") is None:
@@ -186,9 +148,13 @@ def _torch_cuda() -> dict | str:
 
 
 def collect() -> dict:
-    """Everything `info` reports, as a JSON-ready dict."""
+    """Everything `info` reports, as a JSON-ready dict: streamcad.machine.machine_info (the
+    machine block benchmarks and training records carry) plus the versions by module name,
+    the backends, ONNX Runtime's providers and what torch sees of CUDA. `gpus` is the GPU list,
+    or the reason there is none (nvidia-smi missing or failing)."""
     import streamcad
     from streamcad.backends import available_backends
+    from streamcad.machine import machine_info, package_version
 
     try:
         import onnxruntime as ort
@@ -196,14 +162,14 @@ def collect() -> dict:
         providers: list[str] | str = ort.get_available_providers()
     except ImportError as exc:
         providers = f"onnxruntime not importable: {exc}"
+    machine = machine_info()
     return {
         "streamcad": streamcad.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {k: _version(d) for k, d in _DISTS.items()},
+        **machine,
+        "versions": {k: package_version(d) for k, d in _DISTS.items()},
         "backends": available_backends(),
         "onnxruntime_providers": providers,
-        "gpus": _nvidia_smi(),
+        "gpus": machine["gpus"] if machine["gpu_error"] is None else machine["gpu_error"],
         "torch_cuda": _torch_cuda(),
     }
 
@@ -222,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
 
     con = Console()
     con.print(f"streamcad {info['streamcad']}  python {info['python']}  {info['platform']}")
+    con.print(escape(f"{info['cpu']}: {info['cores']} cores ({info['affinity_cores']} usable), {info['memory_gb']} GB"))
     t = Table("package", "version")
     for k, v in info["versions"].items():
         t.add_row(k, v or "[dim]not installed[/dim]")
