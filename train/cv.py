@@ -129,12 +129,13 @@ def predict(model, images: np.ndarray, spec: PreprocessSpec, batch: int = 64) ->
     """uint8 (N, S, S) -> logits (N, 3), lesion probability maps (N, h, w), embeddings (N, D)."""
     import torch
 
+    from streamcad.train.common import model_input
+
     model.eval()
     out_l, out_m, out_e = [], [], []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(images[i:i + batch]).unsqueeze(1).float() / 255.0
-            x = ((x - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
+            x = model_input(torch.from_numpy(images[i:i + batch]), spec).contiguous(memory_format=torch.channels_last)
             logits, les, emb, _ = model.forward_all(x)
             out_l.append(logits.numpy())
             out_m.append(torch.sigmoid(les)[:, 0].numpy())
@@ -173,8 +174,10 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         git_commit,
         load_checkpoint,
         machine_info,
+        normalise,
         save_checkpoint,
         seed_everything,
+        to_unit,
     )
     from streamcad.train.evaluate import binary_view, choose_threshold, softmax
     from streamcad.train.finetune import class_weights, fit_temperature, split_train_val
@@ -227,11 +230,11 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         for i in range(steps):
             step = epoch * steps + i
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = images[idx].unsqueeze(1).float() / 255.0  # (B, 1, S, S)
+            x = to_unit(images[idx])  # (B, 1, S, S) in [0, 1]
             m = (masks[idx].unsqueeze(1) > 127).float()
             with torch.no_grad():
                 x, m = augment(x, m, gen)
-            x = ((x - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
+            x = normalise(x, spec).contiguous(memory_format=torch.channels_last)
             scale = cosine_schedule(step, total, 1.0, cfg.warmup_epochs * steps)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * scale

@@ -46,10 +46,12 @@ from streamcad.train.common import (
     cosine_schedule,
     load_checkpoint,
     maybe_channels_last,
+    normalise,
     progress,
     save_checkpoint,
     seed_everything,
     select_device,
+    to_unit,
 )
 from streamcad.train.config import CONFIG_VERSION, OVERLAY_MODES, FinetuneConfig
 from streamcad.train.evaluate import (
@@ -226,12 +228,12 @@ def train_one_epoch(
         for i in range(steps_per_epoch):
             step = epoch * steps_per_epoch + i
             idx = order[i * batch_size : (i + 1) * batch_size]
-            x = torch.from_numpy(images[idx]).to(device, non_blocking=True).unsqueeze(1).float() / 255.0  # (B,1,S,S)
+            x = to_unit(torch.from_numpy(images[idx]).to(device, non_blocking=True))  # (B, 1, S, S) in [0, 1]
             y = y_all[idx].to(device)
             if augment is not None:
                 with torch.no_grad():
                     x = augment(x)
-            x = (x - spec.mean) / spec.std
+            x = normalise(x, spec)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             lr_scale = cosine_schedule(step, total_steps, 1.0, warmup_steps)

@@ -51,11 +51,14 @@ from streamcad.train.common import (
     load_checkpoint,
     machine_info,
     maybe_channels_last,
+    model_input,
+    normalise,
     progress,
     save_checkpoint,
     seed_everything,
     select_device,
     setup_distributed,
+    to_unit,
 )
 from streamcad.train.config import CONFIG_VERSION, SSLConfig
 from streamcad.train.losses import DenseCorrespondenceLoss, InfoNCELoss
@@ -169,8 +172,7 @@ def knn_probe(train_emb: torch.Tensor, train_y: np.ndarray, val_emb: torch.Tenso
 
 def _to_input(images: np.ndarray, spec: PreprocessSpec, device: torch.device) -> torch.Tensor:
     """uint8 (B, S, S) -> float (B, 1, S, S) normalised as streamcad.preprocess does."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).float().unsqueeze(1) / 255.0  # (B, 1, S, S)
-    return (x - spec.mean) / spec.std
+    return model_input(torch.from_numpy(np.ascontiguousarray(images)).to(device), spec)  # (B, 1, S, S)
 
 
 def train_one_epoch(model, images, batches, augment, inst_loss, dense_loss, optimizer, scaler, cfg: SSLConfig,
@@ -188,9 +190,9 @@ def train_one_epoch(model, images, batches, augment, inst_loss, dense_loss, opti
             lr = cosine_schedule(step, total_steps, cfg.lr, warmup, cfg.min_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            x = torch.from_numpy(images[idx]).to(device).float().unsqueeze(1) / 255.0  # (B, 1, S, S) in [0, 1]
+            x = to_unit(torch.from_numpy(images[idx]).to(device))  # (B, 1, S, S) in [0, 1]
             v1, v2, th1, th2 = augment(x, generator)
-            v = (torch.cat([v1, v2]) - spec.mean) / spec.std  # (2B, 1, S, S): one pass, BN sees both views
+            v = normalise(torch.cat([v1, v2]), spec)  # (2B, 1, S, S): one pass, BN sees both views
             if cfg.channels_last and device.type == "cuda":
                 v = v.contiguous(memory_format=torch.channels_last)
             with autocast_context(device, cfg.amp):
