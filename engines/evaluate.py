@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from streamcad.engines.gate import softmax
+from streamcad.engines.gate import busbra_images, busi_images, softmax
 from streamcad.errors import ConfigError, FrameError, StreamcadError
 from streamcad.extras import missing_module_message
 from streamcad.manifest import CLASS_NAMES as CLASSES
@@ -94,7 +94,7 @@ def discover(data_dir: str | Path) -> tuple[str, list[Path], np.ndarray, list[st
         layout = "busbra"
         csv_path = root / "bus_data.csv"
         labels = _labelled(_read_csv(csv_path), csv_path, "ID", "Pathology")
-        for img in sorted((root / "Images").glob("*.png")):
+        for img in busbra_images(root):
             if img.stem in labels:
                 items.append((img.stem, img, labels[img.stem]))
             else:
@@ -105,9 +105,7 @@ def discover(data_dir: str | Path) -> tuple[str, list[Path], np.ndarray, list[st
     elif any((root / c).is_dir() for c in CLASSES):
         layout = "busi"
         for c in CLASSES:
-            for img in sorted((root / c).glob("*.png")) if (root / c).is_dir() else []:
-                if "_mask" in img.stem:
-                    continue
+            for img in busi_images(root / c) if (root / c).is_dir() else []:
                 items.append((f"{c}/{img.stem}", img, c))
     elif (root / "images").is_dir() and (root / "labels.csv").is_file():
         layout = "sample"

@@ -46,6 +46,8 @@ __all__ = [
     "data_root",
     "default_data_root",
     "sample_images_dir",
+    "busi_images",
+    "busbra_images",
 ]
 
 log = logging.getLogger(__name__)
@@ -236,6 +238,22 @@ def default_data_root() -> Path | None:
         return None
 
 
+# The two public datasets' layouts on disk, one definition for engines and train
+# (streamcad evaluate, the gate frames, train.data's loaders):
+#   BUSI:    BUSI/{benign,malignant,normal}/NAME.png with NAME_mask.png, NAME_mask_K.png beside it
+#   BUS-BRA: BUS-BRA/Images/bus_XXXX-s.png, labels in BUS-BRA/bus_data.csv (ID, Pathology)
+
+
+def busi_images(class_folder: str | os.PathLike) -> list[Path]:
+    """The images of one BUSI class folder, sorted by path; the masks (`*_mask*.png`) are left out."""
+    return sorted(p for p in Path(class_folder).glob("*.png") if "_mask" not in p.stem)
+
+
+def busbra_images(folder: str | os.PathLike) -> list[Path]:
+    """The images of a BUS-BRA folder (FOLDER/Images/*.png), sorted by path."""
+    return sorted((Path(folder) / "Images").glob("*.png"))
+
+
 def sample_images_dir() -> Path | None:
     """The attributed sample shipped in the repository (streamcad/data/sample/images), if present."""
     d = REPO / "streamcad" / "data" / "sample" / "images"
@@ -281,15 +299,13 @@ def _list_folder(folder: Path) -> list[tuple[Path, str | None]]:
 
 def _list_data_root(root: Path) -> list[tuple[Path, str | None]]:
     out: list[tuple[Path, str | None]] = []
-    busbra = root / "BUS-BRA" / "Images"
-    if busbra.is_dir():
+    if (root / "BUS-BRA" / "Images").is_dir():
         labels = _busbra_labels(root / "BUS-BRA")
-        out += [(p, labels.get(p.name)) for p in sorted(busbra.glob("*.png"))]
-    busi = root / "BUSI"
+        out += [(p, labels.get(p.name)) for p in busbra_images(root / "BUS-BRA")]
     for cls in CLASS_NAMES:
-        d = busi / cls
+        d = root / "BUSI" / cls
         if d.is_dir():
-            out += [(p, cls) for p in sorted(d.glob("*.png")) if not _is_mask(p)]
+            out += [(p, cls) for p in busi_images(d) if not _is_mask(p)]  # _is_mask: also mask_*.png
     return out
 
 

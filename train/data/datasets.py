@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamcad.engines.gate import data_root  # one definition, for engines and train
+from streamcad.engines.gate import busi_images, data_root  # one definition each: engines, train
 from streamcad.errors import ConfigError
 from streamcad.manifest import CLASS_NAMES as CLASSES
 
@@ -106,8 +106,7 @@ def load_busi(root: str | os.PathLike | None = None) -> list[Sample]:
         folder = base / cls
         if not folder.is_dir():
             raise ConfigError(f"BUSI class folder {folder} missing; expected benign/, malignant/, normal/")
-        names = sorted(p for p in folder.glob("*.png") if "_mask" not in p.stem)
-        for p in names:
+        for p in busi_images(folder):
             masks = _busi_masks(folder, p.stem)
             if not masks:
                 raise ConfigError(f"BUSI image {p} has no mask file {p.stem}_mask.png")
