@@ -28,7 +28,6 @@ import csv
 import datetime as _dt
 import json
 import logging
-import os
 import socket
 import sys
 import tempfile
@@ -52,17 +51,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _data_root() -> Path:
-    from streamcad.errors import ConfigError
-
-    root = Path(os.environ.get("STREAMCAD_DATA", REPO.parent / "shared" / "data"))
-    if not root.is_dir():
-        raise ConfigError(f"data root {root} not found; expected BUSI/ and BUS-BRA/ there (or set $STREAMCAD_DATA)")
-    return root
-
-
 def image_folder(name: str, manifest, workdir: Path) -> tuple[Path, str]:
     """'sample' | 'busbra-test' | 'busi-test' -> (a folder SweepSource reads, a description)."""
+    from streamcad.engines.gate import data_root
     from streamcad.errors import ConfigError
     from streamcad.sources.sweep import SAMPLE_DIR
 
@@ -74,7 +65,7 @@ def image_folder(name: str, manifest, workdir: Path) -> tuple[Path, str]:
     if not isinstance(fold, int):
         raise ConfigError(f"--images {name}: the model's manifest names no training_data.test_fold; expected an int")
     ds = "busbra" if name == "busbra-test" else "busi"
-    root = _data_root() / ("BUS-BRA" if ds == "busbra" else "BUSI")
+    root = data_root() / ("BUS-BRA" if ds == "busbra" else "BUSI")
     rows = []
     with open(SPLITS / f"{ds}_5fold.csv", newline="") as f:
         for r in csv.DictReader(f):
@@ -280,18 +271,6 @@ def analyse(scores: list[dict], on: float, off: float, threshold: float | None,
     return out
 
 
-def _git_state() -> dict:
-    """The commit measured, and the files that differed from it (uncommitted edits ran too)."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
-        return r.stdout if r.returncode == 0 else ""
-
-    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
-    return {"commit": git("rev-parse", "HEAD").strip() or None, "modified_files": dirty}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", default="sample", help="sample | busbra-test | busi-test")
@@ -308,11 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from streamcad.benchmarks.machine import machine_info
     from streamcad.errors import StreamcadError
-    from streamcad.manifest import read_manifest
+    from streamcad.manifest import git_commit, read_manifest
 
     try:
         manifest = read_manifest(args.model)
-        git = _git_state()  # at the start: the code that is imported below
+        commit = git_commit(REPO, dirty=True)  # at the start: the code imported below ('-dirty': edits ran too)
         with tempfile.TemporaryDirectory() as tmp:
             folder, what = image_folder(args.images, manifest, Path(tmp))
             t0 = time.monotonic()
@@ -328,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m streamcad.benchmarks.operating_point " + " ".join(argv if argv is not None else sys.argv[1:]),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "git": git,
+        "git_commit": commit,
         "model": {"file": Path(args.model).name, "sha256": manifest.sha256, "operating_threshold": manifest.operating_threshold},
         "images": what,
         "sweep": {"seed": args.seed, "fps": args.fps, "dwell_s": args.dwell_s, "transition_s": args.transition_s,
