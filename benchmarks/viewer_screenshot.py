@@ -69,7 +69,7 @@ def take(out: Path, width: int, settle_s: float) -> tuple[int, int]:
             pipe.stop()
             run.join(10)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), png):
+    if not cv2.imwrite(str(out), png, [cv2.IMWRITE_PNG_COMPRESSION, 9]):  # lossless; the smallest file
         raise OSError(f"--out {out}: could not write the PNG")
     return png.shape[1], png.shape[0]
 
