@@ -73,3 +73,17 @@ def test_errors_name_the_folder(tmp_path, capsys):
         seed_study([tmp_path / "a", tmp_path / "b"])
     assert main(["label-efficiency", str(tmp_path / "empty"), "--json", str(tmp_path / "x.json")]) == 2
     assert "le-imagenet-fN" in capsys.readouterr().out
+
+
+def test_archive_keeps_what_the_studies_read(tmp_path):
+    from streamcad.train.study import archive
+
+    _write_run(tmp_path / "runs" / "lite0", range(3), noisy, 4)
+    _write_run(tmp_path / "runs" / "lite0-s1", range(3), perfect)
+    (tmp_path / "runs" / "lite0" / "cv" / "fold0" / "classifier.pt").write_bytes(b"weights")
+    written = archive([tmp_path / "runs" / "lite0", tmp_path / "runs" / "lite0-s1"], tmp_path / "kept")
+    assert len(written) == 6 and not list((tmp_path / "kept").rglob("*.pt"))
+    a = seed_study([tmp_path / "runs" / "lite0", tmp_path / "runs" / "lite0-s1"], n_boot=100)
+    b = seed_study([tmp_path / "kept" / "lite0", tmp_path / "kept" / "lite0-s1"], n_boot=100)
+    for d in ("busi", "busbra"):
+        assert b[d]["per_seed"][0]["value"] == pytest.approx(a[d]["per_seed"][0]["value"], abs=1e-6)

@@ -16,6 +16,7 @@ folds and only report.
     python -m streamcad.train.study seeds runs/cv/lite0 runs/cv/lite0-s1 runs/cv/lite0-s2 \\
         --json train/results/v2/seeds.json
     python -m streamcad.train.study label-efficiency runs/cv --json train/results/v2/label_efficiency.json
+    python -m streamcad.train.study archive runs/cv/lite0 runs/cv/lite0-s1 ... --out train/results/v2/runs
 """
 
 from __future__ import annotations
@@ -119,6 +120,23 @@ def label_efficiency_study(root: str | Path, n_boot: int = 1000, seed: int = 0) 
     return out
 
 
+def archive(run_dirs: list[str | Path], out_root: str | Path, digits: int = 6) -> list[Path]:
+    """Copy the result.json of every finished run (cv/fold*, cross/*) of each run folder to
+    out_root/NAME/... without the checkpoints, probabilities rounded to `digits` decimals: the
+    out-of-fold predictions every table here is computed from, small enough to commit, and read
+    by the studies like the run folders themselves."""
+    written = []
+    for d in map(Path, run_dirs):
+        for res in sorted([*d.glob("cv/fold*/result.json"), *d.glob("cross/*/result.json")]):
+            r = json.loads(res.read_text())
+            r["predictions"]["probs"] = np.round(np.asarray(r["predictions"]["probs"]), digits).tolist()
+            dst = Path(out_root) / d.name / res.relative_to(d)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(json.dumps(r, separators=(",", ":")))
+            written.append(dst)
+    return written
+
+
 def _ci(a: dict) -> str:
     return f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
 
@@ -160,7 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("label-efficiency", help="ImageNet init vs scratch per label fraction under a runs root")
     e.add_argument("root")
     e.add_argument("--json", required=True)
+    a = sub.add_parser("archive", help="copy run folders' result.json (no checkpoints) under OUT to commit them")
+    a.add_argument("runs", nargs="+")
+    a.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if args.cmd == "archive":
+        written = archive(args.runs, args.out)
+        print(f"{len(written)} result files under {args.out}")
+        return 0 if written else 2
     try:
         rep = seed_study(args.runs) if args.cmd == "seeds" else label_efficiency_study(args.root)
     except ConfigError as exc:
