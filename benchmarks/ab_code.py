@@ -79,7 +79,7 @@ def one_run(checkout: Path, model: Path, video: Path, pace: str, frames: int, ti
         proc = subprocess.Popen([sys.executable, "-m", "streamcad.cli", "run", "--config", str(cfg)], cwd=checkout,
                                 env={**os.environ, "PYTHONPATH": str(checkout)}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        lat, arrivals = [], []
+        lat, arrivals, stages = [], [], {}
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline and len(lat) < frames:
@@ -94,6 +94,8 @@ def one_run(checkout: Path, model: Path, video: Path, pace: str, frames: int, ti
                 if msg.get("type") == "score":
                     lat.append((now - msg["t_capture_ns"]) / 1e6)
                     arrivals.append(now)
+                    for k, v in (msg.get("latency_ms") or {}).items():  # the pipeline's own stage times
+                        stages.setdefault(k, []).append(v)
             rc = proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
@@ -106,7 +108,8 @@ def one_run(checkout: Path, model: Path, video: Path, pace: str, frames: int, ti
     lat_a = np.asarray(lat[len(lat) // 10:])  # the first 10% warm up (ROI detection, ORT first runs)
     span_s = (arrivals[-1] - arrivals[len(arrivals) // 10]) / 1e9
     return {"scores": len(lat), "rc": rc, "e2e_p50_ms": float(np.percentile(lat_a, 50)),
-            "e2e_p99_ms": float(np.percentile(lat_a, 99)), "fps": float((len(arrivals) - len(arrivals) // 10 - 1) / span_s)}
+            "e2e_p99_ms": float(np.percentile(lat_a, 99)), "fps": float((len(arrivals) - len(arrivals) // 10 - 1) / span_s),
+            "stage_p50_ms": {k: float(np.median(v[len(v) // 10:])) for k, v in stages.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name, checkout in (("old", old), ("new", new)) if i % 2 == 0 else (("new", new), ("old", old)):
                     r = one_run(checkout, models[name], video, pace, frames, timeout_s=frames / 10 + 60)
                     runs.append({"code": name, "pace": pace, **r})
-                    print(f"{name} pace={pace}: {r['fps']:.1f} fps, e2e p50 {r['e2e_p50_ms']:.2f} / p99 {r['e2e_p99_ms']:.2f} ms",
-                          flush=True)
+                    print(f"{name} pace={pace}: {r['fps']:.1f} fps, e2e p50 {r['e2e_p50_ms']:.2f} / p99 {r['e2e_p99_ms']:.2f} ms; "
+                          f"stage p50 {', '.join(f'{k} {v:.2f}' for k, v in r['stage_p50_ms'].items())}", flush=True)
     summary = {}
     for pace in ("native", "none"):
         for name in ("old", "new"):

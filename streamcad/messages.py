@@ -28,6 +28,7 @@ The committed JSON Schema files under ``streamcad/schemas/`` are generated from 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -508,16 +509,25 @@ def _struct_types(tp: object) -> list[type]:
     return [c for a in typing.get_args(tp) for c in _struct_types(a)]
 
 
+@functools.cache
+def _field_map(cls: type) -> tuple[frozenset[str], str | None, dict[str, tuple[type, ...]]]:
+    """(field names, tag field, field -> the Struct types inside its type) of Struct `cls`, once per
+    class: msgspec.structs.fields resolves the type hints on every call (~0.3 ms for a Score)."""
+    fields = {f.name: f.type for f in msgspec.structs.fields(cls)}
+    nested = {k: tuple(_struct_types(tp)) for k, tp in fields.items()}
+    return frozenset(fields), cls.__struct_config__.tag_field, {k: v for k, v in nested.items() if v}
+
+
 def _unknown_keys(data: object, cls: type, path: str = "$") -> list[str]:
     """Paths of keys in `data` (plain builtins) that Struct `cls` has no field for, recursively."""
     if not isinstance(data, dict):
         return []
-    fields = {f.name: f.type for f in msgspec.structs.fields(cls)}
-    tag_field = cls.__struct_config__.tag_field
-    out = [f"{path}.{k}" for k in data if k not in fields and k != tag_field]
-    for k, v in data.items():
-        for sub in _struct_types(fields.get(k)):
-            out += _unknown_keys(v, sub, f"{path}.{k}")
+    names, tag_field, nested = _field_map(cls)
+    out = [f"{path}.{k}" for k in data if k not in names and k != tag_field]
+    for k, subs in nested.items():
+        if k in data:
+            for sub in subs:
+                out += _unknown_keys(data[k], sub, f"{path}.{k}")
     return out
 
 
