@@ -270,7 +270,10 @@ def test_hwm_seconds_is_time_at_the_streams_rate(tmp_path):
         big = _held_by_stalled(pub)
         with pytest.raises(TransportError, match="finite"):
             pub.set_rate(float("inf"))
-    assert 204 <= small < 1500 and big > 1900, (small, big)  # measured: 305 and 2,003
+    # measured: 305 / 2,003, and 203 / 2,003 once building a score got 40x faster (the publisher
+    # outruns the I/O thread that moves messages into the socket buffers); libzmq documents the
+    # HWM as approximate, so the bounds test the scaling with hwm_seconds x rate, not the exact count
+    assert 0.5 * 204 <= small < 1000 and big > 1500, (small, big)
     for bad in (float("inf"), float("nan"), 0.0):
         with pytest.raises(TransportError, match="hwm_seconds"):
             Publisher(ANY_PORT, hwm_seconds=bad)
