@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import tempfile
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from streamcad.client import Subscriber
+from streamcad.machine import machine_info
 from streamcad.proxy import Proxy
 from streamcad.security import ClientCurve, ServerCurve, generate_keypair
 from streamcad.transport import Publisher
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = _summary(rows)
         print(name, json.dumps({k: v for k, v in results[name].items() if k != "rows"}))
     doc = {"what": "CURVE revocation cut-off", "check_s": 0.5, "rate_per_s": args.rate, "after_s": args.after_s,
-           "machine": {"node": platform.node(), "cpu": platform.processor() or platform.machine()},
+           "machine": machine_info(),
            "command": f"python -m streamcad.benchmarks.revocation --trials {args.trials}", "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")

@@ -68,18 +68,19 @@ def predict_logits(
     """
     import torch
 
-    from streamcad.train.common import autocast_context
+    from streamcad.preprocess import PreprocessSpec
+    from streamcad.train.common import autocast_context, model_input
 
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ConfigError(f"images {images.dtype} {images.shape}; expected uint8 (N, S, S)")
     device = device or next(model.parameters()).device
+    spec = PreprocessSpec(size=max(16, images.shape[-1]), mean=mean, std=std)  # only mean / std are used
     was_training = model.training
     model.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[i : i + batch_size]).to(device).unsqueeze(1)  # (B, 1, S, S)
-            x = (x.float() / 255.0 - mean) / std
+            x = model_input(torch.from_numpy(images[i : i + batch_size]).to(device), spec)  # (B, 1, S, S)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_context(device, enabled=amp):
