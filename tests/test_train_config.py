@@ -80,7 +80,7 @@ EXPECTED = {
     },
     "cv run": {
         "epochs": RecipeConfig.epochs, "seed": RecipeConfig.seed, "label_fraction": RecipeConfig.label_fraction,
-        "init": RecipeConfig.init, "no_cross_attention": not RecipeConfig.cross_attention,
+        "init": RecipeConfig.init, "no_cross_attention": not RecipeConfig.cross_attention, "zoom": RecipeConfig.zoom,
     },
     "pack": {"size": SSLConfig.size},
 }

@@ -334,6 +334,7 @@ class RecipeConfig:
     init: str = "imagenet"  # "scratch": random init, nothing frozen (the label-efficiency reference)
     seed: int = 0
     threads: int = 1  # one thread per process; run folds as parallel processes
+    zoom: float = 0.0  # share of each batch trained on the lesion zoom (train/zoom.py); > 0 also scores full + zoom
     n_boot: int = 1000
 
     def __post_init__(self):
@@ -345,6 +346,8 @@ class RecipeConfig:
             raise ConfigError(f"ema_decay={self.ema_decay} (0..1), mask_weight={self.mask_weight} (>= 0)")
         if not 0 < self.label_fraction <= 1 or self.init not in ("imagenet", "scratch"):
             raise ConfigError(f"label_fraction={self.label_fraction} (0..1], init={self.init!r} ('imagenet' or 'scratch')")
+        if not 0 <= self.zoom < 1:
+            raise ConfigError(f"zoom={self.zoom} (0..1: the share of each batch trained on the lesion zoom)")
         if self.init == "scratch" and self.frozen_blocks:
             raise ConfigError(f"init='scratch' with frozen_blocks={self.frozen_blocks}: random blocks must train (frozen_blocks=0)")
 

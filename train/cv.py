@@ -9,6 +9,9 @@
          loss = class-weighted CE + mask_weight * (BCE + soft Dice) of the lesion map vs the mask
     EMA weights --calibration logits--> temperature T --> threshold at `target_sensitivity`
     test --> p(malignant), lesion map --> predictions.json (ids, labels, groups, probs, dice)
+    zoom = p > 0 (train/zoom.py): a share p of each batch is the lesion zoom (the true lesion's box,
+         cut from the 2S image); every image is scored as the mean of the full view's and the
+         zoom's logits (the zoom box from the full view's lesion map)
 
 The test part is scored once, after training; the recipe is fixed before any test number is seen
 (docs/TRAINING.md, "Protocol v2"). Resumable: an interrupted run restarts from out/last.pt.
@@ -143,6 +146,44 @@ def predict(model, images: np.ndarray, spec: PreprocessSpec, batch: int = 64) ->
     return np.concatenate(out_l), np.concatenate(out_m), np.concatenate(out_e)
 
 
+def hi_res(cfg: RecipeConfig, fit, cal, test) -> dict[str, np.ndarray]:
+    """The fit / calibration / test images (and fit masks) at 2S, row for row: the zoom's source."""
+    arrays = load_both(2 * cfg.size)
+    row = {str(i): k for k, i in enumerate(arrays.ids)}
+    take = lambda part: np.array([row[str(i)] for i in part.ids], np.int64)  # noqa: E731
+    f, c, t = take(fit), take(cal), take(test)
+    return {"fit_images": arrays.images[f], "fit_masks": arrays.masks[f], "cal_images": arrays.images[c],
+            "test_images": arrays.images[t]}
+
+
+def zoom_batch(images, masks, images_hi, masks_hi, share: float, rng: np.random.Generator):
+    """One training batch (B, S, S) uint8 with a `share` of its rows replaced by the lesion zoom
+    (the jittered box around the true lesion, cut from the 2S image and mask) -> images, masks."""
+    from streamcad.train.zoom import box_from_mask, crop
+
+    images, masks = images.copy(), masks.copy()
+    size = images.shape[-1]
+    for j in np.nonzero(rng.random(len(images)) < share)[0]:
+        box = box_from_mask(masks_hi[j], rng)
+        images[j] = crop(images_hi[j], box, size)
+        masks[j] = crop(masks_hi[j], box, size, nearest=True)
+    return images, masks
+
+
+def score(model, images: np.ndarray, spec: PreprocessSpec, images_hi: np.ndarray | None):
+    """-> logits (N, 3), the full view's lesion maps, and with images_hi the views' own logits
+    {'full', 'zoom'} and the zoom boxes (full-view pixels): logits = mean of the two views'."""
+    from streamcad.train.zoom import box_from_map, zoom_views
+
+    logits, maps, _ = predict(model, images, spec)
+    if images_hi is None:
+        return logits, maps, None, None
+    size = images.shape[-1]
+    boxes = [box_from_map(m, size) for m in maps]
+    zoom_logits, _, _ = predict(model, zoom_views(images_hi, boxes, size), spec)
+    return (logits + zoom_logits) / 2, maps, {"full": logits, "zoom": zoom_logits}, boxes
+
+
 def dice_scores(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Lesion maps (N, h, w) upsampled to the mask size vs masks (N, S, S) {0, 255} -> Dice (N,),
     NaN where the mask is empty."""
@@ -196,6 +237,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     fit_idx, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
     fit, cal = train_part.subset(fit_idx), train_part.subset(cal_idx)
     spec = PreprocessSpec(size=cfg.size, mean=IMAGENET_GRAY[0], std=IMAGENET_GRAY[1])
+    hi = hi_res(cfg, fit, cal, test) if cfg.zoom > 0 else None  # the same images at 2S: the zoom's source
+    zoom_rng = None
     overrides = {} if cfg.cross_attention else {"cross_attention": False}
     if cfg.init == "scratch":
         overrides["pretrained"] = False
@@ -224,14 +267,21 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        if hi is not None:  # its own generator: zoom = 0 draws exactly what the recipe always drew
+            zoom_rng = np.random.default_rng([cfg.seed, epoch, 0x200])
         order = torch.randperm(len(fit), generator=gen)
         te = time.perf_counter()
         sums = np.zeros(2)
         for i in range(steps):
             step = epoch * steps + i
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = to_unit(images[idx])  # (B, 1, S, S) in [0, 1]
-            m = (masks[idx].unsqueeze(1) > 127).float()
+            if hi is None:
+                x = to_unit(images[idx])  # (B, 1, S, S) in [0, 1]
+                m = (masks[idx].unsqueeze(1) > 127).float()
+            else:
+                xb, mb = zoom_batch(fit.images[idx.numpy()], fit.masks[idx.numpy()], hi["fit_images"][idx.numpy()],
+                                    hi["fit_masks"][idx.numpy()], cfg.zoom, zoom_rng)
+                x, m = to_unit(torch.from_numpy(xb)), (torch.from_numpy(mb).unsqueeze(1) > 127).float()
             with torch.no_grad():
                 x, m = augment(x, m, gen)
             x = normalise(x, spec).contiguous(memory_format=torch.channels_last)
@@ -257,11 +307,11 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
                                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()})
 
     final = ema.module
-    cal_logits, _, _ = predict(final, cal.images, spec)
+    cal_logits, _, _, _ = score(final, cal.images, spec, None if hi is None else hi["cal_images"])
     temperature = fit_temperature(cal_logits, cal.labels)
     _, yc, sc = binary_view(cal.labels, softmax(cal_logits, temperature))
     threshold = choose_threshold(yc, sc, "sens90", target_sensitivity=cfg.target_sensitivity)
-    te_logits, te_maps, _ = predict(final, test.images, spec)
+    te_logits, te_maps, te_views, te_boxes = score(final, test.images, spec, None if hi is None else hi["test_images"])
     te_probs = softmax(te_logits, temperature)
     dice = dice_scores(te_maps, test.masks)
     ckpt = {
@@ -286,6 +336,9 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         "predictions": {"ids": test.ids.tolist(), "groups": test.groups.tolist(), "labels": test.labels.tolist(),
                         "probs": te_probs.tolist(), "dice": [None if np.isnan(d) else float(d) for d in dice]},
     }
+    if te_views is not None:  # each view alone, at the same temperature (analysis; 'probs' is what is judged)
+        result["predictions"].update({f"probs_{k}": softmax(v, temperature).tolist() for k, v in te_views.items()})
+        result["predictions"]["zoom_boxes"] = [list(b) for b in te_boxes]
     (out / "result.json").write_text(json.dumps(result))
     if last.exists():
         last.unlink()
@@ -527,6 +580,8 @@ def add_arguments(ap) -> None:
                    help="label-efficiency rows: train on this share of the training part (whole groups, per class)")
     r.add_argument("--init", choices=["imagenet", "scratch"], default=RecipeConfig.init,
                    help="scratch: random init, no frozen blocks (the label-efficiency reference)")
+    r.add_argument("--zoom", type=float, default=RecipeConfig.zoom,
+                   help="share of each batch trained on the lesion zoom (train/zoom.py); > 0 scores full + zoom view")
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
@@ -554,7 +609,7 @@ def recipe_from_args(args) -> RecipeConfig:
     """The RecipeConfig parsed `streamcad train cv run ...` arguments run with (the flags' defaults
     are its fields'; --init scratch also unfreezes every block)."""
     return RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
-                        label_fraction=args.label_fraction, init=args.init,
+                        label_fraction=args.label_fraction, init=args.init, zoom=args.zoom,
                         frozen_blocks=0 if args.init == "scratch" else RecipeConfig.frozen_blocks)
 
 
