@@ -538,12 +538,15 @@ class Lite0Net(_Contract):
 
     `frozen_blocks` stem + blocks[:n] run without gradients and with frozen BatchNorm statistics:
     the high-resolution layers cost the most backward time on a CPU and ImageNet edges transfer.
+    The stem is frozen even at n = 0 unless `train_stem` (which needs n = 0: everything trains).
     The backbone's TF-style 'same' padding is computed for 224 px; it equals 'same' at any input
     divisible by 32 (every stride-2 layer sees an even size).
     """
 
-    def __init__(self, cfg: ModelConfig, pretrained: bool = True, frozen_blocks: int = 3):
+    def __init__(self, cfg: ModelConfig, pretrained: bool = True, frozen_blocks: int = 3, train_stem: bool = False):
         super().__init__()
+        if train_stem and frozen_blocks:
+            raise ConfigError(f"train_stem with frozen_blocks={frozen_blocks}: the stem trains only when no block is frozen")
         self.cfg = cfg
         net = _lite0_backbone(pretrained)
         w = net._conv_stem.weight.detach()  # (32, 3, 3, 3) -> one input channel
@@ -555,7 +558,7 @@ class Lite0Net(_Contract):
         chs = [int(self.blocks[i]._block_args.output_filters) for i in LITE0_FEATURES]
         self.feature_info = [{"num_chs": c, "reduction": 4 * 2**k, "module": f"blocks.{i}"}
                              for k, (c, i) in enumerate(zip(chs, LITE0_FEATURES, strict=True))]
-        self.frozen_blocks = frozen_blocks
+        self.frozen_blocks, self.train_stem = frozen_blocks, train_stem
         if cfg.cross_attention:
             self.fusion = CrossScaleAttention(chs, [4, 8, 16, 32], cfg)
             self.embed_dim = cfg.embed_dim
@@ -570,7 +573,7 @@ class Lite0Net(_Contract):
         self._freeze()
 
     def _frozen(self) -> list[nn.Module]:
-        return [self.stem, *self.blocks[: self.frozen_blocks]]
+        return [*([] if self.train_stem else [self.stem]), *self.blocks[: self.frozen_blocks]]
 
     def _freeze(self) -> None:
         for m in self._frozen():
@@ -637,17 +640,19 @@ class Lite0Net(_Contract):
 
 
 @register_model
-def lite0(pretrained: bool = True, frozen_blocks: int = 3, **overrides) -> nn.Module:
+def lite0(pretrained: bool = True, frozen_blocks: int = 3, train_stem: bool = False, **overrides) -> nn.Module:
     """~3.6M params: EfficientNet-Lite0 stages (ImageNet init unless pretrained=False) + cross-scale
     attention (D=128, 1 layer) + lesion head. `pretrained` only matters for a fresh model: loading a
     checkpoint replaces every weight."""
     known = {f.name for f in fields(ModelConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ConfigError(f"unknown model option(s) {unknown} for 'lite0'; expected some of {sorted(known | {'pretrained', 'frozen_blocks'})}")
+        raise ConfigError(f"unknown model option(s) {unknown} for 'lite0'; expected some of "
+                          f"{sorted(known | {'pretrained', 'frozen_blocks', 'train_stem'})}")
     cfg = replace(ModelConfig(embed_dim=128, num_heads=4, attn_layers=1), **overrides)
-    model = Lite0Net(cfg, pretrained=pretrained, frozen_blocks=frozen_blocks)
-    model.model_config = {"name": "lite0", "pretrained": False, "frozen_blocks": frozen_blocks, **overrides}
+    model = Lite0Net(cfg, pretrained=pretrained, frozen_blocks=frozen_blocks, train_stem=train_stem)
+    model.model_config = {"name": "lite0", "pretrained": False, "frozen_blocks": frozen_blocks,
+                          **({"train_stem": True} if train_stem else {}), **overrides}
     return model
 
 

@@ -118,3 +118,26 @@ def test_label_subset_is_nested_per_class_whole_groups_and_paired_across_seeds()
         RecipeConfig(init="scratch")
     with pytest.raises(ConfigError, match="label_fraction"):
         RecipeConfig(label_fraction=0.0)
+
+
+def test_what_frozen_blocks_and_train_stem_freeze():
+    from streamcad.nets import build_model
+
+    def trains(model):
+        return {"stem": all(p.requires_grad for p in model.stem.parameters()),
+                "block0": all(p.requires_grad for p in model.blocks[0].parameters()),
+                "block3": all(p.requires_grad for p in model.blocks[3].parameters())}
+
+    assert trains(build_model("lite0", pretrained=False)) == {"stem": False, "block0": False, "block3": True}
+    assert trains(build_model("lite0", pretrained=False, frozen_blocks=0)) == {"stem": False, "block0": True, "block3": True}
+    everything = build_model("lite0", pretrained=False, frozen_blocks=0, train_stem=True)
+    assert trains(everything) == {"stem": True, "block0": True, "block3": True}
+    everything.train()
+    assert everything.stem.training  # its BatchNorm statistics update too
+    assert everything.model_config["train_stem"] is True
+    assert "train_stem" not in build_model("lite0", pretrained=False).model_config  # older checkpoints' configs unchanged
+    with pytest.raises(ConfigError, match="train_stem"):
+        build_model("lite0", pretrained=False, frozen_blocks=2, train_stem=True)
+    with pytest.raises(ConfigError, match="train_stem"):
+        RecipeConfig(train_stem=True)
+    assert RecipeConfig(frozen_blocks=0, train_stem=True).train_stem

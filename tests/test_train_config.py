@@ -81,6 +81,7 @@ EXPECTED = {
     "cv run": {
         "epochs": RecipeConfig.epochs, "seed": RecipeConfig.seed, "label_fraction": RecipeConfig.label_fraction,
         "init": RecipeConfig.init, "no_cross_attention": not RecipeConfig.cross_attention, "zoom": RecipeConfig.zoom,
+        "train_stem": RecipeConfig.train_stem, "frozen_blocks": None,  # None: the init's value (RecipeConfig.frozen_blocks, 0 from scratch)
     },
     "pack": {"size": SSLConfig.size},
 }

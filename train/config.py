@@ -329,6 +329,7 @@ class RecipeConfig:
     calib_fraction: float = 0.15  # by group: temperature + threshold only
     target_sensitivity: float = 0.95  # operating point on the calibration split: margin for new scanners
     frozen_blocks: int = 3  # stem + first 3 MBConv blocks frozen (ImageNet edges; CPU time)
+    train_stem: bool = False  # True (needs frozen_blocks=0): nothing frozen. False: the stem stays frozen, even at 0
     cross_attention: bool = True  # False: the ImageNet reference row (GAP of stage 4, no cross-scale fusion)
     label_fraction: float = 1.0  # label-efficiency rows: this share of the training part's groups (per class)
     init: str = "imagenet"  # "scratch": random init, nothing frozen (the label-efficiency reference)
@@ -346,6 +347,8 @@ class RecipeConfig:
             raise ConfigError(f"ema_decay={self.ema_decay} (0..1), mask_weight={self.mask_weight} (>= 0)")
         if not 0 < self.label_fraction <= 1 or self.init not in ("imagenet", "scratch"):
             raise ConfigError(f"label_fraction={self.label_fraction} (0..1], init={self.init!r} ('imagenet' or 'scratch')")
+        if self.train_stem and self.frozen_blocks:
+            raise ConfigError(f"train_stem with frozen_blocks={self.frozen_blocks}: the stem trains only when no block is frozen (0)")
         if not 0 <= self.zoom < 1:
             raise ConfigError(f"zoom={self.zoom} (0..1: the share of each batch trained on the lesion zoom)")
         if self.init == "scratch" and self.frozen_blocks:

@@ -242,6 +242,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     overrides = {} if cfg.cross_attention else {"cross_attention": False}
     if cfg.init == "scratch":
         overrides["pretrained"] = False
+    if cfg.train_stem:
+        overrides["train_stem"] = True
     model = build_model(cfg.model, frozen_blocks=cfg.frozen_blocks, **overrides).to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay_effective), use_buffers=True)
     opt = torch.optim.AdamW(_param_groups(model, cfg))
@@ -580,6 +582,11 @@ def add_arguments(ap) -> None:
                    help="label-efficiency rows: train on this share of the training part (whole groups, per class)")
     r.add_argument("--init", choices=["imagenet", "scratch"], default=RecipeConfig.init,
                    help="scratch: random init, no frozen blocks (the label-efficiency reference)")
+    r.add_argument("--frozen-blocks", type=int, default=None,
+                   help=f"backbone blocks kept frozen (stem + the first N MBConv blocks; default {RecipeConfig.frozen_blocks}, "
+                        "0 with --init scratch)")
+    r.add_argument("--train-stem", action="store_true",
+                   help="with --frozen-blocks 0: train the stem too (nothing frozen); without it the stem stays frozen")
     r.add_argument("--zoom", type=float, default=RecipeConfig.zoom,
                    help="share of each batch trained on the lesion zoom (train/zoom.py); > 0 scores full + zoom view")
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
@@ -607,10 +614,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def recipe_from_args(args) -> RecipeConfig:
     """The RecipeConfig parsed `streamcad train cv run ...` arguments run with (the flags' defaults
-    are its fields'; --init scratch also unfreezes every block)."""
+    are its fields'; --init scratch also unfreezes every block unless --frozen-blocks says otherwise,
+    which RecipeConfig then refuses)."""
+    frozen = args.frozen_blocks
+    if frozen is None:
+        frozen = 0 if args.init == "scratch" else RecipeConfig.frozen_blocks
     return RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
-                        label_fraction=args.label_fraction, init=args.init, zoom=args.zoom,
-                        frozen_blocks=0 if args.init == "scratch" else RecipeConfig.frozen_blocks)
+                        label_fraction=args.label_fraction, init=args.init, zoom=args.zoom, frozen_blocks=frozen,
+                        train_stem=args.train_stem)
 
 
 def run_command(args) -> int:
