@@ -87,3 +87,30 @@ def test_archive_keeps_what_the_studies_read(tmp_path):
     b = seed_study([tmp_path / "kept" / "lite0", tmp_path / "kept" / "lite0-s1"], n_boot=100)
     for d in ("busi", "busbra"):
         assert b[d]["per_seed"][0]["value"] == pytest.approx(a[d]["per_seed"][0]["value"], abs=1e-6)
+
+
+def test_views_study_scores_each_view_against_the_baseline(tmp_path):
+    from streamcad.train.study import archive, views_study
+
+    _write_run(tmp_path / "base", range(2), noisy, 5)
+    _write_run(tmp_path / "zoom", range(2), noisy, 5)  # the judged mean: the baseline's own p
+    for res in (tmp_path / "zoom").glob("cv/fold*/result.json"):  # a perfect full view, a coin-toss zoom
+        r = json.loads(res.read_text())
+        labels = np.asarray(r["predictions"]["labels"])
+        pm = np.where(labels == 2, 0.9, 0.1)
+        r["predictions"]["probs_full"] = np.stack([np.zeros_like(pm), 1 - pm, pm], 1).tolist()
+        r["predictions"]["probs_zoom"] = [[0.0, 0.5, 0.5]] * len(labels)
+        r["predictions"]["probs_zoom"][0] = [0.0, 0.123456789, 0.876543211]
+        res.write_text(json.dumps(r))
+    rep = views_study(tmp_path / "zoom", tmp_path / "base", n_boot=100)
+    assert rep["folds"] == [0, 1]
+    for d in ("busi", "busbra"):
+        r = rep[d]
+        assert r["mean_minus_baseline"]["auc_difference"] == pytest.approx(0.0)
+        assert r["full"]["value"] == pytest.approx(1.0) and r["full_minus_baseline"]["ci_low"] > 0
+        assert r["zoom"]["value"] < r["baseline"]["value"]
+    with pytest.raises(ConfigError, match="probs_"):
+        views_study(tmp_path / "base", tmp_path / "zoom")
+    archive([tmp_path / "zoom"], tmp_path / "kept")  # every view's p is rounded, not only 'probs'
+    kept = json.loads((tmp_path / "kept" / "zoom" / "cv" / "fold0" / "result.json").read_text())["predictions"]
+    assert kept["probs_zoom"][0] == [0.0, 0.123457, 0.876543]

@@ -16,6 +16,7 @@ folds and only report.
     python -m streamcad.train.study seeds runs/cv/lite0 runs/cv/lite0-s1 runs/cv/lite0-s2 \\
         --json train/results/v2/seeds.json
     python -m streamcad.train.study label-efficiency runs/cv --json train/results/v2/label_efficiency.json
+    python -m streamcad.train.study views runs/cv/lite0-zoom --baseline runs/cv/lite0 --json train/results/v2/views-zoom.json
     python -m streamcad.train.study archive runs/cv/lite0 runs/cv/lite0-s1 ... --out train/results/v2/runs
 """
 
@@ -120,6 +121,45 @@ def label_efficiency_study(root: str | Path, n_boot: int = 1000, seed: int = 0) 
     return out
 
 
+def views_study(run_dir: str | Path, baseline: str | Path, n_boot: int = 1000, seed: int = 0) -> dict:
+    """A run scored on two views (the lesion zoom: `probs` = the mean of the views' logits, beside
+    `probs_full` and `probs_zoom`) -> pooled AUC of each, and each paired against the baseline
+    folder, over the folds both finished. Analysis only: the decision is on `probs`."""
+    run_dir, baseline = Path(run_dir), Path(baseline)
+    table, ps, folds = _aligned([baseline, run_dir])
+    res = [json.loads(p.read_text()) for p in sorted(run_dir.glob("cv/fold*/result.json"))]
+    views = sorted(k for k in res[0]["predictions"] if k.startswith("probs_")) if res else []
+    if not views:
+        raise ConfigError(f"views: {run_dir} stores no per-view probabilities (probs_*); expected a --zoom run")
+    per_view = {}
+    for v in views:
+        pmap = {i: p[2] for r in res for i, p in zip(r["predictions"]["ids"], r["predictions"][v], strict=True)}
+        per_view[v.removeprefix("probs_")] = np.array([pmap[i] for i in table["ids"]])
+    out: dict = {"run": str(run_dir), "baseline": str(baseline), "folds": folds}
+    for d, keep, y, groups in _per_dataset(table):
+        row = {"n": int(keep.sum()), "baseline": _auc_ci(y, ps[0][keep], groups, n_boot, seed),
+               "mean": _auc_ci(y, ps[1][keep], groups, n_boot, seed),
+               "mean_minus_baseline": _diff(y, ps[1][keep], ps[0][keep], groups, n_boot, seed)}
+        for v, pv in per_view.items():
+            row[v] = _auc_ci(y, pv[keep], groups, n_boot, seed)
+            row[f"{v}_minus_baseline"] = _diff(y, pv[keep], ps[0][keep], groups, n_boot, seed)
+        out[d] = row
+    return out
+
+
+def render_views(rep: dict) -> str:
+    first = rep[next(d for d in DATASETS if d in rep)]
+    views = [k for k in first if k != "mean" and f"{k}_minus_baseline" in first]  # 'full', 'zoom'
+    lines = [f"Views of {rep['run']} vs {rep['baseline']}; folds {rep['folds']}", "",
+             "| dataset | baseline | mean of views (judged) | " + " | ".join(views) + " |", "|---|---|---|" + "---|" * len(views)]
+    for d in DATASETS:
+        if d in rep:
+            r = rep[d]
+            cells = [f"{_ci(r[v])}, {_dci(r[f'{v}_minus_baseline'])}" for v in views]
+            lines.append(f"| {d} | {_ci(r['baseline'])} | {_ci(r['mean'])}, {_dci(r['mean_minus_baseline'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def archive(run_dirs: list[str | Path], out_root: str | Path, digits: int = 6) -> list[Path]:
     """Copy the result.json of every finished run (cv/fold*, cross/*) of each run folder to
     out_root/NAME/... without the checkpoints, probabilities rounded to `digits` decimals: the
@@ -129,7 +169,8 @@ def archive(run_dirs: list[str | Path], out_root: str | Path, digits: int = 6) -
     for d in map(Path, run_dirs):
         for res in sorted([*d.glob("cv/fold*/result.json"), *d.glob("cross/*/result.json")]):
             r = json.loads(res.read_text())
-            r["predictions"]["probs"] = np.round(np.asarray(r["predictions"]["probs"]), digits).tolist()
+            for k in [k for k in r["predictions"] if k == "probs" or k.startswith("probs_")]:  # + each view's
+                r["predictions"][k] = np.round(np.asarray(r["predictions"][k]), digits).tolist()
             dst = Path(out_root) / d.name / res.relative_to(d)
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_text(json.dumps(r, separators=(",", ":")))
@@ -178,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("label-efficiency", help="ImageNet init vs scratch per label fraction under a runs root")
     e.add_argument("root")
     e.add_argument("--json", required=True)
+    v = sub.add_parser("views", help="each view of a two-view (--zoom) run folder vs a baseline folder (analysis)")
+    v.add_argument("run")
+    v.add_argument("--baseline", required=True)
+    v.add_argument("--json", required=True)
     a = sub.add_parser("archive", help="copy run folders' result.json (no checkpoints) under OUT to commit them")
     a.add_argument("runs", nargs="+")
     a.add_argument("--out", required=True)
@@ -187,13 +232,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(written)} result files under {args.out}")
         return 0 if written else 2
     try:
-        rep = seed_study(args.runs) if args.cmd == "seeds" else label_efficiency_study(args.root)
+        if args.cmd == "views":
+            rep = views_study(args.run, args.baseline)
+        else:
+            rep = seed_study(args.runs) if args.cmd == "seeds" else label_efficiency_study(args.root)
     except ConfigError as exc:
         print(f"study: {exc}")
         return 2
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rep, indent=1))
-    print(render_seeds(rep) if args.cmd == "seeds" else render_label_efficiency(rep))
+    print({"seeds": render_seeds, "views": render_views}.get(args.cmd, render_label_efficiency)(rep))
     return 0
 
 
