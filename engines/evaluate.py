@@ -140,10 +140,13 @@ def _read_gray(path: Path) -> np.ndarray:
 
 
 def predict(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-    """Run a LoadedModel over image files through the runtime's preprocessing -> probs (N, 3)."""
+    """Run a LoadedModel over image files through the runtime's preprocessing -> probs (N, 3); a
+    model whose manifest has `zoom` is scored as the runtime scores it (streamcad.zoom.two_view)."""
     from streamcad.preprocess import preprocess_batch
+    from streamcad.zoom import hi_view, two_view
 
     be = model.backend
+    zoom = getattr(model, "zoom", None)
     bs = be.fixed_batch or batch_size
     out = np.empty((len(paths), 3), np.float64)
     for start in range(0, len(paths), bs):
@@ -152,7 +155,14 @@ def predict(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> n
         n = x.shape[0]
         if be.fixed_batch and n < bs:  # pad the last batch of a fixed-batch engine, drop the padding after
             x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), np.float32)])
-        out[start : start + n] = softmax(be.infer(x)["logits"][:n])  # temperature already in the logits
+        if zoom is None:
+            logits = be.infer(x)["logits"]
+        else:
+            hi = np.stack([hi_view(img, None, model.spec.size, zoom) for img in chunk])
+            if len(hi) < len(x):
+                hi = np.concatenate([hi, np.zeros((len(x) - len(hi), *hi.shape[1:]), np.uint8)])
+            logits = two_view(be, x, hi, model.spec, zoom)["logits"]
+        out[start : start + n] = softmax(logits[:n])  # temperature already in the logits
     return out
 
 

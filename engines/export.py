@@ -360,9 +360,15 @@ def export_checkpoint(
     info = read_classifier(ckpt, Path(checkpoint).name)
     metrics = _jsonable(dict(info.metrics))
     threshold = info.threshold  # what fine-tuning wrote ('threshold'; older: metrics.operating_threshold)
+    extra = {}
+    if float((ckpt.get("train_config") or {}).get("zoom") or 0) > 0:  # trained on the lesion zoom: scored on two views
+        from streamcad.zoom import ZoomSpec
+
+        extra = {"zoom": ZoomSpec().to_dict(), "saliency_kind": "lesion_probability"}
     try:
         manifest = write_manifest(
             out,
+            **extra,
             preprocess=spec,
             precision="fp32",
             temperature=temperature,

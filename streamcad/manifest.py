@@ -117,6 +117,7 @@ class Manifest:
     gate: dict = field(default_factory=dict)  # accuracy gate result vs the ONNX reference
     notes: dict = field(default_factory=dict)  # free-form extras
     ood: dict = field(default_factory=dict)  # out-of-domain gate (streamcad.gate_ood.OodGate.to_dict); {} = none
+    zoom: dict = field(default_factory=dict)  # second, zoomed look (streamcad.zoom.ZoomSpec.to_dict); {} = one view
     schema_version: int = SCHEMA_VERSION
     contract_sha256: str = ""  # contract_digest(): every field but DESCRIPTIVE_FIELDS, model sha256 included
 
@@ -207,6 +208,12 @@ class Manifest:
             raise bad(f"preprocess.resize={pre['resize']!r}", "a string ('letterbox')")
         if self.saliency_kind not in SALIENCY_KINDS:
             raise bad(f"saliency_kind={self.saliency_kind!r}", f"one of {list(SALIENCY_KINDS)}")
+        if self.zoom:
+            from streamcad.zoom import ZoomSpec
+
+            ZoomSpec.from_dict(self.zoom, where)
+            if self.saliency_kind != "lesion_probability":
+                raise bad(f"zoom with saliency_kind={self.saliency_kind!r}", "'lesion_probability' (the zoom box comes from the lesion map)")
 
 
 def _finite(x: Any) -> bool:
@@ -256,6 +263,15 @@ class LoadedModel:
     @property
     def threshold(self) -> float | None:
         return self.manifest.operating_threshold if self.manifest else None
+
+    @property
+    def zoom(self):
+        """streamcad.zoom.ZoomSpec when the manifest asks for the second, zoomed look; else None."""
+        if self.manifest is None or not self.manifest.zoom:
+            return None
+        from streamcad.zoom import ZoomSpec
+
+        return ZoomSpec.from_dict(self.manifest.zoom)
 
     def close(self) -> None:
         self.backend.close()

@@ -1,8 +1,9 @@
 """The per-frame processor: one frame's way from pixels to a score, with no threads and no sockets.
 
     Frame --prepare()-->     Item: sector box (RoiTracker), quality flags (QualityChecker), the
-                             letterboxed model input (streamcad.preprocess)
-          --infer()-->       Item: the backend's logits, saliency[, embedding] (copies)
+                             letterboxed model input (streamcad.preprocess) [+ the 2S view of a zoom model]
+          --infer()-->       Item: the backend's logits, saliency[, embedding] (copies); a model whose
+                             manifest has `zoom` is run twice, full view + lesion zoom (streamcad.zoom)
           --postprocess()--> Item: out-of-domain gate (streamcad.gate_ood), class probabilities,
                              saliency peak and lesion box in frame pixels (streamcad.lesion)
           --smooth()-->      SmoothResult: smoothed p(malignant) and state (streamcad.smoothing)
@@ -31,6 +32,7 @@ from streamcad.preprocess import preprocess
 from streamcad.quality import QualityChecker, QualityConfig, doppler_fraction, is_blank
 from streamcad.roi import RoiTracker
 from streamcad.smoothing import Smoother, SmoothResult
+from streamcad.zoom import hi_view, two_view
 
 __all__ = ["FrameProcessor", "Item"]
 
@@ -47,6 +49,7 @@ class Item:
     roi: tuple[int, int, int, int] | None = None
     flags: frozenset = frozenset()
     x: np.ndarray | None = None  # (1, S, S) float32 view into a reused buffer
+    hi: np.ndarray | None = None  # (2S, 2S) uint8 sector letterbox: the zoom's source (zoom models only)
     logits: np.ndarray | None = None  # (3,) raw model output, set by infer(), turned into probs by postprocess()
     saliency: np.ndarray | None = None  # (h, w) saliency map (a copy: the backend may reuse its buffers)
     embedding: np.ndarray | None = None  # (D,) the model's 'embedding' output (a copy), when it has one
@@ -75,6 +78,7 @@ class FrameProcessor:
         self.spec = model.spec
         manifest = getattr(model, "manifest", None)
         self.lesion_head = manifest is not None and manifest.saliency_kind == "lesion_probability"
+        self.zoom = getattr(model, "zoom", None)  # streamcad.zoom.ZoomSpec: two looks per frame
         box = tuple(config.roi.box) if config.roi.box else None
         self.roi_tracker = RoiTracker(override=box, warmup_frames=config.roi.warmup_frames)
         try:
@@ -112,6 +116,8 @@ class FrameProcessor:
             buf = self._buffers[self._buf_i]
             self._buf_i = (self._buf_i + 1) % len(self._buffers)
             item.x = preprocess(image, self.spec, item.roi, out=buf)
+            if self.zoom is not None:
+                item.hi = hi_view(image, item.roi, self.spec.size, self.zoom)
         item.t["preprocess"] = time.monotonic_ns()
         return item
 
@@ -123,7 +129,11 @@ class FrameProcessor:
         postprocess() on the publish thread (measured with benchmarks.profile)."""
         item.t["queue"] = time.monotonic_ns()
         if item.x is not None:
-            out = self.model.backend.infer(item.x[None])
+            if self.zoom is None:
+                out = self.model.backend.infer(item.x[None])
+            else:
+                out = two_view(self.model.backend, item.x[None], item.hi[None], self.spec, self.zoom)
+                item.hi = None
             item.logits = np.array(out["logits"][0], np.float64)
             item.saliency = np.array(out["saliency"][0, 0])
             if "embedding" in out:

@@ -1,11 +1,13 @@
-"""The lesion zoom (train/zoom.py, RecipeConfig.zoom): boxes from masks and from lesion maps, the
-crop, the training batch, and one zoom run end to end on real images."""
+"""The lesion zoom (streamcad/zoom.py, RecipeConfig.zoom): boxes from masks and from lesion maps, the
+crop, the training batch, the manifest's `zoom`, the runtime's two looks (FrameProcessor, engines
+evaluate) on the shipped ONNX graph, and one zoom run end to end: train -> export -> ONNX Runtime
+scores the test images as training did."""
 
 import numpy as np
 import pytest
 
 from streamcad.errors import ConfigError
-from streamcad.train.zoom import (
+from streamcad.zoom import (
     MARGIN,
     MIN_SIDE,
     TRAIN_MARGIN,
@@ -94,7 +96,10 @@ def test_zoom_batch_replaces_its_share_with_lesion_crops():
 def test_one_zoom_run_scores_the_mean_of_both_views(tmp_path, data_root):
     pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
-    from streamcad.train.cv import RecipeConfig, run
+    from streamcad.engines.export import export_checkpoint
+    from streamcad.manifest import load_model
+    from streamcad.train.cv import RecipeConfig, load_both, run, select
+    from streamcad.zoom import ZoomSpec, two_view
 
     res = run(RecipeConfig(epochs=1, batch_size=8, zoom=0.5), "cv", tmp_path / "fold0", fold=0, limit=40)
     pred = res["predictions"]
@@ -105,3 +110,96 @@ def test_one_zoom_run_scores_the_mean_of_both_views(tmp_path, data_root):
     p = np.exp(lp - lp.max(1, keepdims=True))
     np.testing.assert_allclose(p / p.sum(1, keepdims=True), np.asarray(pred["probs"]), atol=1e-5)
     assert not np.allclose(pred["probs_full"], pred["probs_zoom"])
+    # export: the manifest asks for the two looks, and ONNX Runtime scores them as training did
+    manifest, parity = export_checkpoint(tmp_path / "fold0" / "classifier.pt", tmp_path / "z.onnx", data_root=data_root)
+    assert parity.passed and manifest.zoom == ZoomSpec().to_dict() and manifest.saliency_kind == "lesion_probability"
+    model = load_model(tmp_path / "z.onnx")
+    assert model.zoom == ZoomSpec()
+    idx = {i: k for k, i in enumerate(select(load_both(160), "cv", fold=0)[1].ids)}
+    rows = [idx[i] for i in pred["ids"][:8]]
+    _, test = select(load_both(160), "cv", fold=0)
+    _, test_hi = select(load_both(320), "cv", fold=0)
+    spec = model.spec
+    x = ((test.images[rows].astype(np.float32) / 255 - spec.mean) / spec.std)[:, None]
+    out = two_view(model.backend, x, test_hi.images[rows], spec, model.zoom)
+    e = np.exp(out["logits"] - out["logits"].max(1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(1, keepdims=True), np.asarray(pred["probs"][:8]), atol=1e-4)
+    assert [list(b) for b in out["zoom_boxes"]] == pred["zoom_boxes"][:8]
+
+
+def test_zoom_spec_in_the_manifest_is_checked():
+    from streamcad.errors import ArtifactError
+    from streamcad.zoom import ZoomSpec
+
+    assert ZoomSpec.from_dict(ZoomSpec().to_dict()) == ZoomSpec()
+    for bad in ({"kind": "crop"}, {"margin": 0.5}, {"scale": 5}, {"extra": 1}, "zoom"):
+        with pytest.raises(ArtifactError, match="zoom"):
+            ZoomSpec.from_dict(bad, "m.json")
+
+
+def _zoom_copy(tmp_path, saliency_kind="lesion_probability"):
+    """The shipped graph under a manifest that asks for the zoom (resealed by write_manifest)."""
+    import shutil
+
+    from streamcad.manifest import read_manifest, write_manifest
+    from streamcad.pipeline import DEFAULT_MODEL
+    from streamcad.zoom import ZoomSpec
+
+    onnx = tmp_path / "zoomed.onnx"
+    shutil.copy(DEFAULT_MODEL, onnx)
+    m = read_manifest(DEFAULT_MODEL).to_dict()
+    for k in ("file", "sha256", "size_bytes", "schema_version", "contract_sha256"):
+        m.pop(k)
+    write_manifest(onnx, **{**m, "zoom": ZoomSpec().to_dict(), "saliency_kind": saliency_kind})
+    return onnx
+
+
+def test_the_runtime_takes_two_looks_and_averages_them(tmp_path, data_root):
+    """FrameProcessor and engines.evaluate.predict on a zoom manifest: the mean of the full view's
+    logits and those of the crop around the lesion map's region, computed here by hand."""
+    pytest.importorskip("onnxruntime")
+    import cv2
+
+    from streamcad.config import config_from_dict
+    from streamcad.engines.evaluate import predict
+    from streamcad.manifest import load_model
+    from streamcad.pipeline import DEFAULT_MODEL
+    from streamcad.preprocess import letterbox, preprocess
+    from streamcad.processor import FrameProcessor
+    from streamcad.sources.base import Frame
+
+    paths = sorted((data_root / "BUSI" / "malignant").glob("malignant (1*).png"))[:3]
+    if not paths:
+        pytest.skip("BUSI malignant images not found")
+    zoomed, single = load_model(_zoom_copy(tmp_path)), load_model(DEFAULT_MODEL)
+    spec, be = single.spec, single.backend
+    assert single.zoom is None and zoomed.zoom is not None
+    manual = []
+    for path in paths:
+        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        full = be.infer(preprocess(img, spec)[None])
+        box = box_from_map(full["saliency"][0, 0], spec.size)
+        view = crop(letterbox(img, 2 * spec.size), tuple(2 * v for v in box), spec.size)
+        manual.append((full["logits"][0] + be.infer(preprocess(view, spec)[None])["logits"][0]) / 2)
+    manual = np.stack(manual)
+    soft = np.exp(manual - manual.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    np.testing.assert_allclose(predict(zoomed, paths), soft, atol=1e-5)
+    assert not np.allclose(predict(single, paths), soft, atol=1e-3)  # the second look changes the answer
+
+    img = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
+    h, w = img.shape
+    cfg = config_from_dict({"roi": {"box": [0, 0, w, h]}, "quality": {"enabled": False}})  # the whole still is the sector
+    proc = FrameProcessor(cfg, zoomed)
+    item = proc.infer(proc.prepare(Frame(index=0, image=img, t_capture_ns=0)))
+    assert item.roi == (0, 0, w, h)
+    assert item.hi is None  # released after the second look
+    np.testing.assert_allclose(item.logits, manual[0], atol=1e-5)
+    np.testing.assert_allclose(item.saliency, be.infer(preprocess(img, spec)[None])["saliency"][0, 0], atol=1e-6)
+
+
+def test_a_zoom_manifest_needs_the_lesion_map(tmp_path):
+    from streamcad.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="lesion_probability"):
+        _zoom_copy(tmp_path, saliency_kind="attention")

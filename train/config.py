@@ -335,7 +335,7 @@ class RecipeConfig:
     init: str = "imagenet"  # "scratch": random init, nothing frozen (the label-efficiency reference)
     seed: int = 0
     threads: int = 1  # one thread per process; run folds as parallel processes
-    zoom: float = 0.0  # share of each batch trained on the lesion zoom (train/zoom.py); > 0 also scores full + zoom
+    zoom: float = 0.0  # share of each batch trained on the lesion zoom (streamcad/zoom.py); > 0 also scores full + zoom
     n_boot: int = 1000
 
     def __post_init__(self):

@@ -9,7 +9,7 @@
          loss = class-weighted CE + mask_weight * (BCE + soft Dice) of the lesion map vs the mask
     EMA weights --calibration logits--> temperature T --> threshold at `target_sensitivity`
     test --> p(malignant), lesion map --> predictions.json (ids, labels, groups, probs, dice)
-    zoom = p > 0 (train/zoom.py): a share p of each batch is the lesion zoom (the true lesion's box,
+    zoom = p > 0 (streamcad/zoom.py): a share p of each batch is the lesion zoom (the true lesion's box,
          cut from the 2S image); every image is scored as the mean of the full view's and the
          zoom's logits (the zoom box from the full view's lesion map)
 
@@ -159,7 +159,7 @@ def hi_res(cfg: RecipeConfig, fit, cal, test) -> dict[str, np.ndarray]:
 def zoom_batch(images, masks, images_hi, masks_hi, share: float, rng: np.random.Generator):
     """One training batch (B, S, S) uint8 with a `share` of its rows replaced by the lesion zoom
     (the jittered box around the true lesion, cut from the 2S image and mask) -> images, masks."""
-    from streamcad.train.zoom import box_from_mask, crop
+    from streamcad.zoom import box_from_mask, crop
 
     images, masks = images.copy(), masks.copy()
     size = images.shape[-1]
@@ -173,7 +173,7 @@ def zoom_batch(images, masks, images_hi, masks_hi, share: float, rng: np.random.
 def score(model, images: np.ndarray, spec: PreprocessSpec, images_hi: np.ndarray | None):
     """-> logits (N, 3), the full view's lesion maps, and with images_hi the views' own logits
     {'full', 'zoom'} and the zoom boxes (full-view pixels): logits = mean of the two views'."""
-    from streamcad.train.zoom import box_from_map, zoom_views
+    from streamcad.zoom import box_from_map, zoom_views
 
     logits, maps, _ = predict(model, images, spec)
     if images_hi is None:
@@ -588,7 +588,7 @@ def add_arguments(ap) -> None:
     r.add_argument("--train-stem", action="store_true",
                    help="with --frozen-blocks 0: train the stem too (nothing frozen); without it the stem stays frozen")
     r.add_argument("--zoom", type=float, default=RecipeConfig.zoom,
-                   help="share of each batch trained on the lesion zoom (train/zoom.py); > 0 scores full + zoom view")
+                   help="share of each batch trained on the lesion zoom (streamcad/zoom.py); > 0 scores full + zoom view")
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")

