@@ -248,6 +248,8 @@ def convert_onnx(
             operating_threshold=src.operating_threshold,
             outputs=src.outputs,
             ood=src.ood,  # the out-of-domain gate travels with the model (fitted on its FP32 embedding)
+            saliency_kind=src.saliency_kind,  # a lesion map stays a lesion map (the runtime's lesion box)
+            zoom=src.zoom,  # and a two-look model keeps its second look (each pass is the gated graph)
             model=src.model,
             training_data=src.training_data,
             metrics=src.metrics,

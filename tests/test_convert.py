@@ -74,6 +74,8 @@ def test_convert_writes_a_gated_engine_with_its_key(tmp_path):
     assert m.tensorrt_version.startswith(key["trt"])
     assert m.gate["passed"] and m.gate["n"] == 24 and m.notes["max_batch"] == 4
     assert m.source["file"] == "m.onnx"
+    src = read_manifest(path)  # what changes the runtime's output travels with the engine
+    assert (m.saliency_kind, m.zoom, m.ood) == (src.saliency_kind, src.zoom, src.ood)
     # a second build reuses the timing cache and gives an engine that passes the same gate
     engine2, _, gate2 = convert_onnx(path, fp16=True, max_batch=4, timing_cache=cache,
                                      gate_images=sample_images_dir(), gate_frames=24)
