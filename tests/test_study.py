@@ -114,3 +114,22 @@ def test_views_study_scores_each_view_against_the_baseline(tmp_path):
     archive([tmp_path / "zoom"], tmp_path / "kept")  # every view's p is rounded, not only 'probs'
     kept = json.loads((tmp_path / "kept" / "zoom" / "cv" / "fold0" / "result.json").read_text())["predictions"]
     assert kept["probs_zoom"][0] == [0.0, 0.123457, 0.876543]
+
+
+def test_compare_pairs_the_folds_and_the_cross_dataset_runs(tmp_path):
+    from streamcad.train.cv import compare_runs
+
+    _write_run(tmp_path / "a", range(2), perfect)
+    _write_run(tmp_path / "b", range(2), noisy, 6)
+    for name, p_of, seed in (("a", noisy, 7), ("b", perfect, 0)):  # cross: b is the better one
+        out = tmp_path / name / "cross" / "busi"
+        out.mkdir(parents=True)
+        labels = np.tile([1, 2], 40)
+        pm = p_of(labels, np.random.default_rng(seed))
+        out.joinpath("result.json").write_text(json.dumps({"predictions": {
+            "ids": [f"busbra:x{i}" for i in range(80)], "groups": [f"busbra:p{i // 2}" for i in range(80)],
+            "labels": labels.tolist(), "probs": np.stack([np.zeros(80), 1 - pm, pm], 1).tolist()}}))
+    cmp = compare_runs(tmp_path / "a", tmp_path / "b", n_boot=200)
+    assert cmp["busi"]["decision"] == "keep a" and cmp["busbra"]["ci_low"] > 0
+    assert set(cmp["cross"]) == {"busi"} and cmp["cross"]["busi"]["decision"] == "b better"
+    assert cmp["cross"]["busi"]["n"] == 80 and cmp["cross"]["busi"]["ci_high"] < 0

@@ -447,7 +447,9 @@ def _oof(run_dir: Path) -> dict | None:
 
 def compare_runs(a_dir, b_dir, n_boot: int = 1000, seed: int = 0) -> dict:
     """Paired cluster-bootstrap AUC difference (a - b) per dataset over the images both runs
-    scored out of fold (same resamples for both): the protocol's decision statistic."""
+    scored out of fold (same resamples for both): the protocol's decision statistic; and under
+    'cross' the same for each cross-dataset run both folders have (trained on one dataset, tested
+    on all of the other)."""
     a, b = _oof(a_dir), _oof(b_dir)
     if a is None or b is None:
         raise ConfigError(f"compare: no cv/fold*/result.json under {a_dir if a is None else b_dir}")
@@ -463,6 +465,21 @@ def compare_runs(a_dir, b_dir, n_boot: int = 1000, seed: int = 0) -> dict:
         v, lo, hi = _auc_diff_paired(y, a["p"][keep], pb, a["groups"][keep], n_boot, seed)
         out[d] = {"auc_difference": v, "ci_low": lo, "ci_high": hi, "n": int(keep.sum()),
                   "decision": "keep a" if lo > 0 else ("keep b" if hi < 0 else "no difference (CI contains 0)")}
+    for source in DATASETS:  # the cross-dataset runs both folders have: trained on `source`, tested on the other
+        ra, rb = (Path(x) / "cross" / source / "result.json" for x in (a_dir, b_dir))
+        if not (ra.is_file() and rb.is_file()):
+            continue
+        pa, pb = (json.loads(r.read_text())["predictions"] for r in (ra, rb))
+        if pa["ids"] != pb["ids"]:
+            raise ConfigError(f"compare: {ra} and {rb} scored different images; expected the same cross-dataset test")
+        labels = np.asarray(pa["labels"])
+        keep = labels != 0
+        y = (labels[keep] == 2).astype(int)
+        v, lo, hi = _auc_diff_paired(y, np.asarray(pa["probs"])[keep, 2], np.asarray(pb["probs"])[keep, 2],
+                                     np.asarray(pa["groups"])[keep], n_boot, seed)
+        out.setdefault("cross", {})[source] = {
+            "auc_difference": v, "ci_low": lo, "ci_high": hi, "n": int(keep.sum()),
+            "decision": "a better" if lo > 0 else ("b better" if hi < 0 else "no difference (CI contains 0)")}
     return out
 
 
@@ -645,6 +662,10 @@ def run_command(args) -> int:
                 m = cmp[d]
                 print(f"{d}: AUC(A) - AUC(B) = {m['auc_difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}] "
                       f"(n={m['n']}): {m['decision']}")
+        for source, m in cmp.get("cross", {}).items():
+            other = next(d for d in DATASETS if d != source)
+            print(f"cross {source}->{other}: AUC(A) - AUC(B) = {m['auc_difference']:+.3f} [{m['ci_low']:+.3f}, "
+                  f"{m['ci_high']:+.3f}] (n={m['n']}): {m['decision']}")
         return 0
     rep = report(args.run_dir, args.baseline)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
