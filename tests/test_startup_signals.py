@@ -39,6 +39,12 @@ MARKERS = ["_multiarray_umath", "cv2", "msgspec", "onnxruntime"]  # shared objec
 _PTH_HOOKS = ("__editable__", "_distutils_hack")
 _STDLIB = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")}
 
+
+def _default_sigint() -> None:
+    """preexec_fn of every child: Ctrl-C at its default, whatever the test runner inherited (a
+    shell's background job, `nohup ... &`, starts with SIGINT ignored, and so would its children)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 pytestmark = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
 
 
@@ -97,7 +103,8 @@ def _before_entry(err: str, script: Path) -> bool:
 def _interrupt(argv: list[str], model: Path, cwd: Path, *, delay: float = 0.0, marker: str | None = None):
     p = subprocess.Popen([*argv, "run", "--no-dashboard", "--model", str(model), "--source", "sweep:",
                           "--endpoint", "tcp://127.0.0.1:*"],
-                         cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_default_sigint)
     try:
         t0 = time.monotonic()
         if marker is not None:  # an event: the library is mapped, its import is under way
@@ -156,6 +163,6 @@ def test_importing_streamcad_installs_no_signal_handler_and_is_light():
             "import streamcad.preprocess\n"  # binds the submodule on the package: the name stays the function
             "print(light, same, callable(preprocess) and streamcad.preprocess is preprocess,\n"
             "      PreprocessSpec.__module__, StreamcadError.__module__)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, preexec_fn=_default_sigint,
                          timeout=60, check=True).stdout.split()
     assert out == ["[]", "True", "True", "streamcad.preprocess", "streamcad.errors"], out
