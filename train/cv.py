@@ -598,7 +598,7 @@ def add_arguments(ap) -> None:
     r.add_argument("--label-fraction", type=float, default=RecipeConfig.label_fraction,
                    help="label-efficiency rows: train on this share of the training part (whole groups, per class)")
     r.add_argument("--init", choices=["imagenet", "scratch"], default=RecipeConfig.init,
-                   help="scratch: random init, no frozen blocks (the label-efficiency reference)")
+                   help="scratch: random init, no frozen block (the stem stays frozen unless --train-stem; the label-efficiency reference)")
     r.add_argument("--frozen-blocks", type=int, default=None,
                    help=f"backbone blocks kept frozen (stem + the first N MBConv blocks; default {RecipeConfig.frozen_blocks}, "
                         "0 with --init scratch)")
