@@ -1,4 +1,8 @@
+import json
+from dataclasses import asdict
+
 import numpy as np
+import pytest
 
 from streamcad.train.data import LabeledArrays
 from streamcad.train.ship import combine
@@ -29,3 +33,18 @@ def test_combine_keeps_datasets_apart():
     train, test = c.fold_split(0)
     assert (train.folds != 0).all() and (test.folds == 0).all()
     assert set(test.ids) == {f"busi:img{i}" for i in (0, 5)} | {"busbra:img0", "busbra:img5"}
+
+
+def test_ship_v2_refuses_a_fold0_run_of_another_recipe(tmp_path):
+    """The shipped model is the fold-0 run of the recipe named on the command line: a run trained
+    with the whole backbone is refused under the default recipe, naming the flags that select it."""
+    pytest.importorskip("torch")
+    from streamcad.errors import ConfigError
+    from streamcad.train.config import RecipeConfig
+    from streamcad.train.release import ship_v2
+
+    fold = tmp_path / "cv" / "fold0"
+    fold.mkdir(parents=True)
+    fold.joinpath("result.json").write_text(json.dumps({"recipe": asdict(RecipeConfig(frozen_blocks=0, train_stem=True))}))
+    with pytest.raises(ConfigError, match="--frozen-blocks, --train-stem"):
+        ship_v2(tmp_path / "m.onnx", cv_dir=tmp_path, cv_report=None, report_path=tmp_path / "r.json")

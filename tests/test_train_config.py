@@ -76,7 +76,8 @@ EXPECTED = {
         "recipe": "v2", "model": SHIP.model, "size": SHIP.size, "epochs_ssl": SHIP.epochs_ssl, "epochs_ft": SHIP.epochs_ft,
         "batch_ssl": SHIP.batch_ssl, "batch_ft": SHIP.batch_ft, "n_boot": SHIP.n_boot, "device": SHIP.device,
         "seed": SHIP.seed, "amp": SHIP.amp, "channels_last": SHIP.channels_last, "ssl_budget": None, "ft_budget": None,
-        "refresh": False, "zoom": RecipeConfig.zoom,
+        "refresh": False, "zoom": RecipeConfig.zoom, "frozen_blocks": RecipeConfig.frozen_blocks,
+        "train_stem": RecipeConfig.train_stem,
     },
     "cv run": {
         "epochs": RecipeConfig.epochs, "seed": RecipeConfig.seed, "label_fraction": RecipeConfig.label_fraction,
