@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def recipe_from_args(args) -> RecipeConfig:
     """The RecipeConfig parsed `streamcad train cv run ...` arguments run with (the flags' defaults
-    are its fields'; --init scratch also unfreezes every block unless --frozen-blocks says otherwise,
+    are its fields'; --init scratch also unfreezes every block (not the stem) unless --frozen-blocks says otherwise,
     which RecipeConfig then refuses)."""
     frozen = args.frozen_blocks
     if frozen is None:
