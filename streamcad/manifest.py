@@ -45,6 +45,7 @@ from typing import Any
 from streamcad.backends import Backend, load_backend
 from streamcad.errors import ArtifactError
 from streamcad.preprocess import PreprocessSpec
+from streamcad.zoom import ZoomSpec
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -209,8 +210,6 @@ class Manifest:
         if self.saliency_kind not in SALIENCY_KINDS:
             raise bad(f"saliency_kind={self.saliency_kind!r}", f"one of {list(SALIENCY_KINDS)}")
         if self.zoom:
-            from streamcad.zoom import ZoomSpec
-
             ZoomSpec.from_dict(self.zoom, where)
             if self.saliency_kind != "lesion_probability":
                 raise bad(f"zoom with saliency_kind={self.saliency_kind!r}", "'lesion_probability' (the zoom box comes from the lesion map)")
@@ -265,12 +264,10 @@ class LoadedModel:
         return self.manifest.operating_threshold if self.manifest else None
 
     @property
-    def zoom(self):
+    def zoom(self) -> ZoomSpec | None:
         """streamcad.zoom.ZoomSpec when the manifest asks for the second, zoomed look; else None."""
         if self.manifest is None or not self.manifest.zoom:
             return None
-        from streamcad.zoom import ZoomSpec
-
         return ZoomSpec.from_dict(self.manifest.zoom)
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from streamcad.errors import FrameError
 
-__all__ = ["PreprocessSpec", "letterbox", "preprocess", "preprocess_batch"]
+__all__ = ["PreprocessSpec", "letterbox", "normalise", "preprocess", "preprocess_batch"]
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,14 @@ def preprocess(
         if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > W or y + h > H:
             raise FrameError(f"ROI {roi} (x, y, w, h) does not fit inside a {W}x{H} frame")
         image = image[y : y + h, x : x + w]
-    boxed = letterbox(image, spec.size)
+    return normalise(letterbox(image, spec.size), spec, out)
+
+
+def normalise(boxed: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """An already letterboxed (S, S) uint8 view -> float32 (1, S, S) model input, (x / 255 - mean) / std
+    as one fused multiply-add (into `out` when given)."""
     if out is None:
         out = np.empty((1, spec.size, spec.size), np.float32)
-    # (x / 255 - mean) / std as one fused multiply-add
     a = 1.0 / (255.0 * spec.std)
     b = -spec.mean / spec.std
     np.multiply(boxed, np.float32(a), out=out[0], casting="unsafe")

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from streamcad.errors import ArtifactError, ConfigError
+from streamcad.preprocess import letterbox, normalise
 
 __all__ = ["MARGIN", "TRAIN_MARGIN", "MIN_SIDE", "ZoomSpec", "square_box", "box_from_mask", "box_from_map", "crop",
            "zoom_views", "hi_view", "two_view"]
@@ -128,8 +129,6 @@ def zoom_views(images_hi: np.ndarray, boxes_lo: list[tuple[int, int, int]], out:
 
 def hi_view(image: np.ndarray, roi: tuple[int, int, int, int] | None, size: int, zoom: ZoomSpec) -> np.ndarray:
     """The sector (ROI x, y, w, h of a grayscale uint8 frame) letterboxed at zoom.scale x S: the zoom's source."""
-    from streamcad.preprocess import letterbox
-
     if roi is not None:
         x, y, w, h = roi
         image = image[y : y + h, x : x + w]
@@ -140,8 +139,6 @@ def two_view(backend, x: np.ndarray, images_hi: np.ndarray, spec, zoom: ZoomSpec
     """The full views x (N, 1, S, S) (model input) and their hi views (N, scale*S, scale*S) uint8 ->
     the backend's outputs for the full view, with 'logits' the mean of both views' logits, beside
     'logits_full', 'logits_zoom' and 'zoom_boxes' (full-view pixels). Two backend calls of N."""
-    from streamcad.preprocess import preprocess
-
     out = backend.infer(x)
     sal = np.asarray(out["saliency"])
     size = spec.size
@@ -149,7 +146,7 @@ def two_view(backend, x: np.ndarray, images_hi: np.ndarray, spec, zoom: ZoomSpec
     views = zoom_views(images_hi, boxes, size)
     zx = np.empty_like(x)
     for i, v in enumerate(views):
-        preprocess(v, spec, out=zx[i])
+        normalise(v, spec, out=zx[i])  # the crops are S x S already: no second letterbox
     zoom_logits = np.asarray(backend.infer(zx)["logits"])
     full = np.asarray(out["logits"])
     return {**out, "logits": (full + zoom_logits) / 2, "logits_full": full, "logits_zoom": zoom_logits, "zoom_boxes": boxes}

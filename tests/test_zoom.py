@@ -115,9 +115,9 @@ def test_one_zoom_run_scores_the_mean_of_both_views(tmp_path, data_root):
     assert parity.passed and manifest.zoom == ZoomSpec().to_dict() and manifest.saliency_kind == "lesion_probability"
     model = load_model(tmp_path / "z.onnx")
     assert model.zoom == ZoomSpec()
-    idx = {i: k for k, i in enumerate(select(load_both(160), "cv", fold=0)[1].ids)}
-    rows = [idx[i] for i in pred["ids"][:8]]
     _, test = select(load_both(160), "cv", fold=0)
+    idx = {i: k for k, i in enumerate(test.ids)}
+    rows = [idx[i] for i in pred["ids"][:8]]
     _, test_hi = select(load_both(320), "cv", fold=0)
     spec = model.spec
     x = ((test.images[rows].astype(np.float32) / 255 - spec.mean) / spec.std)[:, None]

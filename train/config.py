@@ -332,7 +332,7 @@ class RecipeConfig:
     train_stem: bool = False  # True (needs frozen_blocks=0): nothing frozen. False: the stem stays frozen, even at 0
     cross_attention: bool = True  # False: the ImageNet reference row (GAP of stage 4, no cross-scale fusion)
     label_fraction: float = 1.0  # label-efficiency rows: this share of the training part's groups (per class)
-    init: str = "imagenet"  # "scratch": random init, nothing frozen (the label-efficiency reference)
+    init: str = "imagenet"  # "scratch": random init, no block frozen, the stem too unless train_stem (the label-efficiency reference)
     seed: int = 0
     threads: int = 1  # one thread per process; run folds as parallel processes
     zoom: float = 0.0  # share of each batch trained on the lesion zoom (streamcad/zoom.py); > 0 also scores full + zoom
