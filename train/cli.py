@@ -147,6 +147,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--frozen-blocks", type=int, default=RecipeConfig.frozen_blocks,
                    help="v2: the recipe's frozen backbone blocks (as the fold-0 run of --cv-dir was trained)")
     p.add_argument("--train-stem", action="store_true", help="v2: the recipe trained the stem too (with --frozen-blocks 0)")
+    p.add_argument("--mixstyle", type=float, default=RecipeConfig.mixstyle,
+                   help="v2: the recipe's MixStyle probability (as the fold-0 run of --cv-dir was trained)")
     p.add_argument("--refresh", action="store_true",
                    help="v2: only put the finished --cv-report and benchmarks/results/ood_gate-default.json into the "
                         "shipped model's report, manifest metrics and card (no training, no export)")
@@ -390,7 +392,8 @@ def run(args) -> int:
         from streamcad.train.release import ship_v2
 
         report = ship_v2(args.out, args.cv_dir, args.cv_report, args.report, root=args.root, n_boot=args.n_boot,
-                         seed=args.seed, zoom=args.zoom, frozen_blocks=args.frozen_blocks, train_stem=args.train_stem)
+                         seed=args.seed, zoom=args.zoom, frozen_blocks=args.frozen_blocks, train_stem=args.train_stem,
+                         mixstyle=args.mixstyle)
         for ds, m in report["metrics"].items():
             print(f"{ds} fold 0: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")
         return 0

@@ -336,6 +336,7 @@ class RecipeConfig:
     seed: int = 0
     threads: int = 1  # one thread per process; run folds as parallel processes
     zoom: float = 0.0  # share of each batch trained on the lesion zoom (streamcad/zoom.py); > 0 also scores full + zoom
+    mixstyle: float = 0.0  # > 0: MixStyle (train/mixstyle.py) after the stride-4/8/16 stages, with this probability per batch
     n_boot: int = 1000
 
     def __post_init__(self):
@@ -351,6 +352,10 @@ class RecipeConfig:
             raise ConfigError(f"train_stem with frozen_blocks={self.frozen_blocks}: the stem trains only when no block is frozen (0)")
         if not 0 <= self.zoom < 1:
             raise ConfigError(f"zoom={self.zoom} (0..1: the share of each batch trained on the lesion zoom)")
+        if not 0 <= self.mixstyle <= 1:
+            raise ConfigError(f"mixstyle={self.mixstyle} (0..1: the probability per batch of mixing feature statistics)")
+        if self.mixstyle and self.model != "lite0":
+            raise ConfigError(f"mixstyle needs model='lite0' (its stage blocks are where it mixes), not {self.model!r}")
         if self.init == "scratch" and self.frozen_blocks:
             raise ConfigError(f"init='scratch' with frozen_blocks={self.frozen_blocks}: random blocks must train (frozen_blocks=0)")
 

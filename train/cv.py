@@ -12,6 +12,8 @@
     zoom = p > 0 (streamcad/zoom.py): a share p of each batch is the lesion zoom (the true lesion's box,
          cut from the 2S image); every image is scored as the mean of the full view's and the
          zoom's logits (the zoom box from the full view's lesion map)
+    mixstyle = p > 0 (train/mixstyle.py): with probability p per batch, each image's feature statistics
+         after the stride-4/8/16 stages are mixed with another image's (training only)
 
 The test part is scored once, after training; the recipe is fixed before any test number is seen
 (docs/TRAINING.md, "Protocol v2"). Resumable: an interrupted run restarts from out/last.pt.
@@ -206,7 +208,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     import torch.nn.functional as F
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from streamcad.nets import IMAGENET_GRAY, build_model
+    from streamcad.nets import IMAGENET_GRAY, LITE0_FEATURES, build_model
     from streamcad.train.augment import ScannerAugment
     from streamcad.train.common import (
         JsonlLogger,
@@ -246,6 +248,12 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         overrides["train_stem"] = True
     model = build_model(cfg.model, frozen_blocks=cfg.frozen_blocks, **overrides).to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay_effective), use_buffers=True)
+    mix = None
+    if cfg.mixstyle > 0:  # after the EMA's copy: the hooks are on the trained model only
+        from streamcad.train.mixstyle import MixStyle, attach
+
+        mix = MixStyle(cfg.mixstyle)
+        attach(model, [model.blocks[i] for i in LITE0_FEATURES[:3]], mix)
     opt = torch.optim.AdamW(_param_groups(model, cfg))
     weights = torch.from_numpy(class_weights(fit.labels)).float()
     steps = len(fit) // cfg.batch_size
@@ -271,6 +279,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         if hi is not None:  # its own generator: zoom = 0 draws exactly what the recipe always drew
             zoom_rng = np.random.default_rng([cfg.seed, epoch, 0x200])
+        if mix is not None:  # its own generator too
+            mix.reseed([cfg.seed, epoch, 0x300])
         order = torch.randperm(len(fit), generator=gen)
         te = time.perf_counter()
         sums = np.zeros(2)
@@ -606,6 +616,8 @@ def add_arguments(ap) -> None:
                    help="with --frozen-blocks 0: train the stem too (nothing frozen); without it the stem stays frozen")
     r.add_argument("--zoom", type=float, default=RecipeConfig.zoom,
                    help="share of each batch trained on the lesion zoom (streamcad/zoom.py); > 0 scores full + zoom view")
+    r.add_argument("--mixstyle", type=float, default=RecipeConfig.mixstyle,
+                   help="probability per batch of MixStyle after the stride-4/8/16 stages (train/mixstyle.py; training only)")
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
@@ -638,7 +650,7 @@ def recipe_from_args(args) -> RecipeConfig:
         frozen = 0 if args.init == "scratch" else RecipeConfig.frozen_blocks
     return RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
                         label_fraction=args.label_fraction, init=args.init, zoom=args.zoom, frozen_blocks=frozen,
-                        train_stem=args.train_stem)
+                        train_stem=args.train_stem, mixstyle=args.mixstyle)
 
 
 def run_command(args) -> int:

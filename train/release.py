@@ -61,6 +61,7 @@ def ship_v2(
     zoom: float = RecipeConfig.zoom,
     frozen_blocks: int = RecipeConfig.frozen_blocks,
     train_stem: bool = RecipeConfig.train_stem,
+    mixstyle: float = RecipeConfig.mixstyle,
 ) -> dict:
     from streamcad.engines.export import export_checkpoint
     from streamcad.manifest import read_manifest, write_manifest
@@ -71,7 +72,7 @@ def ship_v2(
     from streamcad.train.ship import _per_dataset_metrics
 
     t0 = time.perf_counter()
-    cfg = RecipeConfig(seed=seed, zoom=zoom, frozen_blocks=frozen_blocks, train_stem=train_stem)
+    cfg = RecipeConfig(seed=seed, zoom=zoom, frozen_blocks=frozen_blocks, train_stem=train_stem, mixstyle=mixstyle)
     fold_dir = Path(cv_dir) / "cv" / f"fold{TEST_FOLD}"
     if not (fold_dir / "result.json").is_file():
         log.info("ship: no fold-%d run in %s; training it (~1 h on one CPU thread)", TEST_FOLD, fold_dir)
@@ -80,7 +81,7 @@ def ship_v2(
     if not same_recipe(res["recipe"], cfg):
         raise ConfigError(f"{fold_dir}/result.json was trained with another recipe than RecipeConfig(): "
                           f"{ {k: v for k, v in res['recipe'].items() if asdict(cfg).get(k) != v} }; retrain or use its recipe "
-                          "(--seed, --zoom, --frozen-blocks, --train-stem)")
+                          "(--seed, --zoom, --frozen-blocks, --train-stem, --mixstyle)")
     ckpt_path = fold_dir / "classifier.pt"
     ckpt = load_checkpoint(ckpt_path)
     pred = res["predictions"]
