@@ -96,19 +96,23 @@ def parse_raw(text: str) -> dict[str, Counter]:
     """py-spy `--format raw --threads` text -> {thread label: Counter(stage -> samples)}.
 
     Thread label: the thread's name for pipeline threads; 'naive' for samples inside
-    run_sequential. Everything else (setup, the main thread waiting in run()) is dropped."""
-    out: dict[str, Counter] = defaultdict(Counter)
+    run_sequential. Everything else (setup, the main thread waiting in run()) is dropped.
+    py-spy cannot always read a thread's name (a loaded machine): a sample without one takes the
+    name its thread id carries in the run's other samples."""
+    rows, names = [], {}
     for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        stack_s, _, n = line.rpartition(" ")
+        stack_s, _, n = line.strip().rpartition(" ")
         if not n.isdigit():
             continue
         frames = stack_s.split(";")
         head = frames[0]  # 'thread (TID): NAME' or 'thread (TID)'
-        name = head.split(": ", 1)[1] if ": " in head else ""
-        stack = frames[1:]
+        tid, _, name = head.partition(": ")
+        if name:
+            names[tid] = name
+        rows.append((tid, name, frames[1:], int(n)))
+    out: dict[str, Counter] = defaultdict(Counter)
+    for tid, name, stack, n in rows:
+        name = name or names.get(tid, "")
         if any(_frame_parts(f)[0] == "run_sequential" for f in stack):
             label = "naive"
         elif name.startswith("streamcad-"):
@@ -117,7 +121,7 @@ def parse_raw(text: str) -> dict[str, Counter]:
             label = "source-reader"
         else:
             continue
-        out[label][stage_of(stack)] += int(n)
+        out[label][stage_of(stack)] += n
     return out
 
 
@@ -167,18 +171,23 @@ def profile_mode(mode: str, source: str, frames: int, label: str, size: int, rat
     return out
 
 
+def _ms(x: float | None) -> str:
+    return "     -" if x is None else f"{x:6.2f}"
+
+
 def per_frame(prof: dict) -> dict:
-    """-> {thread: {'wall': ms per frame the thread existed, 'cpu': {stage: ms/frame}, 'gil': {stage: ms/frame}}}.
+    """-> {thread: {'wall': ms per frame the thread existed (None: the idle run never named it), 'cpu': {stage: ms/frame}, 'gil': {stage: ms/frame}}}.
 
     Samples are converted to milliseconds per processed frame (samples / rate / frames), so the
     three runs (idle / cpu / gil), whose fps differ a little, can be put side by side."""
     n = prof["frames"] + prof["warmup"]
     k = 1000.0 / prof["rate_hz"] / n
     table = {}
-    for thread, idle in prof["idle"].items():
-        cpu, gil = prof["cpu"].get(thread, {}), prof["gil"].get(thread, {})
+    threads = dict.fromkeys([*prof["idle"], *prof["cpu"], *prof["gil"]])  # a thread any of the three runs saw
+    for thread in threads:
+        idle, cpu, gil = prof["idle"].get(thread), prof["cpu"].get(thread, {}), prof["gil"].get(thread, {})
         table[thread] = {
-            "wall_ms": round(sum(idle.values()) * k, 3),
+            "wall_ms": None if idle is None else round(sum(idle.values()) * k, 3),  # None: the idle run never named it
             "cpu_ms": {s: round(v * k, 3) for s, v in sorted(cpu.items(), key=lambda kv: -kv[1])},
             "gil_ms": {s: round(v * k, 3) for s, v in sorted(gil.items(), key=lambda kv: -kv[1])},
         }
@@ -211,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{mode} ({args.source}, {args.label}): {prof['fps_idle']:.0f} / {prof['fps_cpu']:.0f} / {prof['fps_gil']:.0f} fps "
               "under py-spy (idle / cpu / gil runs); ms per frame:")
         for thread, t in prof["per_frame"].items():
-            print(f"  {thread:28s} wall {t['wall_ms']:6.2f}  on CPU {sum(t['cpu_ms'].values()):6.2f}  holds GIL {sum(t['gil_ms'].values()):6.2f}")
+            print(f"  {thread:28s} wall {_ms(t['wall_ms'])}  on CPU {sum(t['cpu_ms'].values()):6.2f}  holds GIL {sum(t['gil_ms'].values()):6.2f}")
             for stage, ms in list(t["cpu_ms"].items())[:7]:
                 print(f"    {stage:26s}            cpu {ms:6.2f}  gil {t['gil_ms'].get(stage, 0.0):6.2f}")
     res["meta"]["load_at_end"] = list(os.getloadavg())

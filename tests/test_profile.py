@@ -34,11 +34,13 @@ def test_parse_raw_keeps_pipeline_threads_only():
         "thread (10): MainThread;<module> (x.py:1);load_model (streamcad/manifest.py:10) 99",  # setup: dropped
         f"thread (10): MainThread;Pipeline.run_sequential (streamcad/pipeline.py:420);{ORT} 3",
         "thread (13): reader0[sweep:];_grab (streamcad/sources/sweep.py:350) 2",
+        "thread (12);Pipeline.prepare (streamcad/pipeline.py:160);QualityGate.check (streamcad/quality.py:70) 2",  # name unread
+        "thread (14);_grab (streamcad/sources/sweep.py:350) 4",  # a thread never named: dropped
         "garbage line without a count",
     ])
     got = parse_raw(text)
     assert dict(got["streamcad-infer"]) == {"infer (onnxruntime)": 40, "queue wait": 5}
-    assert dict(got["streamcad-prepare"]) == {"quality": 7}
+    assert dict(got["streamcad-prepare"]) == {"quality": 9}  # the unnamed sample of thread 12 counts as its
     assert dict(got["naive"]) == {"infer (onnxruntime)": 3}
     assert dict(got["source-reader"]) == {"grab (source)": 2}
     assert "MainThread" not in got
@@ -47,6 +49,8 @@ def test_parse_raw_keeps_pipeline_threads_only():
     t = per_frame(prof)["streamcad-infer"]
     assert t["wall_ms"] == pytest.approx(10.0)  # 100 samples at 100 Hz over 100 frames = 10 ms/frame
     assert t["cpu_ms"] == {"infer (onnxruntime)": pytest.approx(4.0)}
+    prof["gil"] = {"streamcad-publish": {"publish (zmq)": 10}}  # seen only by the gil run
+    assert per_frame(prof)["streamcad-publish"] == {"wall_ms": None, "cpu_ms": {}, "gil_ms": {"publish (zmq)": pytest.approx(1.0)}}
 
 
 def _pyspy_usable() -> str | None:
