@@ -63,3 +63,34 @@ def test_unknown_dataset_and_missing_root_raise(tmp_path):
         load_samples("busx", tmp_path)
     with pytest.raises(ConfigError, match="data root not found"):
         data_root(tmp_path / "nope")
+
+
+def test_video_frames_are_sector_crops_or_a_clear_error(data_root, tmp_path):
+    """read_video_frames (the OOD gate's scanner frames): a real clip gives per_clip letterboxed crops
+    of the sector streamcad.roi finds (never a guessed central crop); a clip with no sector is an error."""
+    import shutil
+
+    import cv2
+
+    from streamcad.preprocess import letterbox
+    from streamcad.roi import detect_roi
+    from streamcad.train.data.arrays import read_video_frames
+
+    (tmp_path / "video").mkdir()
+    clip = data_root / "video" / "bk-medical-water-phantom.mp4"
+    shutil.copy(clip, tmp_path / "video" / clip.name)
+    got = read_video_frames(64, root=tmp_path, per_clip=3)
+    cap, frames = cv2.VideoCapture(str(clip)), []
+    while (f := cap.read())[0]:
+        frames.append(cv2.cvtColor(f[1], cv2.COLOR_BGR2GRAY))
+    x, y, w, h = detect_roi([frames[i] for i in np.linspace(0, len(frames) - 1, 16).round().astype(int)]).as_tuple()
+    assert (w, h) != frames[0].shape[::-1]  # the sector, not the whole screen
+    assert got.shape == (3, 64, 64) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[0], letterbox(frames[0][y:y + h, x:x + w], 64))
+    blank = tmp_path / "video" / "blank.mp4"
+    vw = cv2.VideoWriter(str(blank), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    for _ in range(20):
+        vw.write(np.zeros((240, 320, 3), np.uint8))
+    vw.release()
+    with pytest.raises(ConfigError, match="blank.mp4"):
+        read_video_frames(64, root=tmp_path, per_clip=3)

@@ -22,8 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamcad.errors import ConfigError
+from streamcad.errors import ConfigError, FrameError
 from streamcad.preprocess import letterbox
+from streamcad.roi import detect_roi
 from streamcad.train.data.datasets import (
     CLASSES,
     DATASETS,
@@ -140,11 +141,6 @@ def load_arrays(dataset: str, size: int, root: str | os.PathLike | None = None) 
     return arrays
 
 
-def _central_crop(frame: np.ndarray) -> tuple[int, int, int, int]:
-    h, w = frame.shape
-    return (w // 6, h // 6, w - 2 * (w // 6), h - 2 * (h // 6))
-
-
 def read_video_frames(size: int, root: str | os.PathLike | None = None, per_clip: int = _VIDEO_FRAMES_PER_CLIP) -> np.ndarray:
     """Evenly spaced frames of every clip in root/video, sector-cropped (streamcad.roi.detect_roi
     over 16 frames of the clip), letterboxed -> uint8 (M, S, S)."""
@@ -166,19 +162,14 @@ def read_video_frames(size: int, root: str | os.PathLike | None = None, per_clip
         cap.release()
         if not frames:
             raise ConfigError(f"video {clip} has no decodable frames")
+        pick = np.linspace(0, len(frames) - 1, min(_VIDEO_ROI_FRAMES, len(frames))).round().astype(int)
         try:
-            from streamcad.roi import detect_roi
-        except ImportError:  # the ROI module is optional at this layer; say so loudly
-            detect_roi = None
-            log.warning("streamcad.roi unavailable: using a fixed central crop for %s", clip.name)
-        if detect_roi is not None:
-            pick = np.linspace(0, len(frames) - 1, min(_VIDEO_ROI_FRAMES, len(frames))).round().astype(int)
             roi = detect_roi([frames[i] for i in pick])
-            if roi.confidence <= 0:
-                raise ConfigError(f"no image sector found in {clip}")
-            x, y, w, h = roi.as_tuple()
-        else:
-            x, y, w, h = _central_crop(frames[0])
+        except FrameError as exc:
+            raise ConfigError(f"video {clip}: {exc}") from exc
+        if roi.confidence <= 0:
+            raise ConfigError(f"no image sector found in {clip}")
+        x, y, w, h = roi.as_tuple()
         for i in np.linspace(0, len(frames) - 1, min(per_clip, len(frames))).round().astype(int):
             out.append(letterbox(frames[i][y : y + h, x : x + w], size))
         log.info("video %s: %d frames, sector (x=%d, y=%d, w=%d, h=%d)", clip.name, len(frames), x, y, w, h)
