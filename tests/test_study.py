@@ -2,6 +2,7 @@
 predictions whose answers are known (identical seeds, a perfect seed, a missing fold)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -133,3 +134,13 @@ def test_compare_pairs_the_folds_and_the_cross_dataset_runs(tmp_path):
     assert cmp["busi"]["decision"] == "keep a" and cmp["busbra"]["ci_low"] > 0
     assert set(cmp["cross"]) == {"busi"} and cmp["cross"]["busi"]["decision"] == "b better"
     assert cmp["cross"]["busi"]["n"] == 80 and cmp["cross"]["busi"]["ci_high"] < 0
+    for fold in (tmp_path / "a" / "cv").iterdir():  # cross-dataset runs alone (they run first) compare too
+        for f in fold.iterdir():
+            f.unlink()
+        fold.rmdir()
+    cross_only = compare_runs(tmp_path / "a", tmp_path / "b", n_boot=200)
+    assert cross_only["folds_a"] is None and "busi" not in cross_only
+    assert cross_only["cross"] == cmp["cross"]
+    shutil.rmtree(tmp_path / "a" / "cross")
+    with pytest.raises(ConfigError, match="no cv/fold"):
+        compare_runs(tmp_path / "a", tmp_path / "b")

@@ -461,12 +461,11 @@ def compare_runs(a_dir, b_dir, n_boot: int = 1000, seed: int = 0) -> dict:
     'cross' the same for each cross-dataset run both folders have (trained on one dataset, tested
     on all of the other)."""
     a, b = _oof(a_dir), _oof(b_dir)
-    if a is None or b is None:
-        raise ConfigError(f"compare: no cv/fold*/result.json under {a_dir if a is None else b_dir}")
-    bmap = dict(zip(b["ids"].tolist(), b["p"].tolist(), strict=True))
-    out = {"a": str(a_dir), "b": str(b_dir), "folds_a": a["folds"], "folds_b": b["folds"]}
-    ds = dataset_of(a["ids"])
-    for d in DATASETS:
+    out = {"a": str(a_dir), "b": str(b_dir), "folds_a": a and a["folds"], "folds_b": b and b["folds"]}
+    both = a is not None and b is not None  # cross-dataset runs alone compare too (they may run first)
+    bmap = dict(zip(b["ids"].tolist(), b["p"].tolist(), strict=True)) if both else {}
+    ds = dataset_of(a["ids"]) if both else []
+    for d in DATASETS if both else ():
         keep = (ds == d) & (a["labels"] != 0) & np.isin(a["ids"], b["ids"])
         if not keep.any():
             continue
@@ -490,6 +489,9 @@ def compare_runs(a_dir, b_dir, n_boot: int = 1000, seed: int = 0) -> dict:
         out.setdefault("cross", {})[source] = {
             "auc_difference": v, "ci_low": lo, "ci_high": hi, "n": int(keep.sum()),
             "decision": "a better" if lo > 0 else ("b better" if hi < 0 else "no difference (CI contains 0)")}
+    if not both and "cross" not in out:
+        raise ConfigError(f"compare: no cv/fold*/result.json under {a_dir if a is None else b_dir}, and no "
+                          "cross/<source>/result.json in both folders; expected finished runs of train.cv")
     return out
 
 
