@@ -77,12 +77,12 @@ EXPECTED = {
         "batch_ssl": SHIP.batch_ssl, "batch_ft": SHIP.batch_ft, "n_boot": SHIP.n_boot, "device": SHIP.device,
         "seed": SHIP.seed, "amp": SHIP.amp, "channels_last": SHIP.channels_last, "ssl_budget": None, "ft_budget": None,
         "refresh": False, "zoom": RecipeConfig.zoom, "frozen_blocks": RecipeConfig.frozen_blocks,
-        "train_stem": RecipeConfig.train_stem,
+        "train_stem": RecipeConfig.train_stem, "mixstyle": RecipeConfig.mixstyle,
     },
     "cv run": {
         "epochs": RecipeConfig.epochs, "seed": RecipeConfig.seed, "label_fraction": RecipeConfig.label_fraction,
         "init": RecipeConfig.init, "no_cross_attention": not RecipeConfig.cross_attention, "zoom": RecipeConfig.zoom,
-        "train_stem": RecipeConfig.train_stem, "frozen_blocks": None,  # None: the init's value (RecipeConfig.frozen_blocks, 0 from scratch)
+        "train_stem": RecipeConfig.train_stem, "mixstyle": RecipeConfig.mixstyle, "frozen_blocks": None,  # None: the init's value (RecipeConfig.frozen_blocks, 0 from scratch)
     },
     "pack": {"size": SSLConfig.size},
 }
