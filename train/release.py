@@ -293,8 +293,8 @@ Sensitivity / specificity at each run's own calibration-split threshold.
   measured (3 seeds x 5 folds: pooled AUC SD 0.004); of the levers inside the recipe only the
   cross-scale attention (vs GAP) was measured one by one. Tried and dropped by the protocol:
   flip test-time augmentation, seed ensembles, the lesion zoom and the whole backbone trained
-  (each better in domain, worse from BUSI to BUS-BRA), and MixStyle (better from BUSI to BUS-BRA,
-  worse in domain; docs/TRAINING.md).
+  (each better in domain, worse from BUSI to BUS-BRA), MixStyle (better from BUSI to BUS-BRA,
+  worse in domain) and a partial unfreeze (worse from BUSI to BUS-BRA; docs/TRAINING.md).
 - Calipers and annotations are burnt into most training images (a shortcut risk).
 """
     path = Path(path)
