@@ -391,9 +391,9 @@ def run(args) -> int:
     if cmd == "ship" and args.recipe == "v2":
         from streamcad.train.release import ship_v2
 
-        report = ship_v2(args.out, args.cv_dir, args.cv_report, args.report, root=args.root, n_boot=args.n_boot,
-                         seed=args.seed, zoom=args.zoom, frozen_blocks=args.frozen_blocks, train_stem=args.train_stem,
-                         mixstyle=args.mixstyle)
+        cfg = RecipeConfig(seed=args.seed, zoom=args.zoom, frozen_blocks=args.frozen_blocks, train_stem=args.train_stem,
+                           mixstyle=args.mixstyle)
+        report = ship_v2(args.out, args.cv_dir, args.cv_report, args.report, root=args.root, n_boot=args.n_boot, cfg=cfg)
         for ds, m in report["metrics"].items():
             print(f"{ds} fold 0: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")
         return 0

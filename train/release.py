@@ -57,11 +57,7 @@ def ship_v2(
     report_path: str | os.PathLike = SHIP_REPORT,
     root: str | None = None,
     n_boot: int = RecipeConfig.n_boot,
-    seed: int = RecipeConfig.seed,
-    zoom: float = RecipeConfig.zoom,
-    frozen_blocks: int = RecipeConfig.frozen_blocks,
-    train_stem: bool = RecipeConfig.train_stem,
-    mixstyle: float = RecipeConfig.mixstyle,
+    cfg: RecipeConfig | None = None,
 ) -> dict:
     from streamcad.engines.export import export_checkpoint
     from streamcad.manifest import read_manifest, write_manifest
@@ -72,16 +68,17 @@ def ship_v2(
     from streamcad.train.ship import _per_dataset_metrics
 
     t0 = time.perf_counter()
-    cfg = RecipeConfig(seed=seed, zoom=zoom, frozen_blocks=frozen_blocks, train_stem=train_stem, mixstyle=mixstyle)
+    cfg = cfg or RecipeConfig()
+    seed = cfg.seed
     fold_dir = Path(cv_dir) / "cv" / f"fold{TEST_FOLD}"
     if not (fold_dir / "result.json").is_file():
         log.info("ship: no fold-%d run in %s; training it (~1 h on one CPU thread)", TEST_FOLD, fold_dir)
         run(cfg, "cv", fold_dir, fold=TEST_FOLD)
     res = json.loads((fold_dir / "result.json").read_text())
     if not same_recipe(res["recipe"], cfg):
-        raise ConfigError(f"{fold_dir}/result.json was trained with another recipe than RecipeConfig(): "
-                          f"{ {k: v for k, v in res['recipe'].items() if asdict(cfg).get(k) != v} }; retrain or use its recipe "
-                          "(--seed, --zoom, --frozen-blocks, --train-stem, --mixstyle)")
+        differ = {k: v for k, v in res["recipe"].items() if asdict(cfg).get(k) != v}
+        raise ConfigError(f"{fold_dir}/result.json was trained with another recipe than the one asked for ({differ} "
+                          f"differ); retrain it, or ship with its recipe ({', '.join('--' + k.replace('_', '-') for k in differ)})")
     ckpt_path = fold_dir / "classifier.pt"
     ckpt = load_checkpoint(ckpt_path)
     pred = res["predictions"]
