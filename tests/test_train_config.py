@@ -82,7 +82,9 @@ EXPECTED = {
     "cv run": {
         "epochs": RecipeConfig.epochs, "seed": RecipeConfig.seed, "label_fraction": RecipeConfig.label_fraction,
         "init": RecipeConfig.init, "no_cross_attention": not RecipeConfig.cross_attention, "zoom": RecipeConfig.zoom,
-        "train_stem": RecipeConfig.train_stem, "mixstyle": RecipeConfig.mixstyle, "frozen_blocks": None,  # None: the init's value (RecipeConfig.frozen_blocks, 0 from scratch)
+        "train_stem": RecipeConfig.train_stem, "mixstyle": RecipeConfig.mixstyle,
+        "max_crop_area": RecipeConfig.max_crop_area, "trivial_augment": RecipeConfig.trivial_augment,
+        "frozen_blocks": None,  # None: the init's value (RecipeConfig.frozen_blocks, 0 from scratch)
     },
     "pack": {"size": SSLConfig.size},
 }

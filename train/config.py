@@ -337,6 +337,8 @@ class RecipeConfig:
     threads: int = 1  # one thread per process; run folds as parallel processes
     zoom: float = 0.0  # share of each batch trained on the lesion zoom (streamcad/zoom.py); > 0 also scores full + zoom
     mixstyle: float = 0.0  # > 0: MixStyle (train/mixstyle.py) after the stride-4/8/16 stages, with this probability per batch
+    max_crop_area: float = 1.0  # ScannerAugment's crop area is U(0.7, this) of the image; > 1 also zooms out (black around)
+    trivial_augment: bool = False  # ScannerAugment + one TrivialAugment-style grey-level op per image (train.augment)
     n_boot: int = 1000
 
     def __post_init__(self):
@@ -354,6 +356,8 @@ class RecipeConfig:
             raise ConfigError(f"zoom={self.zoom} (0..1: the share of each batch trained on the lesion zoom)")
         if not 0 <= self.mixstyle <= 1:
             raise ConfigError(f"mixstyle={self.mixstyle} (0..1: the probability per batch of mixing feature statistics)")
+        if not 1.0 <= self.max_crop_area <= 4.0:
+            raise ConfigError(f"max_crop_area={self.max_crop_area} (1..4: the largest crop, as a multiple of the image area)")
         if self.mixstyle and self.model != "lite0":
             raise ConfigError(f"mixstyle needs model='lite0' (its stage blocks are where it mixes), not {self.model!r}")
         if self.init == "scratch" and self.frozen_blocks:

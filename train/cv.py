@@ -270,7 +270,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         start_epoch = ck["epoch"] + 1
         log.info("resumed %s at epoch %d", out, start_epoch)
     logger = JsonlLogger(out / "log.jsonl")
-    augment = ScannerAugment(cfg.size)
+    augment = ScannerAugment(cfg.size, scale=(0.7, cfg.max_crop_area), trivial=cfg.trivial_augment)
     images = torch.from_numpy(fit.images)
     masks = torch.from_numpy(fit.masks)
     labels = torch.from_numpy(fit.labels)
@@ -620,6 +620,10 @@ def add_arguments(ap) -> None:
                    help="share of each batch trained on the lesion zoom (streamcad/zoom.py); > 0 scores full + zoom view")
     r.add_argument("--mixstyle", type=float, default=RecipeConfig.mixstyle,
                    help="probability per batch of MixStyle after the stride-4/8/16 stages (train/mixstyle.py; training only)")
+    r.add_argument("--max-crop-area", type=float, default=RecipeConfig.max_crop_area,
+                   help="largest training crop as a multiple of the image area (> 1: zoom out, black around the image)")
+    r.add_argument("--trivial-augment", action="store_true",
+                   help="one TrivialAugment-style grey-level op per training image on top of ScannerAugment")
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
@@ -652,7 +656,8 @@ def recipe_from_args(args) -> RecipeConfig:
         frozen = 0 if args.init == "scratch" else RecipeConfig.frozen_blocks
     return RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
                         label_fraction=args.label_fraction, init=args.init, zoom=args.zoom, frozen_blocks=frozen,
-                        train_stem=args.train_stem, mixstyle=args.mixstyle)
+                        train_stem=args.train_stem, mixstyle=args.mixstyle, max_crop_area=args.max_crop_area,
+                        trivial_augment=args.trivial_augment)
 
 
 def run_command(args) -> int:
