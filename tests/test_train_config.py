@@ -78,6 +78,7 @@ EXPECTED = {
         "seed": SHIP.seed, "amp": SHIP.amp, "channels_last": SHIP.channels_last, "ssl_budget": None, "ft_budget": None,
         "refresh": False, "zoom": RecipeConfig.zoom, "frozen_blocks": RecipeConfig.frozen_blocks,
         "train_stem": RecipeConfig.train_stem, "mixstyle": RecipeConfig.mixstyle,
+        "max_crop_area": RecipeConfig.max_crop_area, "trivial_augment": RecipeConfig.trivial_augment,
     },
     "cv run": {
         "epochs": RecipeConfig.epochs, "seed": RecipeConfig.seed, "label_fraction": RecipeConfig.label_fraction,

@@ -149,6 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--train-stem", action="store_true", help="v2: the recipe trained the stem too (with --frozen-blocks 0)")
     p.add_argument("--mixstyle", type=float, default=RecipeConfig.mixstyle,
                    help="v2: the recipe's MixStyle probability (as the fold-0 run of --cv-dir was trained)")
+    p.add_argument("--max-crop-area", type=float, default=RecipeConfig.max_crop_area,
+                   help="v2: the recipe's largest training crop, a multiple of the image area (as the fold-0 run was trained)")
+    p.add_argument("--trivial-augment", action="store_true",
+                   help="v2: the recipe adds TrivialAugment-style grey-level ops (as the fold-0 run was trained)")
     p.add_argument("--refresh", action="store_true",
                    help="v2: only put the finished --cv-report and benchmarks/results/ood_gate-default.json into the "
                         "shipped model's report, manifest metrics and card (no training, no export)")
@@ -392,7 +396,7 @@ def run(args) -> int:
         from streamcad.train.release import ship_v2
 
         cfg = RecipeConfig(seed=args.seed, zoom=args.zoom, frozen_blocks=args.frozen_blocks, train_stem=args.train_stem,
-                           mixstyle=args.mixstyle)
+                           mixstyle=args.mixstyle, max_crop_area=args.max_crop_area, trivial_augment=args.trivial_augment)
         report = ship_v2(args.out, args.cv_dir, args.cv_report, args.report, root=args.root, n_boot=args.n_boot, cfg=cfg)
         for ds, m in report["metrics"].items():
             print(f"{ds} fold 0: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")

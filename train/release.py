@@ -263,7 +263,7 @@ image; on video frames the state behaves differently, measured with
   ({report['training_data']['n_test']} images) held out and scored once.
 - Recipe (fixed before any test number, docs/TRAINING.md Protocol v2): {r['epochs']} epochs,
   batch {r['batch_size']}, AdamW (backbone lr {r['backbone_lr']}, new parts {r['lr']}), EMA {r['ema_decay']},
-  lesion loss weight {r['mask_weight']}, ScannerAugment{f", lesion zoom share {r['zoom']}" if r.get('zoom') else ""}{f", MixStyle p {r['mixstyle']}" if r.get('mixstyle') else ""}. Machine: {mach.get('processor') or '?'}
+  lesion loss weight {r['mask_weight']}, ScannerAugment{f", lesion zoom share {r['zoom']}" if r.get('zoom') else ""}{f", MixStyle p {r['mixstyle']}" if r.get('mixstyle') else ""}{f", crops up to {r['max_crop_area']} x the image area (zoom out)" if r.get('max_crop_area', 1.0) > 1 else ""}{" + TrivialAugment grey-level ops" if r.get('trivial_augment') else ""}. Machine: {mach.get('processor') or '?'}
   ({mach.get('cpu_count', '?')} cores, 1 torch thread); fold-0 training {report['wall_s']['fold0_training'] / 60:.0f} min.
 
 ## Held-out fold 0 (95% stratified-bootstrap CIs)
