@@ -85,6 +85,7 @@ EXPECTED = {
         "init": RecipeConfig.init, "no_cross_attention": not RecipeConfig.cross_attention, "zoom": RecipeConfig.zoom,
         "train_stem": RecipeConfig.train_stem, "mixstyle": RecipeConfig.mixstyle,
         "max_crop_area": RecipeConfig.max_crop_area, "trivial_augment": RecipeConfig.trivial_augment,
+        "mask_weight": RecipeConfig.mask_weight, "ema_decay": RecipeConfig.ema_decay,
         "frozen_blocks": None,  # None: the init's value (RecipeConfig.frozen_blocks, 0 from scratch)
     },
     "pack": {"size": SSLConfig.size},

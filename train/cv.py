@@ -624,6 +624,10 @@ def add_arguments(ap) -> None:
                    help="largest training crop as a multiple of the image area (> 1: zoom out, black around the image)")
     r.add_argument("--trivial-augment", action="store_true",
                    help="one TrivialAugment-style grey-level op per training image on top of ScannerAugment")
+    r.add_argument("--mask-weight", type=float, default=RecipeConfig.mask_weight,
+                   help="weight of the lesion-map loss (0: the classification loss alone, an untrained lesion head: an ablation, not a runtime model)")
+    r.add_argument("--ema-decay", type=float, default=RecipeConfig.ema_decay,
+                   help="per-step EMA decay of the weights that are evaluated (0: the last weights themselves)")
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
@@ -657,7 +661,7 @@ def recipe_from_args(args) -> RecipeConfig:
     return RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
                         label_fraction=args.label_fraction, init=args.init, zoom=args.zoom, frozen_blocks=frozen,
                         train_stem=args.train_stem, mixstyle=args.mixstyle, max_crop_area=args.max_crop_area,
-                        trivial_augment=args.trivial_augment)
+                        trivial_augment=args.trivial_augment, mask_weight=args.mask_weight, ema_decay=args.ema_decay)
 
 
 def run_command(args) -> int:
