@@ -73,14 +73,35 @@ def test_one_run_end_to_end_to_the_runtime(tmp_path, data_root):
     from streamcad.preprocess import PreprocessSpec, letterbox
     from streamcad.train.cv import load_both
 
-    res = run(RecipeConfig(epochs=1, batch_size=8), "cv", tmp_path / "fold0", fold=0, limit=25)
+    from streamcad.train.cv import backfill_calibration
+    from streamcad.train.evaluate import binary_view, choose_threshold
+
+    run_dir = tmp_path / "cv" / "fold0"
+    res = run(RecipeConfig(epochs=1, batch_size=8), "cv", run_dir, fold=0, limit=25)
     assert res["n_test"] > 0 and 0 <= res["threshold"] <= 1 and res["temperature"] > 0
-    saved = json.loads((tmp_path / "fold0" / "result.json").read_text())
+    saved = json.loads((run_dir / "result.json").read_text())
     assert saved["predictions"]["ids"] == res["predictions"]["ids"]
+    # the calibration split is stored, and the threshold rule gives the run's threshold on it
+    cal = saved["calibration"]
+    assert len(cal["ids"]) == res["n_calibration"] and not set(cal["ids"]) & set(res["predictions"]["ids"])
+    _, yc, pc = binary_view(np.asarray(cal["labels"]), np.asarray(cal["probs"]))
+    assert choose_threshold(yc, pc, "sens90", target_sensitivity=0.95) == pytest.approx(res["threshold"], abs=1e-9)
+    # an older run without it gets the same scores back from its checkpoint ...
+    (run_dir / "result.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "calibration"}))
+    assert [r["n"] for r in backfill_calibration(tmp_path)] == [res["n_calibration"]]
+    back = json.loads((run_dir / "result.json").read_text())["calibration"]
+    assert back["ids"] == cal["ids"]
+    np.testing.assert_allclose(back["probs"], cal["probs"], atol=1e-6)
+    # ... and a run whose stored threshold is not what its checkpoint gives is refused, nothing written
+    (run_dir / "result.json").write_text(json.dumps({**{k: v for k, v in saved.items() if k != "calibration"},
+                                                      "threshold": res["threshold"] + 0.01}))
+    with pytest.raises(ConfigError, match="not the run's split or weights"):
+        backfill_calibration(tmp_path)
+    assert "calibration" not in json.loads((run_dir / "result.json").read_text())
     _, test = select(load_both(160), "cv", fold=0)
     assert set(res["predictions"]["ids"]) <= set(test.ids.tolist())  # only fold-0 images are scored
     out = tmp_path / "m.onnx"
-    manifest, parity = export_checkpoint(tmp_path / "fold0" / "classifier.pt", out, data_root=data_root)
+    manifest, parity = export_checkpoint(run_dir / "classifier.pt", out, data_root=data_root)
     assert parity.passed and manifest.operating_threshold == pytest.approx(res["threshold"])
     model = load_model(out)
     spec = PreprocessSpec.from_dict(manifest.preprocess)

@@ -144,3 +144,39 @@ def test_compare_pairs_the_folds_and_the_cross_dataset_runs(tmp_path):
     shutil.rmtree(tmp_path / "a" / "cross")
     with pytest.raises(ConfigError, match="no cv/fold"):
         compare_runs(tmp_path / "a", tmp_path / "b")
+
+
+def _cross_run(root, cal_malignant, cal_benign, test_malignant, test_benign, threshold):
+    """run folder with cross/busi/result.json: calibration and test p(malignant) given per class."""
+    def block(mal, ben, tag):
+        pm = np.concatenate([mal, ben])
+        labels = [2] * len(mal) + [1] * len(ben)
+        return {"ids": [f"{tag}{i}" for i in range(len(pm))], "groups": [f"{tag}g{i}" for i in range(len(pm))],
+                "labels": labels, "probs": np.stack([np.zeros(len(pm)), 1 - pm, pm], 1).tolist()}
+    out = root / "cross" / "busi"
+    out.mkdir(parents=True)
+    (out / "result.json").write_text(json.dumps({
+        "source": "busi", "threshold": threshold, "recipe": {"target_sensitivity": 0.95},
+        "calibration": block(np.asarray(cal_malignant), np.asarray(cal_benign), "busi:c"),
+        "predictions": block(np.asarray(test_malignant), np.asarray(test_benign), "busbra:t")}))
+
+
+def test_threshold_study_reads_the_rule_its_spread_and_the_shift(tmp_path):
+    from streamcad.train.study import threshold_study
+
+    cal_mal = np.linspace(0.30, 0.99, 40)  # 40 malignant: the rule keeps 38 -> threshold = the 3rd lowest
+    t = float(cal_mal[2])
+    test_mal = np.linspace(0.0, 1.0, 101)  # the new scanner: malignant scores spread over [0, 1]
+    _cross_run(tmp_path / "a", cal_mal, np.linspace(0.0, 0.5, 60), test_mal, np.linspace(0.0, 0.6, 100), t)
+    row = threshold_study([tmp_path / "a"], n_boot=300)["rows"][0]
+    assert row["threshold"] == pytest.approx(t)
+    assert row["sensitivity"] == pytest.approx(np.mean(test_mal >= t))  # ~0.65: the shift, exactly counted
+    lo, med, hi = row["boot_sensitivity_q05_med_q95"]
+    assert lo <= med <= hi and lo < row["sensitivity"] + 0.05 and hi > row["sensitivity"] - 0.05
+    assert row["boot_share_sensitivity_at_least_floor"] < 0.2  # the shift, not the calibration's noise
+    assert row["other_dataset_threshold_for_target"] == pytest.approx(0.05)  # its own rule: 96 of 101 kept
+    assert row["calibration_sensitivity_at_that_threshold"] == 1.0
+    # a stored threshold the rule does not give back is refused
+    _cross_run(tmp_path / "b", cal_mal, np.linspace(0.0, 0.5, 60), test_mal, np.linspace(0.0, 0.6, 100), t + 0.05)
+    with pytest.raises(ConfigError, match="not the run's"):
+        threshold_study([tmp_path / "b"])

@@ -323,6 +323,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     temperature = fit_temperature(cal_logits, cal.labels)
     _, yc, sc = binary_view(cal.labels, softmax(cal_logits, temperature))
     threshold = choose_threshold(yc, sc, "sens90", target_sensitivity=cfg.target_sensitivity)
+    cal_probs = softmax(cal_logits, temperature)
     te_logits, te_maps, te_views, te_boxes = score(final, test.images, spec, None if hi is None else hi["test_images"])
     te_probs = softmax(te_logits, temperature)
     dice = dice_scores(te_maps, test.masks)
@@ -342,11 +343,12 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     save_checkpoint(out / "classifier.pt", ckpt)
     result = {
         "recipe": asdict(cfg), "config_version": CONFIG_VERSION, "mode": mode, "fold": fold, "source": source,
-        "n_fit": len(fit), "n_calibration": len(cal), "n_test": len(test),
+        "n_fit": len(fit), "n_calibration": len(cal), "n_test": len(test), "limit": limit,
         "temperature": temperature, "threshold": threshold,
         "git_commit": git_commit(), "machine": machine_info(), "wall_s": time.perf_counter() - t0,
         "predictions": {"ids": test.ids.tolist(), "groups": test.groups.tolist(), "labels": test.labels.tolist(),
                         "probs": te_probs.tolist(), "dice": [None if np.isnan(d) else float(d) for d in dice]},
+        "calibration": _calibration_block(cal, cal_probs),
     }
     if te_views is not None:  # each view alone, at the same temperature (analysis; 'probs' is what is judged)
         result["predictions"].update({f"probs_{k}": softmax(v, temperature).tolist() for k, v in te_views.items()})
@@ -355,6 +357,70 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     if last.exists():
         last.unlink()
     return result
+
+
+def _calibration_block(cal, probs: np.ndarray) -> dict:
+    """What a run stores of its calibration split (the images its temperature and threshold came
+    from): ids, groups, labels and the calibrated probabilities, so that how the threshold rule
+    behaves can be studied without the checkpoint (train.study thresholds)."""
+    return {"ids": cal.ids.tolist(), "groups": cal.groups.tolist(), "labels": cal.labels.tolist(),
+            "probs": np.asarray(probs).tolist()}
+
+
+def backfill_calibration(run_dir: str | os.PathLike, tol: float = 1e-6) -> list[dict]:
+    """Add the calibration split's scores to finished runs that predate storing them: for each
+    run_dir/{cv/fold*, cross/*} with a classifier.pt and no 'calibration' in its result.json, the
+    run's calibration split is rebuilt (its recipe, mode, fold / source, label fraction, seed), scored
+    with the saved weights, and the temperature and threshold are refitted by the run's own rule: they
+    must equal the stored ones within `tol`, or nothing is written (ConfigError: not the run's split or
+    weights). Two-view (--zoom) runs are refused (their calibration scores need the 2S images)."""
+    import torch
+
+    from streamcad.nets import build_model
+    from streamcad.train.common import load_checkpoint
+    from streamcad.train.evaluate import binary_view, choose_threshold, softmax
+    from streamcad.train.finetune import fit_temperature, split_train_val
+
+    arrays, done = {}, []
+    for res_path in sorted([*Path(run_dir).glob("cv/fold*/result.json"), *Path(run_dir).glob("cross/*/result.json")]):
+        res = json.loads(res_path.read_text())
+        if "calibration" in res:
+            continue
+        ck_path = res_path.parent / "classifier.pt"
+        if not ck_path.exists():
+            raise ConfigError(f"{res_path} has no calibration scores and {ck_path} is gone; expected the run's checkpoint")
+        cfg = RecipeConfig.from_dict({**asdict(RecipeConfig()), **res["recipe"]})
+        if cfg.zoom > 0:
+            raise ConfigError(f"{res_path}: a two-view (zoom {cfg.zoom}) run; backfill_calibration scores one view only")
+        torch.set_num_threads(cfg.threads)
+        if cfg.size not in arrays:
+            arrays[cfg.size] = load_both(cfg.size)
+        train_part, _ = select(arrays[cfg.size], res["mode"], res["fold"], res["source"])
+        if res.get("limit"):  # a test's run on every limit-th image
+            train_part = train_part.subset(np.arange(0, len(train_part), res["limit"]))
+        if cfg.label_fraction < 1:
+            train_part = train_part.subset(label_subset(train_part.labels, train_part.groups, cfg.label_fraction))
+        _, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
+        cal = train_part.subset(cal_idx)
+        if len(cal) != res["n_calibration"]:
+            raise ConfigError(f"{res_path}: rebuilt calibration split has {len(cal)} images, the run had {res['n_calibration']}")
+        ck = load_checkpoint(ck_path)
+        model = build_model(**ck["model_config"])
+        model.load_state_dict(ck["model"])
+        model = model.to(memory_format=torch.channels_last)
+        logits, _, _ = predict(model, cal.images, PreprocessSpec.from_dict(ck["preprocess"]))
+        temperature = fit_temperature(logits, cal.labels)
+        probs = softmax(logits, temperature)
+        _, yc, sc = binary_view(cal.labels, probs)
+        threshold = choose_threshold(yc, sc, "sens90", target_sensitivity=cfg.target_sensitivity)
+        if abs(temperature - res["temperature"]) > tol * 1e3 or abs(threshold - res["threshold"]) > tol:
+            raise ConfigError(f"{res_path}: refitted temperature {temperature:.6f} / threshold {threshold:.6f} differ from "
+                              f"the run's {res['temperature']:.6f} / {res['threshold']:.6f}; not the run's split or weights")
+        res["calibration"] = _calibration_block(cal, probs)
+        res_path.write_text(json.dumps(res))
+        done.append({"run": str(res_path.parent), "n": len(cal), "threshold": threshold})
+        log.info("calibration %s: %d images, threshold %.4f (as stored)", res_path.parent, len(cal), threshold)
+    return done
 
 
 def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dict]:
@@ -635,6 +701,8 @@ def add_arguments(ap) -> None:
     t = sub.add_parser("tta", help="flip test-time augmentation of a run folder's folds -> another run folder")
     t.add_argument("run_dir")
     t.add_argument("--out", required=True)
+    b = sub.add_parser("calibration", help="add the calibration split's scores to older finished runs (from their checkpoints)")
+    b.add_argument("run_dirs", nargs="+")
     c = sub.add_parser("compare", help="paired AUC difference of two run folders (A - B), per dataset")
     c.add_argument("a")
     c.add_argument("b")
@@ -671,6 +739,11 @@ def run_command(args) -> int:
         sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
         res = run(cfg, args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source)
         log.info("done in %.0f s", res["wall_s"])
+        return 0
+    if args.cmd == "calibration":
+        for d in args.run_dirs:
+            for r in backfill_calibration(d):
+                print(f"{r['run']}: {r['n']} calibration images, threshold {r['threshold']:.4f} (as stored)")
         return 0
     if args.cmd == "tta":
         for r in tta_eval(args.run_dir, args.out):

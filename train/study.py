@@ -171,11 +171,93 @@ def archive(run_dirs: list[str | Path], out_root: str | Path, digits: int = 6) -
             r = json.loads(res.read_text())
             for k in [k for k in r["predictions"] if k == "probs" or k.startswith("probs_")]:  # + each view's
                 r["predictions"][k] = np.round(np.asarray(r["predictions"][k]), digits).tolist()
+            if "calibration" in r:
+                r["calibration"]["probs"] = np.round(np.asarray(r["calibration"]["probs"]), digits).tolist()
             dst = Path(out_root) / d.name / res.relative_to(d)
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_text(json.dumps(r, separators=(",", ":")))
             written.append(dst)
     return written
+
+
+def _rule_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float:
+    from streamcad.train.evaluate import choose_threshold
+
+    return choose_threshold(y, p, "sens90", target_sensitivity=target)
+
+
+def _rates(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float]:
+    pos = p >= t
+    return float(pos[y == 1].mean()), float((~pos[y == 0]).mean())
+
+
+def threshold_study(run_dirs: list[str | Path], n_boot: int = 1000, seed: int = 0, floor: float = 0.85) -> dict:
+    """How the operating threshold of each cross-dataset run carries to the other dataset, and why.
+    For each run_dir/cross/SOURCE with stored calibration scores (`cv calibration` for older runs):
+    the run's threshold (the rule refitted on its calibration split, checked against the stored one),
+    its sensitivity / specificity on the other dataset, and the same for the threshold the rule picks
+    on each of n_boot group-bootstrap resamples of the calibration split: the spread that comes from
+    the calibration split's few malignant images alone. Beside it (analysis only, never a choice):
+    the threshold the other dataset itself would need for the rule's target, and the calibration
+    sensitivity at it (how far the new scanner shifted the scores)."""
+    from streamcad.train.evaluate import binary_view
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in map(Path, run_dirs):
+        for res_path in sorted(d.glob("cross/*/result.json")):
+            r = json.loads(res_path.read_text())
+            if "calibration" not in r:
+                raise ConfigError(f"{res_path} stores no calibration scores; run `streamcad train cv calibration {d}` first")
+            target = r["recipe"].get("target_sensitivity", 0.95)
+            cal, te = r["calibration"], r["predictions"]
+            _, yc, pc = binary_view(np.asarray(cal["labels"]), np.asarray(cal["probs"]))
+            gc = np.asarray(cal["groups"])[np.asarray(cal["labels"]) != 0]
+            _, yt, pt = binary_view(np.asarray(te["labels"]), np.asarray(te["probs"]))
+            t0 = _rule_threshold(yc, pc, target)
+            if abs(t0 - r["threshold"]) > 1e-5:
+                raise ConfigError(f"{res_path}: the rule gives {t0:.6f} on the stored calibration scores, the run stored "
+                                  f"{r['threshold']:.6f}; the stored scores are not the run's")
+            uniq, inv = np.unique(gc, return_inverse=True)
+            members = [np.nonzero(inv == k)[0] for k in range(len(uniq))]
+            sens_b, spec_b, thr_b = [], [], []
+            for _ in range(n_boot):
+                idx = np.concatenate([members[k] for k in rng.integers(0, len(uniq), len(uniq))])
+                if len(np.unique(yc[idx])) < 2:
+                    continue
+                t = _rule_threshold(yc[idx], pc[idx], target)
+                se, sp = _rates(yt, pt, t)
+                sens_b.append(se), spec_b.append(sp), thr_b.append(t)
+            sens0, spec0 = _rates(yt, pt, t0)
+            oracle = _rule_threshold(yt, pt, target)
+            q = lambda a: [float(np.percentile(a, 5)), float(np.median(a)), float(np.percentile(a, 95))]  # noqa: E731
+            rows.append({
+                "run": d.name, "source": r["source"], "n_calibration_malignant": int(yc.sum()),
+                "n_calibration_benign": int((yc == 0).sum()), "target": target, "threshold": t0,
+                "sensitivity": sens0, "specificity": spec0,
+                "boot_threshold_q05_med_q95": q(thr_b), "boot_sensitivity_q05_med_q95": q(sens_b),
+                "boot_specificity_q05_med_q95": q(spec_b), "boot_share_sensitivity_at_least_floor": float(np.mean(np.asarray(sens_b) >= floor)),
+                "floor": floor, "n_boot": len(sens_b),
+                "other_dataset_threshold_for_target": oracle,
+                "calibration_sensitivity_at_that_threshold": _rates(yc, pc, oracle)[0],
+            })
+    if not rows:
+        raise ConfigError(f"no cross-dataset run (cross/*/result.json) under {[str(d) for d in run_dirs]}")
+    return {"rows": rows, "n_boot": n_boot, "seed": seed,
+            "note": "analysis of finished runs' test parts: nothing here chooses a threshold, a rule or a recipe"}
+
+
+def render_thresholds(rep: dict) -> str:
+    lines = ["| run | source -> other | calibration malignant / benign | threshold | sensitivity / specificity on the other dataset | "
+             "bootstrap of the calibration split: sensitivity 5% / median / 95% | share >= floor | the other dataset's own threshold (calibration sensitivity there) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rep["rows"]:
+        b = r["boot_sensitivity_q05_med_q95"]
+        lines.append(f"| {r['run']} | {r['source']} | {r['n_calibration_malignant']} / {r['n_calibration_benign']} | {r['threshold']:.3f} | "
+                     f"{r['sensitivity']:.3f} / {r['specificity']:.3f} | {b[0]:.2f} / {b[1]:.2f} / {b[2]:.2f} | "
+                     f"{r['boot_share_sensitivity_at_least_floor']:.2f} | {r['other_dataset_threshold_for_target']:.3f} "
+                     f"({r['calibration_sensitivity_at_that_threshold']:.2f}) |")
+    return "\n".join(lines)
 
 
 def _ci(a: dict) -> str:
@@ -223,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("run")
     v.add_argument("--baseline", required=True)
     v.add_argument("--json", required=True)
+    t = sub.add_parser("thresholds", help="how each cross-dataset run's threshold carries to the other dataset (analysis)")
+    t.add_argument("runs", nargs="+")
+    t.add_argument("--json", required=True)
     a = sub.add_parser("archive", help="copy run folders' result.json (no checkpoints) under OUT to commit them")
     a.add_argument("runs", nargs="+")
     a.add_argument("--out", required=True)
@@ -234,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "views":
             rep = views_study(args.run, args.baseline)
+        elif args.cmd == "thresholds":
+            rep = threshold_study(args.runs)
         else:
             rep = seed_study(args.runs) if args.cmd == "seeds" else label_efficiency_study(args.root)
     except ConfigError as exc:
@@ -241,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rep, indent=1))
-    print({"seeds": render_seeds, "views": render_views}.get(args.cmd, render_label_efficiency)(rep))
+    print({"seeds": render_seeds, "views": render_views, "thresholds": render_thresholds}.get(args.cmd, render_label_efficiency)(rep))
     return 0
 
 
