@@ -71,9 +71,7 @@ def test_one_run_end_to_end_to_the_runtime(tmp_path, data_root):
     from streamcad.engines.export import export_checkpoint
     from streamcad.manifest import load_model
     from streamcad.preprocess import PreprocessSpec, letterbox
-    from streamcad.train.cv import load_both
-
-    from streamcad.train.cv import backfill_calibration
+    from streamcad.train.cv import backfill_calibration, load_both
     from streamcad.train.evaluate import binary_view, choose_threshold
 
     run_dir = tmp_path / "cv" / "fold0"
