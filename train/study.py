@@ -192,20 +192,21 @@ def _rates(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float]:
 
 
 def threshold_study(run_dirs: list[str | Path], n_boot: int = 1000, seed: int = 0, floor: float = 0.85) -> dict:
-    """How the operating threshold of each cross-dataset run carries to the other dataset, and why.
-    For each run_dir/cross/SOURCE with stored calibration scores (`cv calibration` for older runs):
-    the run's threshold (the rule refitted on its calibration split, checked against the stored one),
-    its sensitivity / specificity on the other dataset, and the same for the threshold the rule picks
+    """How the operating threshold of each run carries to its test part, and why. For each
+    run_dir/cross/SOURCE (test: the other dataset, a new scanner) and run_dir/cv/foldK (test: fold K of
+    both datasets) with stored calibration scores (`cv calibration` for older runs): the run's
+    threshold (the rule refitted on its calibration split, checked against the stored one), its
+    sensitivity / specificity on the test part, and the same for the threshold the rule picks
     on each of n_boot group-bootstrap resamples of the calibration split: the spread that comes from
     the calibration split's few malignant images alone. Beside it (analysis only, never a choice):
     the threshold the other dataset itself would need for the rule's target, and the calibration
-    sensitivity at it (how far the new scanner shifted the scores)."""
+    sensitivity at it (how far the test part's scores are shifted from the calibration split's)."""
     from streamcad.train.evaluate import binary_view
 
     rng = np.random.default_rng(seed)
     rows = []
     for d in map(Path, run_dirs):
-        for res_path in sorted(d.glob("cross/*/result.json")):
+        for res_path in sorted([*d.glob("cross/*/result.json"), *d.glob("cv/fold*/result.json")]):
             r = json.loads(res_path.read_text())
             if "calibration" not in r:
                 raise ConfigError(f"{res_path} stores no calibration scores; run `streamcad train cv calibration {d}` first")
@@ -232,30 +233,30 @@ def threshold_study(run_dirs: list[str | Path], n_boot: int = 1000, seed: int = 
             oracle = _rule_threshold(yt, pt, target)
             q = lambda a: [float(np.percentile(a, 5)), float(np.median(a)), float(np.percentile(a, 95))]  # noqa: E731
             rows.append({
-                "run": d.name, "source": r["source"], "n_calibration_malignant": int(yc.sum()),
+                "run": d.name, "part": f"cross {r['source']}" if res_path.parent.parent.name == "cross" else res_path.parent.name, "n_calibration_malignant": int(yc.sum()),
                 "n_calibration_benign": int((yc == 0).sum()), "target": target, "threshold": t0,
                 "sensitivity": sens0, "specificity": spec0,
                 "boot_threshold_q05_med_q95": q(thr_b), "boot_sensitivity_q05_med_q95": q(sens_b),
                 "boot_specificity_q05_med_q95": q(spec_b), "boot_share_sensitivity_at_least_floor": float(np.mean(np.asarray(sens_b) >= floor)),
                 "floor": floor, "n_boot": len(sens_b),
-                "other_dataset_threshold_for_target": oracle,
+                "test_threshold_for_target": oracle,
                 "calibration_sensitivity_at_that_threshold": _rates(yc, pc, oracle)[0],
             })
     if not rows:
-        raise ConfigError(f"no cross-dataset run (cross/*/result.json) under {[str(d) for d in run_dirs]}")
+        raise ConfigError(f"no finished run (cross/*/result.json, cv/fold*/result.json) under {[str(d) for d in run_dirs]}")
     return {"rows": rows, "n_boot": n_boot, "seed": seed,
             "note": "analysis of finished runs' test parts: nothing here chooses a threshold, a rule or a recipe"}
 
 
 def render_thresholds(rep: dict) -> str:
-    lines = ["| run | source -> other | calibration malignant / benign | threshold | sensitivity / specificity on the other dataset | "
-             "bootstrap of the calibration split: sensitivity 5% / median / 95% | share >= floor | the other dataset's own threshold (calibration sensitivity there) |",
+    lines = ["| run | part (cross SOURCE: tested on the other dataset) | calibration malignant / benign | threshold | sensitivity / specificity on the test part | "
+             "bootstrap of the calibration split: sensitivity 5% / median / 95% | share >= floor | the test part's own threshold (calibration sensitivity there) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rep["rows"]:
         b = r["boot_sensitivity_q05_med_q95"]
-        lines.append(f"| {r['run']} | {r['source']} | {r['n_calibration_malignant']} / {r['n_calibration_benign']} | {r['threshold']:.3f} | "
+        lines.append(f"| {r['run']} | {r['part']} | {r['n_calibration_malignant']} / {r['n_calibration_benign']} | {r['threshold']:.3f} | "
                      f"{r['sensitivity']:.3f} / {r['specificity']:.3f} | {b[0]:.2f} / {b[1]:.2f} / {b[2]:.2f} | "
-                     f"{r['boot_share_sensitivity_at_least_floor']:.2f} | {r['other_dataset_threshold_for_target']:.3f} "
+                     f"{r['boot_share_sensitivity_at_least_floor']:.2f} | {r['test_threshold_for_target']:.3f} "
                      f"({r['calibration_sensitivity_at_that_threshold']:.2f}) |")
     return "\n".join(lines)
 
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("run")
     v.add_argument("--baseline", required=True)
     v.add_argument("--json", required=True)
-    t = sub.add_parser("thresholds", help="how each cross-dataset run's threshold carries to the other dataset (analysis)")
+    t = sub.add_parser("thresholds", help="how each run's threshold carries to its test part (analysis)")
     t.add_argument("runs", nargs="+")
     t.add_argument("--json", required=True)
     a = sub.add_parser("archive", help="copy run folders' result.json (no checkpoints) under OUT to commit them")
