@@ -200,6 +200,34 @@ def dice_scores(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> 
     return np.where(gt.sum((1, 2)) > 0, 2 * inter / np.maximum(denom, 1), np.nan)
 
 
+def run_parts(arrays, cfg: RecipeConfig, mode: str, fold: int | None, source: str | None, limit: int | None = None):
+    """-> (fit, cal, test) of one run: its train / test part (select), every limit-th image of each
+    when limit is set (tests), the label-efficiency subset, and the group-wise calibration split.
+    Training, the TTA re-scoring and the calibration backfill all rebuild the parts through this."""
+    from streamcad.train.finetune import split_train_val
+
+    train_part, test = select(arrays, mode, fold, source)
+    if limit:
+        train_part, test = train_part.subset(np.arange(0, len(train_part), limit)), test.subset(np.arange(0, len(test), limit))
+    if cfg.label_fraction < 1:
+        train_part = train_part.subset(label_subset(train_part.labels, train_part.groups, cfg.label_fraction))
+    fit_idx, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
+    return train_part.subset(fit_idx), train_part.subset(cal_idx), test
+
+
+def load_classifier(path: str | os.PathLike):
+    """A run's classifier.pt -> (model in eval layout (channels_last), its PreprocessSpec)."""
+    import torch
+
+    from streamcad.nets import build_model
+    from streamcad.train.common import load_checkpoint
+
+    ck = load_checkpoint(path)
+    model = build_model(**ck["model_config"])
+    model.load_state_dict(ck["model"])
+    return model.to(memory_format=torch.channels_last), PreprocessSpec.from_dict(ck["preprocess"])
+
+
 def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | None = None, source: str | None = None,
         limit: int | None = None) -> dict:
     """Train one run of the recipe and score its test part once. See the module docstring.
@@ -223,7 +251,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         to_unit,
     )
     from streamcad.train.evaluate import binary_view, choose_threshold, softmax
-    from streamcad.train.finetune import class_weights, fit_temperature, split_train_val
+    from streamcad.train.finetune import class_weights, fit_temperature
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -231,13 +259,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     arrays = load_both(cfg.size)
-    train_part, test = select(arrays, mode, fold, source)
-    if limit:
-        train_part, test = train_part.subset(np.arange(0, len(train_part), limit)), test.subset(np.arange(0, len(test), limit))
-    if cfg.label_fraction < 1:
-        train_part = train_part.subset(label_subset(train_part.labels, train_part.groups, cfg.label_fraction))
-    fit_idx, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
-    fit, cal = train_part.subset(fit_idx), train_part.subset(cal_idx)
+    fit, cal, test = run_parts(arrays, cfg, mode, fold, source, limit)
     spec = PreprocessSpec(size=cfg.size, mean=IMAGENET_GRAY[0], std=IMAGENET_GRAY[1])
     hi = hi_res(cfg, fit, cal, test) if cfg.zoom > 0 else None  # the same images at 2S: the zoom's source
     zoom_rng = None
@@ -372,14 +394,13 @@ def backfill_calibration(run_dir: str | os.PathLike, tol: float = 1e-6) -> list[
     run_dir/{cv/fold*, cross/*} with a classifier.pt and no 'calibration' in its result.json, the
     run's calibration split is rebuilt (its recipe, mode, fold / source, label fraction, seed), scored
     with the saved weights, and the temperature and threshold are refitted by the run's own rule: they
-    must equal the stored ones within `tol`, or nothing is written (ConfigError: not the run's split or
+    must equal the stored ones (threshold within `tol`, temperature, an optimiser's result, within
+    1e-3), or nothing is written (ConfigError: not the run's split or
     weights). Two-view (--zoom) runs are refused (their calibration scores need the 2S images)."""
     import torch
 
-    from streamcad.nets import build_model
-    from streamcad.train.common import load_checkpoint
     from streamcad.train.evaluate import binary_view, choose_threshold, softmax
-    from streamcad.train.finetune import fit_temperature, split_train_val
+    from streamcad.train.finetune import fit_temperature
 
     arrays, done = {}, []
     for res_path in sorted([*Path(run_dir).glob("cv/fold*/result.json"), *Path(run_dir).glob("cross/*/result.json")]):
@@ -395,25 +416,16 @@ def backfill_calibration(run_dir: str | os.PathLike, tol: float = 1e-6) -> list[
         torch.set_num_threads(cfg.threads)
         if cfg.size not in arrays:
             arrays[cfg.size] = load_both(cfg.size)
-        train_part, _ = select(arrays[cfg.size], res["mode"], res["fold"], res["source"])
-        if res.get("limit"):  # a test's run on every limit-th image
-            train_part = train_part.subset(np.arange(0, len(train_part), res["limit"]))
-        if cfg.label_fraction < 1:
-            train_part = train_part.subset(label_subset(train_part.labels, train_part.groups, cfg.label_fraction))
-        _, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
-        cal = train_part.subset(cal_idx)
+        _, cal, _ = run_parts(arrays[cfg.size], cfg, res["mode"], res["fold"], res["source"], res.get("limit"))
         if len(cal) != res["n_calibration"]:
             raise ConfigError(f"{res_path}: rebuilt calibration split has {len(cal)} images, the run had {res['n_calibration']}")
-        ck = load_checkpoint(ck_path)
-        model = build_model(**ck["model_config"])
-        model.load_state_dict(ck["model"])
-        model = model.to(memory_format=torch.channels_last)
-        logits, _, _ = predict(model, cal.images, PreprocessSpec.from_dict(ck["preprocess"]))
+        model, spec = load_classifier(ck_path)
+        logits, _, _ = predict(model, cal.images, spec)
         temperature = fit_temperature(logits, cal.labels)
         probs = softmax(logits, temperature)
         _, yc, sc = binary_view(cal.labels, probs)
         threshold = choose_threshold(yc, sc, "sens90", target_sensitivity=cfg.target_sensitivity)
-        if abs(temperature - res["temperature"]) > tol * 1e3 or abs(threshold - res["threshold"]) > tol:
+        if abs(temperature - res["temperature"]) > 1e-3 or abs(threshold - res["threshold"]) > tol:
             raise ConfigError(f"{res_path}: refitted temperature {temperature:.6f} / threshold {threshold:.6f} differ from "
                               f"the run's {res['temperature']:.6f} / {res['threshold']:.6f}; not the run's split or weights")
         res["calibration"] = _calibration_block(cal, probs)
@@ -430,10 +442,8 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
     scored once. Writes out_dir/cv/foldK/result.json in the same format (report / compare read it)."""
     import torch
 
-    from streamcad.nets import build_model
-    from streamcad.train.common import load_checkpoint
     from streamcad.train.evaluate import binary_view, choose_threshold, softmax
-    from streamcad.train.finetune import fit_temperature, split_train_val
+    from streamcad.train.finetune import fit_temperature
 
     arrays = None
     done = []
@@ -442,14 +452,8 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
         cfg = RecipeConfig.from_dict({**asdict(RecipeConfig()), **res["recipe"]})
         torch.set_num_threads(cfg.threads)
         arrays = arrays if arrays is not None else load_both(cfg.size)
-        train_part, test = select(arrays, "cv", res["fold"])
-        _, cal_idx = split_train_val(train_part.labels, train_part.groups, cfg.calib_fraction, cfg.seed)
-        cal = train_part.subset(cal_idx)
-        ck = load_checkpoint(res_path.parent / "classifier.pt")
-        model = build_model(**ck["model_config"])
-        model.load_state_dict(ck["model"])
-        model = model.to(memory_format=torch.channels_last)
-        spec = PreprocessSpec.from_dict(ck["preprocess"])
+        _, cal, test = run_parts(arrays, cfg, "cv", res["fold"], None, res.get("limit"))
+        model, spec = load_classifier(res_path.parent / "classifier.pt")
 
         def logits_tta(images, model=model, spec=spec):
             a, _, _ = predict(model, images, spec)
