@@ -62,6 +62,7 @@ __all__ = [
     "METRIC_NAMES",
     "binary_view",
     "choose_threshold",
+    "sensitivity_lower_bound",
     "expected_calibration_error",
     "compute_metrics",
     "bootstrap_metrics",
@@ -120,13 +121,26 @@ def binary_view(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.n
 # ----------------------------------------------------------------------------- single metrics
 
 
+def sensitivity_lower_bound(k: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson lower confidence bound of a sensitivity k/n (k of n positives
+    found): the true sensitivity is >= it with probability `confidence` (exact binomial)."""
+    from scipy.stats import beta
+
+    if not 0 <= k <= n or n < 1:
+        raise ConfigError(f"sensitivity_lower_bound: k={k} of n={n} positives; expected 0 <= k <= n, n >= 1")
+    return 0.0 if k == 0 else float(beta.ppf(1 - confidence, k, n - k + 1))
+
+
 def choose_threshold(
-    y_true: np.ndarray, score: np.ndarray, method: str = "youden", target_sensitivity: float = 0.9
+    y_true: np.ndarray, score: np.ndarray, method: str = "youden", target_sensitivity: float = 0.9,
+    lower_bound: float = 0.0, confidence: float = 0.95,
 ) -> float:
     """Operating point from validation scores (never from the scored fold).
 
     'youden': the ROC point maximising sensitivity + specificity - 1 (ties -> higher threshold).
-    'sens90': the highest threshold whose sensitivity is >= target_sensitivity.
+    'sens90': the highest threshold whose sensitivity is >= target_sensitivity and, when
+    lower_bound > 0, whose one-sided Clopper-Pearson lower bound (at `confidence`) is >= lower_bound
+    too: a sensitivity the validation split's size can vouch for, not only its point value.
     Returns a finite threshold in [0, 1]; predictions are `score >= threshold`.
     """
     y_true = np.asarray(y_true)
@@ -139,8 +153,16 @@ def choose_threshold(
     if method == "youden":
         i = int(np.argmax(tpr - fpr))  # argmax returns the first max = highest threshold
     elif method == "sens90":
-        ok = np.nonzero(tpr >= target_sensitivity)[0]
-        i = int(ok[0])
+        ok = tpr >= target_sensitivity
+        if lower_bound > 0:
+            n_pos = int((y_true == 1).sum())
+            tp = np.rint(tpr * n_pos).astype(int)
+            ok &= np.array([sensitivity_lower_bound(k, n_pos, confidence) >= lower_bound for k in tp])
+            if not ok.any():
+                need = int(np.ceil(np.log(1 - confidence) / np.log(lower_bound)))
+                raise ConfigError(f"choose_threshold: {n_pos} positives cannot vouch for a sensitivity of {lower_bound} at "
+                                  f"{confidence:.0%} confidence; expected at least {need} (a larger calibration split)")
+        i = int(np.nonzero(ok)[0][0])
     else:
         raise ConfigError(f"threshold method {method!r}; expected 'youden' or 'sens90'")
     return float(thr[i])

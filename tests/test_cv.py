@@ -71,8 +71,9 @@ def test_one_run_end_to_end_to_the_runtime(tmp_path, data_root):
     from streamcad.engines.export import export_checkpoint
     from streamcad.manifest import load_model
     from streamcad.preprocess import PreprocessSpec, letterbox
-    from streamcad.train.cv import backfill_calibration, load_both
-    from streamcad.train.evaluate import binary_view, choose_threshold
+    from streamcad.train.common import load_checkpoint
+    from streamcad.train.cv import backfill_calibration, load_both, rethreshold
+    from streamcad.train.evaluate import binary_view, choose_threshold, sensitivity_lower_bound
 
     run_dir = tmp_path / "cv" / "fold0"
     res = run(RecipeConfig(epochs=1, batch_size=8), "cv", run_dir, fold=0, limit=25)
@@ -96,6 +97,23 @@ def test_one_run_end_to_end_to_the_runtime(tmp_path, data_root):
     with pytest.raises(ConfigError, match="not the run's split or weights"):
         backfill_calibration(tmp_path)
     assert "calibration" not in json.loads((run_dir / "result.json").read_text())
+    # rule R2 re-applied from the stored calibration scores: only the threshold moves
+    (run_dir / "result.json").write_text(json.dumps(saved))
+    n_mal = int(yc.sum())
+    lcb = 0.5 * 0.05 ** (1 / n_mal)  # half of what all n_mal found can vouch for: feasible
+    assert [r["n_calibration_malignant"] for r in rethreshold(tmp_path, tmp_path / "r2", lcb)] == [n_mal]
+    r2 = json.loads((tmp_path / "r2" / "cv" / "fold0" / "result.json").read_text())
+    assert r2["recipe"]["threshold_lcb"] == lcb and r2["predictions"] == saved["predictions"]
+    assert r2["temperature"] == saved["temperature"] and r2["rethreshold_from"]["threshold"] == saved["threshold"]
+    assert r2["threshold"] <= saved["threshold"]
+    assert sensitivity_lower_bound(int((pc[yc == 1] >= r2["threshold"]).sum()), n_mal) >= lcb
+    ck_src, ck_r2 = load_checkpoint(run_dir / "classifier.pt"), load_checkpoint(tmp_path / "r2" / "cv" / "fold0" / "classifier.pt")
+    assert ck_r2["threshold"] == r2["threshold"] and ck_r2["train_config"]["threshold_lcb"] == lcb
+    assert all(torch.equal(ck_src["model"][k], ck_r2["model"][k]) for k in ck_src["model"])
+    # a bound the split's malignant count cannot vouch for is refused by name, nothing written
+    with pytest.raises(ConfigError, match=f"{n_mal} positives cannot vouch"):
+        rethreshold(tmp_path, tmp_path / "r3", min(0.99, 0.05 ** (1 / n_mal) + 0.01))
+    assert not (tmp_path / "r3").exists()
     _, test = select(load_both(160), "cv", fold=0)
     assert set(res["predictions"]["ids"]) <= set(test.ids.tolist())  # only fold-0 images are scored
     out = tmp_path / "m.onnx"

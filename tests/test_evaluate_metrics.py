@@ -129,6 +129,42 @@ def test_choose_threshold_youden_and_sens90():
         choose_threshold(y, s, "median")
 
 
+def test_sensitivity_lower_bound_is_the_exact_binomial_bound():
+    from streamcad.train.evaluate import sensitivity_lower_bound
+
+    # k = n has the closed form alpha ** (1 / n); k = 0 is 0
+    assert sensitivity_lower_bound(29, 29) == pytest.approx(0.05 ** (1 / 29), abs=1e-9)
+    assert sensitivity_lower_bound(0, 10) == 0.0
+    # the bound is the p at which P(X >= k | n, p) = 5%: check it against the binomial tail
+    from scipy.stats import binom
+
+    lb = sensitivity_lower_bound(62, 64)
+    assert binom.sf(61, 64, lb) == pytest.approx(0.05, abs=1e-6)
+    with pytest.raises(ConfigError, match="expected 0 <= k <= n"):
+        sensitivity_lower_bound(5, 4)
+
+
+def test_choose_threshold_with_a_lower_bound():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(80, int), np.ones(64, int)]
+    s = np.r_[rng.beta(2, 5, 80), rng.beta(5, 2, 64)]
+    point = choose_threshold(y, s, "sens90", target_sensitivity=0.95)
+    lb = choose_threshold(y, s, "sens90", target_sensitivity=0.95, lower_bound=0.90)
+    assert lb <= point  # the bound only ever lowers the point rule's threshold
+    found = int((s[y == 1] >= lb).sum())
+    assert found >= 62  # 62 of 64 is the fewest whose 95% lower bound reaches 0.90
+    assert lb <= np.sort(s[y == 1])[::-1][61]  # never above the 62nd highest positive score
+    assert point == pytest.approx(np.sort(s[y == 1])[::-1][60]) or point < np.sort(s[y == 1])[::-1][60]
+    assert lb < point  # here the bound asks for one more positive than the point rule's 61
+    # 29 positives vouch for 0.90 only with all 29 found: the threshold is the lowest positive score
+    y29 = np.r_[np.zeros(80, int), np.ones(29, int)]
+    s29 = np.r_[rng.beta(2, 5, 80), rng.beta(5, 2, 29)]
+    assert choose_threshold(y29, s29, "sens90", target_sensitivity=0.95, lower_bound=0.90) == pytest.approx(s29[y29 == 1].min())
+    # 28 cannot: a clear error naming the size needed
+    with pytest.raises(ConfigError, match="28 positives cannot vouch .* at least 29"):
+        choose_threshold(y29[:-1], s29[:-1], "sens90", target_sensitivity=0.95, lower_bound=0.90)
+
+
 def test_stratified_bootstrap_keeps_class_counts():
     labels = np.array([0] * 5 + [1] * 30 + [2] * 11)
     rng = np.random.default_rng(0)

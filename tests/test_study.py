@@ -146,7 +146,7 @@ def test_compare_pairs_the_folds_and_the_cross_dataset_runs(tmp_path):
         compare_runs(tmp_path / "a", tmp_path / "b")
 
 
-def _cross_run(root, cal_malignant, cal_benign, test_malignant, test_benign, threshold):
+def _cross_run(root, cal_malignant, cal_benign, test_malignant, test_benign, threshold, threshold_lcb=0.0):
     """run folder with cross/busi/result.json: calibration and test p(malignant) given per class."""
     def block(mal, ben, tag):
         pm = np.concatenate([mal, ben])
@@ -156,7 +156,7 @@ def _cross_run(root, cal_malignant, cal_benign, test_malignant, test_benign, thr
     out = root / "cross" / "busi"
     out.mkdir(parents=True)
     (out / "result.json").write_text(json.dumps({
-        "source": "busi", "threshold": threshold, "recipe": {"target_sensitivity": 0.95},
+        "source": "busi", "threshold": threshold, "recipe": {"target_sensitivity": 0.95, "threshold_lcb": threshold_lcb},
         "calibration": block(np.asarray(cal_malignant), np.asarray(cal_benign), "busi:c"),
         "predictions": block(np.asarray(test_malignant), np.asarray(test_benign), "busbra:t")}))
 
@@ -178,5 +178,24 @@ def test_threshold_study_reads_the_rule_its_spread_and_the_shift(tmp_path):
     assert row["calibration_sensitivity_at_that_threshold"] == 1.0
     # a stored threshold the rule does not give back is refused
     _cross_run(tmp_path / "b", cal_mal, np.linspace(0.0, 0.5, 60), test_mal, np.linspace(0.0, 0.6, 100), t + 0.05)
+    with pytest.raises(ConfigError, match="not the run's"):
+        threshold_study([tmp_path / "b"])
+
+
+def test_threshold_study_under_rule_r2(tmp_path):
+    from streamcad.train.study import threshold_study
+
+    cal_mal = np.linspace(0.30, 0.99, 29)  # 29 malignant vouch for 0.90 only if all 29 are found
+    test_mal = np.linspace(0.0, 1.0, 101)
+    _cross_run(tmp_path / "a", cal_mal, np.linspace(0.0, 0.5, 60), test_mal, np.linspace(0.0, 0.6, 100), 0.30, 0.90)
+    row = threshold_study([tmp_path / "a"], n_boot=300)["rows"][0]
+    assert row["threshold"] == pytest.approx(0.30) and row["threshold_lcb"] == 0.90
+    assert row["sensitivity"] == pytest.approx(np.mean(test_mal >= 0.30))
+    # resamples with fewer than 29 malignant rows cannot vouch for it: counted, at R2's limit (their lowest malignant)
+    assert 0 < row["n_boot_infeasible"] < row["n_boot"] == 300
+    lo, med, hi = row["boot_threshold_q05_med_q95"]
+    assert 0.30 <= lo <= med <= hi < 0.40  # always the resample's lowest malignant score, here near 0.30
+    # the point rule's stored threshold under an R2 recipe is refused (it is not what R2 gives)
+    _cross_run(tmp_path / "b", cal_mal, np.linspace(0.0, 0.5, 60), test_mal, np.linspace(0.0, 0.6, 100), float(cal_mal[1]), 0.90)
     with pytest.raises(ConfigError, match="not the run's"):
         threshold_study([tmp_path / "b"])

@@ -153,6 +153,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="v2: the recipe's largest training crop, a multiple of the image area (as the fold-0 run was trained)")
     p.add_argument("--trivial-augment", action="store_true",
                    help="v2: the recipe adds TrivialAugment-style grey-level ops (as the fold-0 run was trained)")
+    p.add_argument("--mask-weight", type=float, default=RecipeConfig.mask_weight,
+                   help="v2: the recipe's lesion-map loss weight (as the fold-0 run was trained)")
+    p.add_argument("--ema-decay", type=float, default=RecipeConfig.ema_decay,
+                   help="v2: the recipe's EMA decay, 0 = the last weights (as the fold-0 run was trained)")
+    p.add_argument("--threshold-lcb", type=float, default=RecipeConfig.threshold_lcb,
+                   help="v2: the recipe's threshold rule, > 0 = R2 (as the fold-0 run was trained or re-thresholded: cv rethreshold)")
     p.add_argument("--refresh", action="store_true",
                    help="v2: only put the finished --cv-report and benchmarks/results/ood_gate-default.json into the "
                         "shipped model's report, manifest metrics and card (no training, no export)")
@@ -396,7 +402,8 @@ def run(args) -> int:
         from streamcad.train.release import ship_v2
 
         cfg = RecipeConfig(seed=args.seed, zoom=args.zoom, frozen_blocks=args.frozen_blocks, train_stem=args.train_stem,
-                           mixstyle=args.mixstyle, max_crop_area=args.max_crop_area, trivial_augment=args.trivial_augment)
+                           mixstyle=args.mixstyle, max_crop_area=args.max_crop_area, trivial_augment=args.trivial_augment,
+                           mask_weight=args.mask_weight, ema_decay=args.ema_decay, threshold_lcb=args.threshold_lcb)
         report = ship_v2(args.out, args.cv_dir, args.cv_report, args.report, root=args.root, n_boot=args.n_boot, cfg=cfg)
         for ds, m in report["metrics"].items():
             print(f"{ds} fold 0: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")

