@@ -226,5 +226,5 @@ def test_presets_are_what_the_committed_results_ran_with():
     ft, ssl = FinetuneConfig.from_dict(v1["finetune_config"]), SSLConfig.from_dict(v1["ssl_config"])
     assert (ft.size, ft.patience, ft.batch_size, ssl.batch_size) == (SHIP.size, SHIP.patience, SHIP.batch_ft, SHIP.batch_ssl)
     assert ft.epochs <= SHIP.epochs_ft and ssl.epochs <= SHIP.epochs_ssl
-    # the v2 shipped model's recipe (stored before label_fraction / init existed) is still RecipeConfig()
-    assert same_recipe(_json(RESULTS / "shipped_default.json")["recipe"], RecipeConfig())
+    # the v2 shipped model's recipe is RecipeConfig() with rule R2's threshold (cv rethreshold --threshold-lcb 0.9)
+    assert same_recipe(_json(RESULTS / "shipped_default.json")["recipe"], RecipeConfig(threshold_lcb=0.9))

@@ -135,6 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("cv", help="the v2 recipe (train/cv.py): run a fold / cross-dataset run, report, tta, compare")
     from streamcad.train.cv import add_arguments as _cv_arguments
+    from streamcad.train.cv import add_recipe_arguments as _recipe_arguments
 
     _cv_arguments(p)
 
@@ -142,23 +143,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=["v2", "v1"], default="v2",
                    help="v2 (default): lite0 from train.cv, fold-0 run reused from --cv-dir; v1: tiny SSL recipe")
     p.add_argument("--cv-dir", default=str(CV_DIR), help="v2: folder of the train.cv runs")
-    p.add_argument("--zoom", type=float, default=RecipeConfig.zoom,
-                   help="v2: the recipe's lesion-zoom share (the fold-0 run of --cv-dir must have been trained with it)")
     p.add_argument("--frozen-blocks", type=int, default=RecipeConfig.frozen_blocks,
                    help="v2: the recipe's frozen backbone blocks (as the fold-0 run of --cv-dir was trained)")
-    p.add_argument("--train-stem", action="store_true", help="v2: the recipe trained the stem too (with --frozen-blocks 0)")
-    p.add_argument("--mixstyle", type=float, default=RecipeConfig.mixstyle,
-                   help="v2: the recipe's MixStyle probability (as the fold-0 run of --cv-dir was trained)")
-    p.add_argument("--max-crop-area", type=float, default=RecipeConfig.max_crop_area,
-                   help="v2: the recipe's largest training crop, a multiple of the image area (as the fold-0 run was trained)")
-    p.add_argument("--trivial-augment", action="store_true",
-                   help="v2: the recipe adds TrivialAugment-style grey-level ops (as the fold-0 run was trained)")
-    p.add_argument("--mask-weight", type=float, default=RecipeConfig.mask_weight,
-                   help="v2: the recipe's lesion-map loss weight (as the fold-0 run was trained)")
-    p.add_argument("--ema-decay", type=float, default=RecipeConfig.ema_decay,
-                   help="v2: the recipe's EMA decay, 0 = the last weights (as the fold-0 run was trained)")
-    p.add_argument("--threshold-lcb", type=float, default=RecipeConfig.threshold_lcb,
-                   help="v2: the recipe's threshold rule, > 0 = R2 (as the fold-0 run was trained or re-thresholded: cv rethreshold)")
+    _recipe_arguments(p)  # v2: the recipe the fold-0 run of --cv-dir was trained (or re-thresholded) with
     p.add_argument("--refresh", action="store_true",
                    help="v2: only put the finished --cv-report and benchmarks/results/ood_gate-default.json into the "
                         "shipped model's report, manifest metrics and card (no training, no export)")
@@ -399,11 +386,10 @@ def run(args) -> int:
         print(refresh_v2(args.out, args.cv_report, args.report))
         return 0
     if cmd == "ship" and args.recipe == "v2":
+        from streamcad.train.cv import recipe_overrides
         from streamcad.train.release import ship_v2
 
-        cfg = RecipeConfig(seed=args.seed, zoom=args.zoom, frozen_blocks=args.frozen_blocks, train_stem=args.train_stem,
-                           mixstyle=args.mixstyle, max_crop_area=args.max_crop_area, trivial_augment=args.trivial_augment,
-                           mask_weight=args.mask_weight, ema_decay=args.ema_decay, threshold_lcb=args.threshold_lcb)
+        cfg = RecipeConfig(seed=args.seed, frozen_blocks=args.frozen_blocks, **recipe_overrides(args))
         report = ship_v2(args.out, args.cv_dir, args.cv_report, args.report, root=args.root, n_boot=args.n_boot, cfg=cfg)
         for ds, m in report["metrics"].items():
             print(f"{ds} fold 0: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")

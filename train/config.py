@@ -328,7 +328,9 @@ class RecipeConfig:
     mask_weight: float = 0.5  # lesion-map loss weight (BCE + soft Dice on the S/8 grid)
     calib_fraction: float = 0.15  # by group: temperature + threshold only
     target_sensitivity: float = 0.95  # operating point on the calibration split: margin for new scanners
-    threshold_lcb: float = 0.0  # > 0 (rule R2): the threshold's calibration sensitivity must also have this one-sided 95% lower bound
+    # > 0 (rule R2): the threshold's calibration sensitivity must also have this one-sided 95% lower bound. The shipped
+    # model uses 0.9; 0.0 (the point rule) stays the default because every run before R2 was thresholded with it
+    threshold_lcb: float = 0.0
     frozen_blocks: int = 3  # stem + first 3 MBConv blocks frozen (ImageNet edges; CPU time)
     train_stem: bool = False  # True (needs frozen_blocks=0): nothing frozen. False: the stem stays frozen, even at 0
     cross_attention: bool = True  # False: the ImageNet reference row (GAP of stage 4, no cross-scale fusion)

@@ -718,6 +718,38 @@ def render(rep: dict) -> str:
     return "\n".join(lines)
 
 
+# The recipe flags `cv run` and `ship --recipe v2` share: RecipeConfig field -> how argparse reads it
+# (its default is the field's; a bool field is a store_true flag). Ship: the recipe its fold-0 run was
+# trained (or re-thresholded) with.
+RECIPE_ARGUMENTS = {
+    "train_stem": "with --frozen-blocks 0: train the stem too (nothing frozen); without it the stem stays frozen",
+    "zoom": "share of each batch trained on the lesion zoom (streamcad/zoom.py); > 0 scores full + zoom view",
+    "mixstyle": "probability per batch of MixStyle after the stride-4/8/16 stages (train/mixstyle.py; training only)",
+    "max_crop_area": "largest training crop as a multiple of the image area (> 1: zoom out, black around the image)",
+    "trivial_augment": "one TrivialAugment-style grey-level op per training image on top of ScannerAugment",
+    "mask_weight": "weight of the lesion-map loss (0: the classification loss alone, an untrained lesion head: an ablation, "
+                   "not a runtime model)",
+    "ema_decay": "per-step EMA decay of the weights that are evaluated (0: the last weights themselves)",
+    "threshold_lcb": "> 0 (rule R2): the threshold's calibration sensitivity must also have this one-sided 95%% lower bound",
+}
+
+
+def add_recipe_arguments(p) -> None:
+    """Add RECIPE_ARGUMENTS to an argparse parser (recipe_overrides reads them back)."""
+    for field, help_ in RECIPE_ARGUMENTS.items():
+        default = getattr(RecipeConfig, field)
+        flag = "--" + field.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=help_)
+        else:
+            p.add_argument(flag, type=type(default), default=default, help=help_)
+
+
+def recipe_overrides(args) -> dict:
+    """The RecipeConfig fields of RECIPE_ARGUMENTS, from parsed arguments."""
+    return {field: getattr(args, field) for field in RECIPE_ARGUMENTS}
+
+
 def add_arguments(ap) -> None:
     """The `streamcad train cv` subcommands (run / report / tta / compare) on an argparse parser."""
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -737,22 +769,7 @@ def add_arguments(ap) -> None:
     r.add_argument("--frozen-blocks", type=int, default=None,
                    help=f"backbone blocks kept frozen (stem + the first N MBConv blocks; default {RecipeConfig.frozen_blocks}, "
                         "0 with --init scratch)")
-    r.add_argument("--train-stem", action="store_true",
-                   help="with --frozen-blocks 0: train the stem too (nothing frozen); without it the stem stays frozen")
-    r.add_argument("--zoom", type=float, default=RecipeConfig.zoom,
-                   help="share of each batch trained on the lesion zoom (streamcad/zoom.py); > 0 scores full + zoom view")
-    r.add_argument("--mixstyle", type=float, default=RecipeConfig.mixstyle,
-                   help="probability per batch of MixStyle after the stride-4/8/16 stages (train/mixstyle.py; training only)")
-    r.add_argument("--max-crop-area", type=float, default=RecipeConfig.max_crop_area,
-                   help="largest training crop as a multiple of the image area (> 1: zoom out, black around the image)")
-    r.add_argument("--trivial-augment", action="store_true",
-                   help="one TrivialAugment-style grey-level op per training image on top of ScannerAugment")
-    r.add_argument("--mask-weight", type=float, default=RecipeConfig.mask_weight,
-                   help="weight of the lesion-map loss (0: the classification loss alone, an untrained lesion head: an ablation, not a runtime model)")
-    r.add_argument("--ema-decay", type=float, default=RecipeConfig.ema_decay,
-                   help="per-step EMA decay of the weights that are evaluated (0: the last weights themselves)")
-    r.add_argument("--threshold-lcb", type=float, default=RecipeConfig.threshold_lcb,
-                   help="> 0 (rule R2): the threshold's calibration sensitivity must also have this one-sided 95%% lower bound")
+    add_recipe_arguments(r)
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
@@ -791,10 +808,7 @@ def recipe_from_args(args) -> RecipeConfig:
     if frozen is None:
         frozen = 0 if args.init == "scratch" else RecipeConfig.frozen_blocks
     return RecipeConfig(epochs=args.epochs, seed=args.seed, cross_attention=not args.no_cross_attention,
-                        label_fraction=args.label_fraction, init=args.init, zoom=args.zoom, frozen_blocks=frozen,
-                        train_stem=args.train_stem, mixstyle=args.mixstyle, max_crop_area=args.max_crop_area,
-                        trivial_augment=args.trivial_augment, mask_weight=args.mask_weight, ema_decay=args.ema_decay,
-                        threshold_lcb=args.threshold_lcb)
+                        label_fraction=args.label_fraction, init=args.init, frozen_blocks=frozen, **recipe_overrides(args))
 
 
 def run_command(args) -> int:
