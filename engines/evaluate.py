@@ -9,7 +9,9 @@ Metric definitions are engines.metrics' (one definition for training reports and
 AUC is benign vs malignant with score = p(malignant), the 3-way softmax output the runtime
 publishes (NOT renormalised over benign + malignant); normal images are left out of it.
 Sensitivity / specificity / F1 binarise p(malignant) >= threshold, where threshold is
---threshold, else the manifest's operating_threshold. ECE uses 15 equal-width bins. CIs are a
+--threshold, else the manifest's operating_threshold. `site_threshold` is the threshold the
+shipped model's rule (R2: SITE_RULE) picks on the evaluated images themselves, a site's candidate
+operating point (optimistic on these images; check it on others). ECE uses 15 equal-width bins. CIs are a
 stratified percentile bootstrap (--bootstrap resamples). With normals present (BUSI) the
 3-class macro one-vs-rest AUC is added.
 
@@ -166,6 +168,32 @@ def predict(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> n
     return out
 
 
+# The shipped model's threshold rule (R2, docs/TRAINING.md "Protocol v2"): the highest threshold with
+# sensitivity >= 0.95 whose one-sided 95% Clopper-Pearson lower bound is >= 0.90.
+SITE_RULE = {"target_sensitivity": 0.95, "lower_bound": 0.90, "confidence": 0.95}
+
+
+def site_threshold(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """The threshold the shipped model's rule (SITE_RULE) picks on these images: a site's own
+    operating point for its scanner (`[smoothing] on_threshold`), to be confirmed on other cases
+    than the ones it was chosen on (on these it is optimistic by construction).
+    labels: class indices (CLASSES), probs (N, 3). -> {'rule', 'threshold' (None when the malignant
+    images are too few to vouch for the bound), 'n_malignant', 'sensitivity', 'specificity', 'why'}."""
+    from streamcad.engines.metrics import binary_view, choose_threshold
+
+    _, y, s = binary_view(labels, probs)
+    out = {"rule": dict(SITE_RULE), "n_malignant": int(y.sum()), "threshold": None, "sensitivity": None,
+           "specificity": None, "why": None}
+    try:
+        t = choose_threshold(y, s, "sens90", target_sensitivity=SITE_RULE["target_sensitivity"],
+                             lower_bound=SITE_RULE["lower_bound"], confidence=SITE_RULE["confidence"])
+    except ConfigError as exc:
+        out["why"] = str(exc)
+        return out
+    out.update(threshold=t, sensitivity=float((s[y == 1] >= t).mean()), specificity=float((s[y == 0] < t).mean()))
+    return out
+
+
 def evaluate(
     model_path: str | Path,
     data_dir: str | Path,
@@ -223,6 +251,7 @@ def evaluate(
         "n_boot": n_boot,
         "seed": seed,
         "metrics": metrics,
+        "site_threshold": site_threshold(labels, probs),
         "training_overlap": overlap,
         "predictions": [
             {"id": i, "label": CLASSES[int(y)], **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASSES)}}
@@ -357,4 +386,11 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(v, dict):
             t.add_row(k, f"{v['value']:.3f}", f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]")
     con.print(t)
+    st = result["site_threshold"]
+    if st["threshold"] is None:
+        con.print(escape(f"site threshold (the shipped rule on these images): none: {st['why']}"))
+    else:
+        con.print(escape(f"site threshold (the shipped rule on these images): {st['threshold']:.3f}, sensitivity "
+                         f"{st['sensitivity']:.3f} / specificity {st['specificity']:.3f} here ({st['n_malignant']} malignant); "
+                         "set it as [smoothing] on_threshold only after checking it on other cases than these"))
     return 0

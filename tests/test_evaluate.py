@@ -105,6 +105,25 @@ def test_busbra_layout_matches_sklearn(model, busbra_small, tmp_path):
     assert "auc_macro_ovr" not in result["metrics"]
     y, probs = _independent(model, busbra_small, "busbra")
     _check_against_sklearn(result, y, probs, 0.3)
+    # 10 malignant images cannot vouch for the shipped rule's bound: no site threshold, and why
+    st = result["site_threshold"]
+    assert st["threshold"] is None and st["n_malignant"] == 10 and "at least 29" in st["why"]
+
+
+def test_site_threshold_is_the_shipped_rule_on_the_site_images():
+    from streamcad.engines.evaluate import site_threshold
+    from streamcad.engines.metrics import choose_threshold, sensitivity_lower_bound
+
+    rng = np.random.default_rng(7)
+    labels = np.r_[np.zeros(20, int), np.ones(120, int), np.full(64, 2)]
+    pm = np.r_[rng.beta(2, 5, 140), rng.beta(5, 2, 64)]
+    probs = np.stack([np.zeros_like(pm), 1 - pm, pm], 1)
+    st = site_threshold(labels, probs)
+    y, s = (labels[labels != 0] == 2).astype(int), pm[labels != 0]
+    assert st["threshold"] == choose_threshold(y, s, "sens90", target_sensitivity=0.95, lower_bound=0.90)
+    found = int((s[y == 1] >= st["threshold"]).sum())
+    assert st["sensitivity"] == found / 64 and sensitivity_lower_bound(found, 64) >= 0.90
+    assert st["specificity"] == float((s[y == 0] < st["threshold"]).mean()) and st["why"] is None
 
 
 def test_busi_layout_three_class_auc(model, busi_small):
