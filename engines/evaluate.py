@@ -10,8 +10,8 @@ AUC is benign vs malignant with score = p(malignant), the 3-way softmax output t
 publishes (NOT renormalised over benign + malignant); normal images are left out of it.
 Sensitivity / specificity / F1 binarise p(malignant) >= threshold, where threshold is
 --threshold, else the manifest's operating_threshold. `site_threshold` is the threshold the
-shipped model's rule (R2: SITE_RULE) picks on the evaluated images themselves, a site's candidate
-operating point (optimistic on these images; check it on others). ECE uses 15 equal-width bins. CIs are a
+model's own rule (its manifest's notes.operating_threshold_rule) picks on the evaluated images
+themselves, a site's candidate operating point (optimistic on these images; check it on others). ECE uses 15 equal-width bins. CIs are a
 stratified percentile bootstrap (--bootstrap resamples). With normals present (BUSI) the
 3-class macro one-vs-rest AUC is added.
 
@@ -168,25 +168,22 @@ def predict(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> n
     return out
 
 
-# The shipped model's threshold rule (R2, docs/TRAINING.md "Protocol v2"): the highest threshold with
-# sensitivity >= 0.95 whose one-sided 95% Clopper-Pearson lower bound is >= 0.90.
-SITE_RULE = {"target_sensitivity": 0.95, "lower_bound": 0.90, "confidence": 0.95}
-
-
-def site_threshold(labels: np.ndarray, probs: np.ndarray) -> dict:
-    """The threshold the shipped model's rule (SITE_RULE) picks on these images: a site's own
-    operating point for its scanner (`[smoothing] on_threshold`), to be confirmed on other cases
-    than the ones it was chosen on (on these it is optimistic by construction).
-    labels: class indices (CLASSES), probs (N, 3). -> {'rule', 'threshold' (None when the malignant
-    images are too few to vouch for the bound), 'n_malignant', 'sensitivity', 'specificity', 'why'}."""
-    from streamcad.engines.metrics import binary_view, choose_threshold
+def site_threshold(labels: np.ndarray, probs: np.ndarray, rule: dict | None) -> dict:
+    """The threshold the model's own rule (its manifest's notes.operating_threshold_rule, written by
+    `streamcad train ship`) picks on these images: a site's own operating point for its scanner
+    (`[smoothing] on_threshold`), to be confirmed on other cases than the ones it was chosen on (on
+    these it is optimistic by construction). labels: class indices (CLASSES), probs (N, 3).
+    -> {'rule', 'threshold' (None when the manifest records no rule, or the malignant images are too
+    few to vouch for its bound), 'n_malignant', 'sensitivity', 'specificity', 'why'}."""
+    from streamcad.engines.metrics import binary_view, threshold_by_rule
 
     _, y, s = binary_view(labels, probs)
-    out = {"rule": dict(SITE_RULE), "n_malignant": int(y.sum()), "threshold": None, "sensitivity": None,
-           "specificity": None, "why": None}
+    out = {"rule": rule, "n_malignant": int(y.sum()), "threshold": None, "sensitivity": None, "specificity": None, "why": None}
+    if not rule:
+        out["why"] = "the model's manifest records no threshold rule (notes.operating_threshold_rule)"
+        return out
     try:
-        t = choose_threshold(y, s, "sens90", target_sensitivity=SITE_RULE["target_sensitivity"],
-                             lower_bound=SITE_RULE["lower_bound"], confidence=SITE_RULE["confidence"])
+        t = threshold_by_rule(y, s, rule)
     except ConfigError as exc:
         out["why"] = str(exc)
         return out
@@ -232,6 +229,7 @@ def evaluate(
         log.info("scoring %d images (%s layout) with %r on %s", len(paths), layout, model.backend, Path(model_path).name)
         probs = predict(model, paths)
         overlap = training_overlap(model.manifest.training_data if model.manifest else {}, ids)
+        rule = (model.manifest.notes or {}).get("operating_threshold_rule") if model.manifest else None
         info = {
             "model": str(model_path),
             "sha256": model.sha256,
@@ -251,7 +249,7 @@ def evaluate(
         "n_boot": n_boot,
         "seed": seed,
         "metrics": metrics,
-        "site_threshold": site_threshold(labels, probs),
+        "site_threshold": site_threshold(labels, probs, rule),
         "training_overlap": overlap,
         "predictions": [
             {"id": i, "label": CLASSES[int(y)], **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASSES)}}
@@ -388,9 +386,9 @@ def run(args: argparse.Namespace) -> int:
     con.print(t)
     st = result["site_threshold"]
     if st["threshold"] is None:
-        con.print(escape(f"site threshold (the shipped rule on these images): none: {st['why']}"))
+        con.print(escape(f"site threshold (the model's rule on these images): none: {st['why']}"))
     else:
-        con.print(escape(f"site threshold (the shipped rule on these images): {st['threshold']:.3f}, sensitivity "
+        con.print(escape(f"site threshold (the model's rule on these images): {st['threshold']:.3f}, sensitivity "
                          f"{st['sensitivity']:.3f} / specificity {st['specificity']:.3f} here ({st['n_malignant']} malignant); "
                          "set it as [smoothing] on_threshold only after checking it on other cases than these"))
     return 0

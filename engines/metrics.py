@@ -62,7 +62,9 @@ __all__ = [
     "METRIC_NAMES",
     "binary_view",
     "choose_threshold",
+    "threshold_by_rule",
     "sensitivity_lower_bound",
+    "LOWER_BOUND_CONFIDENCE",
     "expected_calibration_error",
     "compute_metrics",
     "bootstrap_metrics",
@@ -121,7 +123,11 @@ def binary_view(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.n
 # ----------------------------------------------------------------------------- single metrics
 
 
-def sensitivity_lower_bound(k: int, n: int, confidence: float = 0.95) -> float:
+# The confidence of the sensitivity lower bound in threshold rules (rule R2, docs/TRAINING.md).
+LOWER_BOUND_CONFIDENCE = 0.95
+
+
+def sensitivity_lower_bound(k: int, n: int, confidence: float = LOWER_BOUND_CONFIDENCE) -> float:
     """One-sided Clopper-Pearson lower confidence bound of a sensitivity k/n (k of n positives
     found): the true sensitivity is >= it with probability `confidence` (exact binomial)."""
     from scipy.stats import beta
@@ -133,7 +139,7 @@ def sensitivity_lower_bound(k: int, n: int, confidence: float = 0.95) -> float:
 
 def choose_threshold(
     y_true: np.ndarray, score: np.ndarray, method: str = "youden", target_sensitivity: float = 0.9,
-    lower_bound: float = 0.0, confidence: float = 0.95,
+    lower_bound: float = 0.0, confidence: float = LOWER_BOUND_CONFIDENCE,
 ) -> float:
     """Operating point from validation scores (never from the scored fold).
 
@@ -166,6 +172,13 @@ def choose_threshold(
     else:
         raise ConfigError(f"threshold method {method!r}; expected 'youden' or 'sens90'")
     return float(thr[i])
+
+
+def threshold_by_rule(y_true: np.ndarray, score: np.ndarray, rule: dict) -> float:
+    """choose_threshold under a stored rule {'method', 'target_sensitivity', 'lower_bound', 'confidence'}:
+    the form a training run and a manifest (notes.operating_threshold_rule) record it in."""
+    return choose_threshold(y_true, score, rule["method"], target_sensitivity=rule["target_sensitivity"],
+                            lower_bound=rule.get("lower_bound", 0.0), confidence=rule.get("confidence", LOWER_BOUND_CONFIDENCE))
 
 
 def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:

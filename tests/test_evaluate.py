@@ -21,11 +21,13 @@ from sklearn.metrics import f1_score, recall_score, roc_auc_score  # noqa: E402
 from streamcad.cli import main  # noqa: E402
 from streamcad.engines.evaluate import CLASSES, discover, evaluate  # noqa: E402
 
+R2 = {"method": "sens90", "target_sensitivity": 0.95, "lower_bound": 0.90, "confidence": 0.95}  # the shipped rule
+
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     p = make_contract_onnx(tmp_path_factory.mktemp("model") / "m.onnx", size=64, saliency_hw=(8, 8), seed=5)
-    write_manifest(p, operating_threshold=0.3)
+    write_manifest(p, operating_threshold=0.3, notes={"operating_threshold_rule": R2})
     return p
 
 
@@ -118,12 +120,15 @@ def test_site_threshold_is_the_shipped_rule_on_the_site_images():
     labels = np.r_[np.zeros(20, int), np.ones(120, int), np.full(64, 2)]
     pm = np.r_[rng.beta(2, 5, 140), rng.beta(5, 2, 64)]
     probs = np.stack([np.zeros_like(pm), 1 - pm, pm], 1)
-    st = site_threshold(labels, probs)
+    st = site_threshold(labels, probs, R2)
     y, s = (labels[labels != 0] == 2).astype(int), pm[labels != 0]
     assert st["threshold"] == choose_threshold(y, s, "sens90", target_sensitivity=0.95, lower_bound=0.90)
     found = int((s[y == 1] >= st["threshold"]).sum())
     assert st["sensitivity"] == found / 64 and sensitivity_lower_bound(found, 64) >= 0.90
     assert st["specificity"] == float((s[y == 0] < st["threshold"]).mean()) and st["why"] is None
+    # a model whose manifest records no rule gets no site threshold, and is told why
+    none = site_threshold(labels, probs, None)
+    assert none["threshold"] is None and "records no threshold rule" in none["why"]
 
 
 def test_busi_layout_three_class_auc(model, busi_small):

@@ -215,14 +215,23 @@ def run_parts(arrays, cfg: RecipeConfig, mode: str, fold: int | None, source: st
     return train_part.subset(fit_idx), train_part.subset(cal_idx), test
 
 
+def threshold_rule(cfg: RecipeConfig) -> dict:
+    """A run's operating-threshold rule as stored data (engines.metrics.threshold_by_rule; the
+    shipped manifest's notes.operating_threshold_rule): the highest threshold with calibration
+    sensitivity >= cfg.target_sensitivity and, when cfg.threshold_lcb > 0 (rule R2, docs/TRAINING.md),
+    a one-sided Clopper-Pearson lower bound of that sensitivity >= cfg.threshold_lcb."""
+    from streamcad.engines.metrics import LOWER_BOUND_CONFIDENCE
+
+    return {"method": "sens90", "target_sensitivity": cfg.target_sensitivity, "lower_bound": cfg.threshold_lcb,
+            "confidence": LOWER_BOUND_CONFIDENCE}
+
+
 def operating_threshold(labels: np.ndarray, probs: np.ndarray, cfg: RecipeConfig) -> float:
     """The run's operating threshold from its calibration split (benign vs malignant by
-    p(malignant)): the highest threshold with sensitivity >= cfg.target_sensitivity and, when
-    cfg.threshold_lcb > 0 (rule R2, docs/TRAINING.md), a one-sided 95% Clopper-Pearson lower bound of
-    that sensitivity >= cfg.threshold_lcb. labels/probs: the binary view (binary_view)."""
-    from streamcad.train.evaluate import choose_threshold
+    p(malignant); labels/probs: the binary view, binary_view) under threshold_rule(cfg)."""
+    from streamcad.train.evaluate import threshold_by_rule
 
-    return choose_threshold(labels, probs, "sens90", target_sensitivity=cfg.target_sensitivity, lower_bound=cfg.threshold_lcb)
+    return threshold_by_rule(labels, probs, threshold_rule(cfg))
 
 
 def load_classifier(path: str | os.PathLike):

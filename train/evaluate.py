@@ -27,6 +27,7 @@ from streamcad.engines.metrics import (
     sensitivity_lower_bound,
     softmax,
     stratified_bootstrap_indices,
+    threshold_by_rule,
 )
 from streamcad.errors import ConfigError
 
@@ -35,6 +36,7 @@ __all__ = [
     "METRIC_NAMES",
     "binary_view",
     "choose_threshold",
+    "threshold_by_rule",
     "sensitivity_lower_bound",
     "expected_calibration_error",
     "compute_metrics",

