@@ -243,8 +243,9 @@ def blur(x, generator, p=0.3, sigma=(0.3, 1.2), radius=3):
 class Photometric:
     """The ultrasound photometric chain (probabilities per op; strength=0 disables all)."""
 
-    def __init__(self, strength: float = 1.0):
+    def __init__(self, strength: float = 1.0, shadow: bool = True):
         self.s = strength
+        self.shadow = shadow  # False: no synthetic posterior shadow (a malignancy cue painted on any image)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.s <= 0:
@@ -252,7 +253,8 @@ class Photometric:
         s = self.s
         x = speckle(x, generator, p=0.8 * s)
         x = depth_gain(x, generator, p=0.7 * s)
-        x = shadow(x, generator, p=0.25 * s)
+        if self.shadow:
+            x = shadow(x, generator, p=0.25 * s)
         x = haze(x, generator, p=0.3 * s)
         x = gain_gamma(x, generator, p=0.8 * s)
         x = blur(x, generator, p=0.3 * s)
@@ -353,12 +355,14 @@ class TwoViewAugment:
         flip_p: float = 0.5,
         photometric: float = 1.0,
         overlay_p: float = 0.0,  # > 0 teaches invariance to caliper marks (a shortcut)
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),  # (1, 1): square crops, the aspect ratio (a malignancy sign) kept
+        shadow: bool = True,  # False: the photometric chain without synthetic shadows
     ):
         if not 0 <= min_overlap <= 0.9:
             raise ConfigError(f"min_overlap={min_overlap}; expected a fraction in [0, 0.9]")
-        self.size, self.min_overlap, self.scale = size, min_overlap, scale
+        self.size, self.min_overlap, self.scale, self.ratio = size, min_overlap, scale, ratio
         self.rot, self.shear, self.flip_p = max_rot_deg, max_shear, flip_p
-        self.photo = Photometric(photometric)
+        self.photo = Photometric(photometric, shadow=shadow)
         self.overlay_p = overlay_p
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None):
@@ -366,7 +370,7 @@ class TwoViewAugment:
         gen = generator if generator is not None else torch.Generator(device=x.device).manual_seed(
             int(torch.randint(0, 2**62, (1,))))
         B = x.shape[0]
-        t1, t2 = sample_crop_thetas(B, gen, self.scale, max_rot_deg=self.rot, max_shear=self.shear,
+        t1, t2 = sample_crop_thetas(B, gen, self.scale, self.ratio, max_rot_deg=self.rot, max_shear=self.shear,
                                     flip_p=self.flip_p, min_overlap=self.min_overlap)
         out = []
         for t in (t1, t2):

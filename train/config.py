@@ -132,9 +132,14 @@ class SSLConfig:
     seed: int = 0
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda' | 'cuda:N' (no silent fallback)
     amp: bool = False  # mixed precision (CUDA only; an error on CPU, never silently ignored)
-    channels_last: bool = False  # CUDA memory format
+    channels_last: bool = False  # channels_last memory format (numerically identical; faster on CUDA and on this CPU)
+    decoupled: bool = False  # True: the decoupled contrastive loss (DCL; train.losses.InfoNCELoss) for the instance term
+    views: str = "v1"  # "v1": TwoViewAugment's defaults; "scanner": square crops, no shear, no synthetic shadow (lever 4)
 
     def __post_init__(self):
+        if self.views not in ("v1", "scanner"):
+            raise ConfigError(f"views={self.views!r}; expected 'v1' (TwoViewAugment's defaults) or 'scanner' "
+                              "(square crops, no shear, no synthetic shadow)")
         if self.size % 32 or self.size < 32:
             raise ConfigError(f"size={self.size}; expected a multiple of 32 (the model's stride)")
         if self.epochs < 1 or self.batch_size < 2:
@@ -343,6 +348,9 @@ class RecipeConfig:
     max_crop_area: float = 1.0  # ScannerAugment's crop area is U(0.7, this) of the image; > 1 also zooms out (black around)
     trivial_augment: bool = False  # ScannerAugment + one TrivialAugment-style grey-level op per image (train.augment)
     n_boot: int = 1000
+    # an SSL checkpoint (`streamcad train cv pretrain`: lite0 pretrained on ultrasound from ImageNet) whose stem, blocks and
+    # cross-scale fusion start the fine-tune; "" = ImageNet alone. Refused when its image pool holds a test image or group
+    ssl_init: str = ""
 
     def __post_init__(self):
         if self.size % 32 or self.epochs < 1 or self.batch_size < 2:
@@ -367,6 +375,9 @@ class RecipeConfig:
             raise ConfigError(f"mixstyle needs model='lite0' (its stage blocks are where it mixes), not {self.model!r}")
         if self.init == "scratch" and self.frozen_blocks:
             raise ConfigError(f"init='scratch' with frozen_blocks={self.frozen_blocks}: random blocks must train (frozen_blocks=0)")
+        if self.ssl_init and (self.init != "imagenet" or self.model != "lite0"):
+            raise ConfigError(f"ssl_init with init={self.init!r}, model={self.model!r}: an SSL start is lite0 pretrained from ImageNet "
+                              "(init='imagenet', model='lite0')")
 
     @property
     def ema_decay_effective(self) -> float:

