@@ -134,3 +134,29 @@ def test_add_overlays_draws_thin_bright_marks_that_removal_finds():
     drawn = int((img > 200).sum())
     assert drawn > 10
     assert int(overlay_mask(img).sum()) >= 0.7 * drawn
+
+
+def test_scanner_views_are_square_unsheared_and_shadow_free():
+    """The SSL views of lever 5 (`views="scanner"`): every crop is a rotated square (the two columns
+    of each theta's 2x2 part orthogonal and of equal length: no aspect change, no shear), where the
+    default views are not; and the photometric chain without shadows is the chain's other ops,
+    draw for draw."""
+    from streamcad.train.augment import Photometric, blur, depth_gain, gain_gamma, haze, speckle
+
+    x = torch.rand(128, 1, S, S, generator=_gen(5))
+    for t_aug, square in ((TwoViewAugment(S, ratio=(1.0, 1.0), max_shear=0.0, photometric=0.0), True),
+                          (TwoViewAugment(S, photometric=0.0), False)):
+        _, _, t1, t2 = t_aug(x, _gen(6))
+        a = torch.cat([t1, t2])[:, :, :2]  # (2B, 2, 2)
+        c0, c1 = a[:, :, 0], a[:, :, 1]
+        aspect = (c0.norm(dim=1) / c1.norm(dim=1) - 1).abs()
+        skew = (c0 * c1).sum(1).abs() / (c0.norm(dim=1) * c1.norm(dim=1))
+        assert (float(aspect.max()) < 1e-5 and float(skew.max()) < 1e-5) == square
+    y = torch.full((8, 1, S, S), 0.5)
+    want = y
+    g = _gen(9)
+    for op, p in ((speckle, 0.8), (depth_gain, 0.7), (haze, 0.3), (gain_gamma, 0.8), (blur, 0.3)):
+        want = op(want, g, p=p)
+    got = Photometric(1.0, shadow=False)(y, _gen(9))
+    assert torch.equal(got, want.clamp(0, 1))
+    assert not torch.equal(Photometric(1.0)(y, _gen(9)), got)

@@ -178,3 +178,57 @@ def test_what_frozen_blocks_and_train_stem_freeze():
     with pytest.raises(ConfigError, match="train_stem"):
         RecipeConfig(train_stem=True)
     assert RecipeConfig(frozen_blocks=0, train_stem=True).train_stem
+
+
+def test_an_ssl_start_loads_its_backbone_and_is_refused_when_it_saw_the_test(tmp_path, data_root):
+    """Lever 5: `cv pretrain` on a cross run's training part (every 20th BUSI image) stores its pool;
+    --ssl-init loads the stem, blocks and fusion (the heads keep the run's own initialisation) for a
+    run whose test part is BUS-BRA, and refuses it where the pool holds a test image (the other
+    direction, an in-domain fold) or only a test image's group-mate (a BUSI duplicate group)."""
+    from streamcad.manifest import sha256_file
+    from streamcad.nets import build_model
+    from streamcad.train.common import load_checkpoint
+    from streamcad.train.cv import load_both, load_ssl_start, pretrain_part
+
+    path = pretrain_part("cross", tmp_path / "ssl", source="busi", steps=2, limit=20, batch_size=8)
+    ck = load_checkpoint(path)
+    arrays = load_both(160)
+    busi = arrays.ids[np.char.startswith(arrays.ids.astype(str), "busi:")]
+    assert ck["kind"] == "ssl" and ck["pool"]["ids"] == busi[::20].tolist()
+    assert ck["train_config"]["decoupled"] and ck["train_config"]["views"] == "scanner"
+    assert ck["model_config"]["name"] == "lite0" and ck["model_config"]["frozen_blocks"] == 3
+
+    _, busbra_test = select(arrays, "cross", source="busi")
+    model = build_model("lite0")
+    head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("head.", "lesion_"))}
+    start = load_ssl_start(model, path, arrays, busbra_test)
+    own = model.state_dict()
+    assert all(torch.equal(own[k], ck["model"][k]) for k in own if k.startswith(("stem.", "blocks.", "fusion.")))
+    imagenet = build_model("lite0").state_dict()
+    assert any(not torch.equal(ck["model"][k], imagenet[k]) for k in ck["model"] if k.startswith("blocks.3."))  # trained
+    assert all(torch.equal(ck["model"][k], imagenet[k]) for k in ck["model"] if k.startswith(("stem.", "blocks.0.")))  # frozen
+    assert all(torch.equal(own[k], v) for k, v in head.items())
+    assert start["sha256"] == sha256_file(path) and start["n_pool"] == len(busi[::20])
+
+    for mode, kw in (("cross", {"source": "busbra"}), ("cv", {"fold": 0})):
+        _, test = select(arrays, mode, **kw)
+        with pytest.raises(ConfigError, match=r"its pool holds [1-9]\d* test images"):
+            load_ssl_start(build_model("lite0"), path, arrays, test)
+    pool = set(ck["pool"]["ids"])
+    mate = next(i for i, g in zip(arrays.ids.tolist(), arrays.groups.tolist(), strict=True)
+                if i not in pool and any(p in pool for p in arrays.ids[arrays.groups == g].tolist()))
+    with pytest.raises(ConfigError, match="holds 0 test images and 1 test groups"):
+        load_ssl_start(build_model("lite0"), path, arrays, arrays.subset(np.nonzero(arrays.ids == mate)[0]))
+    with pytest.raises(ConfigError, match="pretrained .*frozen_blocks.: 3.*this run trains .*frozen_blocks.: 0"):
+        load_ssl_start(build_model("lite0", frozen_blocks=0), path, arrays, busbra_test)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_ssl_start(build_model("lite0"), tmp_path / "missing.pt", arrays, busbra_test)
+
+    # the whole run: the fine-tune records its start, and a checkpoint that is not an SSL one is refused
+    res = run(RecipeConfig(epochs=1, batch_size=8, ssl_init=str(path)), "cross", tmp_path / "ft", source="busi", limit=25)
+    assert res["ssl_start"]["sha256"] == start["sha256"]
+    assert "ultrasound SSL" in load_checkpoint(tmp_path / "ft" / "classifier.pt")["train_config"]["init"]
+    with pytest.raises(ConfigError, match="kind 'classifier'; expected an SSL checkpoint"):
+        load_ssl_start(build_model("lite0"), tmp_path / "ft" / "classifier.pt", arrays, busbra_test)
+    with pytest.raises(ConfigError, match="an SSL start is lite0 pretrained from ImageNet"):
+        RecipeConfig(ssl_init=str(path), init="scratch", frozen_blocks=0)

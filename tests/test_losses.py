@@ -228,3 +228,25 @@ def test_dense_loss_argument_checks():
         DenseCorrespondenceLoss()(f, torch.randn(2, 5, 3, 3), theta(2), theta(2))
     with pytest.raises(ConfigError, match=r"\(2, 2, 3\)"):
         DenseCorrespondenceLoss()(f, f, theta(1), theta(2))
+
+
+def test_decoupled_loss_leaves_the_positive_out_of_the_denominator():
+    """DCL (Yeh et al. 2022) against a loop over the 2B anchors; InfoNCE exceeds it, per anchor, by
+    exactly log(1 + exp(s_pos - logsumexp(negatives)))."""
+    g = torch.Generator().manual_seed(7)
+    z1, z2 = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    t = 0.2
+    q = torch.cat([F.normalize(z1, dim=1), F.normalize(z2, dim=1)])
+    B, dcl, gap = 6, [], []
+    for a in range(2 * B):
+        pos = (a + B) % (2 * B)
+        s = (q @ q[a]) / t
+        neg = torch.logsumexp(torch.stack([s[k] for k in range(2 * B) if k not in (a, pos)]), 0)
+        dcl.append(neg - s[pos])
+        gap.append(torch.log1p(torch.exp(s[pos] - neg)))
+    got = InfoNCELoss(t, decoupled=True)(z1, z2)
+    assert float(got) == pytest.approx(float(torch.stack(dcl).mean()), abs=1e-5)
+    assert float(InfoNCELoss(t)(z1, z2) - got) == pytest.approx(float(torch.stack(gap).mean()), abs=1e-5)
+    # two identical views of orthogonal images: a perfect positive, and the loss is below zero (InfoNCE never is)
+    eye = torch.eye(4, 16)
+    assert float(InfoNCELoss(t, decoupled=True)(eye, eye)) < 0 < float(InfoNCELoss(t)(eye, eye))

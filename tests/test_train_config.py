@@ -80,7 +80,7 @@ EXPECTED = {
         "train_stem": RecipeConfig.train_stem, "mixstyle": RecipeConfig.mixstyle,
         "max_crop_area": RecipeConfig.max_crop_area, "trivial_augment": RecipeConfig.trivial_augment,
         "mask_weight": RecipeConfig.mask_weight, "ema_decay": RecipeConfig.ema_decay,
-        "threshold_lcb": RecipeConfig.threshold_lcb,
+        "threshold_lcb": RecipeConfig.threshold_lcb, "ssl_init": RecipeConfig.ssl_init,
     },
     "cv run": {
         "epochs": RecipeConfig.epochs, "seed": RecipeConfig.seed, "label_fraction": RecipeConfig.label_fraction,
@@ -88,7 +88,7 @@ EXPECTED = {
         "train_stem": RecipeConfig.train_stem, "mixstyle": RecipeConfig.mixstyle,
         "max_crop_area": RecipeConfig.max_crop_area, "trivial_augment": RecipeConfig.trivial_augment,
         "mask_weight": RecipeConfig.mask_weight, "ema_decay": RecipeConfig.ema_decay,
-        "threshold_lcb": RecipeConfig.threshold_lcb,
+        "threshold_lcb": RecipeConfig.threshold_lcb, "ssl_init": RecipeConfig.ssl_init,
         "frozen_blocks": None,  # None: the init's value (RecipeConfig.frozen_blocks, 0 from scratch)
     },
     "pack": {"size": SSLConfig.size},

