@@ -169,6 +169,12 @@ def test_resume_continues_exactly(images, tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
     with pytest.raises(ConfigError, match="lr"):
         pretrain(SSLConfig(**{**cfg.to_dict(), "lr": 5e-4}), images[:16], tmp_path / "b", resume=True)
+    # a pool named at the start is stored, and a resume on another pool is refused
+    ids = [f"img{i}" for i in range(16)]
+    pretrain(cfg, images[:16], tmp_path / "c", augment=_augment(), stop_after_epoch=1, pool_ids=ids)
+    assert load_checkpoint(tmp_path / "c" / "last.pt")["pool"]["ids"] == ids
+    with pytest.raises(ConfigError, match="another image pool"):
+        pretrain(cfg, images[:16], tmp_path / "c", augment=_augment(), resume=True, pool_ids=ids[::-1][:15] + ["other"])
 
 
 def test_non_finite_loss_stops_with_a_clear_error(images, tmp_path):

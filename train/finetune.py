@@ -318,7 +318,7 @@ def finetune(cfg: FinetuneConfig, arrays, fold: int, out_dir: str | os.PathLike)
     log.info("fold %d: train %d, val %d, test %d (label_fraction %.2f)", fold, len(train), len(val), len(test), cfg.label_fraction)
 
     model, spec, init_info = build_classifier(cfg)
-    model = maybe_channels_last(model.to(device), device, cfg.channels_last)
+    model = maybe_channels_last(model.to(device), cfg.channels_last)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg))
     scaler = None
     if cfg.amp and device.type == "cuda":
