@@ -919,17 +919,20 @@ def recipe_from_args(args) -> RecipeConfig:
                         label_fraction=args.label_fraction, init=args.init, frozen_blocks=frozen, **recipe_overrides(args))
 
 
+def _run_sub_dir(args) -> str:
+    """Where one run (or its pretraining) lives under --out: cv/foldK or cross/SOURCE."""
+    return f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
+
+
 def run_command(args) -> int:
     """Dispatch parsed `streamcad train cv ...` arguments."""
     if args.cmd == "run":
         cfg = recipe_from_args(args)
-        sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
-        res = run(cfg, args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source)
+        res = run(cfg, args.mode, Path(args.out) / _run_sub_dir(args), fold=args.fold, source=args.source)
         log.info("done in %.0f s", res["wall_s"])
         return 0
     if args.cmd == "pretrain":
-        sub_dir = f"cv/fold{args.fold}" if args.mode == "cv" else f"cross/{args.source}"
-        path = pretrain_part(args.mode, Path(args.out) / sub_dir, fold=args.fold, source=args.source, steps=args.steps,
+        path = pretrain_part(args.mode, Path(args.out) / _run_sub_dir(args), fold=args.fold, source=args.source, steps=args.steps,
                              seed=args.seed)
         print(path)
         return 0
