@@ -232,3 +232,38 @@ def test_an_ssl_start_loads_its_backbone_and_is_refused_when_it_saw_the_test(tmp
         load_ssl_start(build_model("lite0"), tmp_path / "ft" / "classifier.pt", arrays, busbra_test)
     with pytest.raises(ConfigError, match="an SSL start is lite0 pretrained from ImageNet"):
         RecipeConfig(ssl_init=str(path), init="scratch", frozen_blocks=0)
+
+
+def test_an_interrupted_run_resumes_and_counts_its_whole_wall_time(tmp_path, data_root):
+    """A run killed after its first epoch (a real process, SIGKILL) restarts from last.pt at the
+    second epoch, and its result.json counts the seconds spent before the kill as well."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from streamcad.train.common import load_checkpoint
+
+    run_dir = tmp_path / "cv" / "fold0"
+    code = ("from streamcad.train.cv import RecipeConfig, run; "
+            f"run(RecipeConfig(epochs=2, batch_size=8), 'cv', {str(run_dir)!r}, fold=0, limit=25)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "STREAMCAD_DATA": str(data_root)})
+    last = run_dir / "last.pt"
+    deadline = time.monotonic() + 600
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # last.pt is written atomically (tmp file + os.replace): present means complete
+    proc.wait(timeout=30)
+    if not last.exists():
+        pytest.fail(f"the run ended (rc {proc.returncode}) or timed out before its first epoch's checkpoint")
+    ck = load_checkpoint(last)
+    if ck["epoch"] != 0:
+        pytest.skip("the machine finished both epochs before the kill; nothing left to resume")
+    before = ck["wall_s"]
+    assert before > 0
+    res = run(RecipeConfig(epochs=2, batch_size=8), "cv", run_dir, fold=0, limit=25)
+    assert res["resumed_at_epoch"] == 1
+    assert res["wall_s"] > before
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+    assert not last.exists()

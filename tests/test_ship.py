@@ -48,3 +48,37 @@ def test_ship_v2_refuses_a_fold0_run_of_another_recipe(tmp_path):
     fold.joinpath("result.json").write_text(json.dumps({"recipe": asdict(RecipeConfig(frozen_blocks=0, train_stem=True))}))
     with pytest.raises(ConfigError, match="--frozen-blocks, --train-stem"):
         ship_v2(tmp_path / "m.onnx", cv_dir=tmp_path, cv_report=None, report_path=tmp_path / "r.json")
+
+
+def test_the_committed_model_card_is_what_its_ship_report_generates(tmp_path):
+    """engines/models/MODEL_CARD.md says 'do not edit by hand': regenerated from the committed ship
+    report and the model's manifest it is byte for byte the committed card, and it names the
+    initialisation the recipe used (an SSL start only where the recipe had one)."""
+    pytest.importorskip("torch")
+    from streamcad.manifest import read_manifest
+    from streamcad.train.config import REPO, SHIP_REPORT, SHIPPED_MODEL
+    from streamcad.train.release import write_model_card_v2
+
+    report = json.loads(SHIP_REPORT.read_text())
+    card = write_model_card_v2(report, tmp_path / "MODEL_CARD.md", read_manifest(SHIPPED_MODEL).sha256).read_text()
+    assert card == (REPO / "engines" / "models" / "MODEL_CARD.md").read_text()
+    assert ("self-supervised on" in report["training_data"]["initialisation"]) == bool(report["recipe"].get("ssl_init"))
+
+
+def test_the_ssl_candidate_report_names_its_pretraining_and_its_gate_measurement(tmp_path):
+    """Lever 5's candidate (kept by the accuracy protocol, not shipped: docs/TRAINING.md): its ship
+    report names the fold-0 pretraining recorded in train/results/v2/ssl, the card generated from it
+    states that pretraining's time, and its gate measurement is the committed benchmark of the same graph."""
+    pytest.importorskip("torch")
+    from streamcad.train.config import REPO
+    from streamcad.train.release import write_model_card_v2
+
+    cand = REPO / "train" / "results" / "v2" / "ssl-candidate"
+    report = json.loads((cand / "ship-report.json").read_text())
+    ssl = json.loads((REPO / "train" / "results" / "v2" / "ssl" / "lite0-dcl-fold0-rerun.json").read_text())["cv/fold0"]
+    ood = json.loads((REPO / "benchmarks" / "results" / "ood_gate-lite0-ssl-fold0.json").read_text())
+    assert report["recipe"]["ssl_init"] and ssl["ssl_sha256"][:12] in report["training_data"]["initialisation"]
+    assert report["ood_measured"]["summary"] == ood["summary"]
+    card = write_model_card_v2(report, tmp_path / "MODEL_CARD.md", ood["model_sha256"]).read_text()
+    assert card == (cand / "MODEL_CARD.md").read_text()
+    assert f"SSL pretraining {ssl['wall_s'] / 60:.0f} min" in card

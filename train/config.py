@@ -61,8 +61,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = REPO / "engines" / "models" / "default.onnx"
 SHIP_REPORT = REPO / "train" / "results" / "shipped_default.json"
 RESULTS_DIR = REPO / "train" / "results"  # v1 experiment result JSONs + plots (committed)
-CV_DIR = REPO / "runs" / "cv" / "lite0"  # v2 train.cv run folders (not committed)
-CV_REPORT = REPO / "train" / "results" / "v2" / "report.json"  # v2 pooled protocol report (committed)
+CV_DIR = REPO / "runs" / "cv" / "lite0-r2"  # the shipped recipe's train.cv run folders (v2, rule R2; not committed)
+CV_REPORT = REPO / "train" / "results" / "v2" / "report-r2.json"  # the shipped recipe's pooled protocol report (committed)
 EXPERIMENT_WORK = Path("runs") / "experiment"  # v1 checkpoints, SSL cache, logs (not committed)
 SHIP_WORK = Path("runs") / "ship"
 

@@ -302,6 +302,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
     steps = len(fit) // cfg.batch_size
     total = steps * cfg.epochs
     start_epoch = 0
+    wall_before = 0.0  # seconds spent before a resume (last.pt's 'wall_s'; older checkpoints lack it: 0)
+    resumed_at = None
     last = out / "last.pt"
     if last.exists():  # resume
         ck = load_checkpoint(last)
@@ -311,6 +313,7 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch = ck["epoch"] + 1
+        wall_before, resumed_at = float(ck.get("wall_s") or 0.0), start_epoch
         log.info("resumed %s at epoch %d", out, start_epoch)
     logger = JsonlLogger(out / "log.jsonl")
     augment = ScannerAugment(cfg.size, scale=(0.7, cfg.max_crop_area), trivial=cfg.trivial_augment)
@@ -359,7 +362,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         logger.write(rec)
         log.info("%s epoch %d: %s", out.name, epoch, rec)
         save_checkpoint(last, {"recipe": asdict(cfg), "config_version": CONFIG_VERSION, "run": [mode, fold, source], "epoch": epoch,
-                               "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict()})
+                               "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                               "wall_s": wall_before + time.perf_counter() - t0})
 
     final = ema.module
     cal_logits, _, _, _ = score(final, cal.images, spec, None if hi is None else hi["cal_images"])
@@ -389,7 +393,8 @@ def run(cfg: RecipeConfig, mode: str, out_dir: str | os.PathLike, fold: int | No
         "recipe": asdict(cfg), "config_version": CONFIG_VERSION, "mode": mode, "fold": fold, "source": source,
         "n_fit": len(fit), "n_calibration": len(cal), "n_test": len(test), "limit": limit,
         "temperature": temperature, "threshold": threshold, "ssl_start": ssl_start,
-        "git_commit": git_commit(), "machine": machine_info(), "wall_s": time.perf_counter() - t0,
+        "git_commit": git_commit(), "machine": machine_info(), "wall_s": wall_before + time.perf_counter() - t0,
+        "resumed_at_epoch": resumed_at,
         "predictions": {"ids": test.ids.tolist(), "groups": test.groups.tolist(), "labels": test.labels.tolist(),
                         "probs": te_probs.tolist(), "dice": [None if np.isnan(d) else float(d) for d in dice]},
         "calibration": _calibration_block(cal, cal_probs),
@@ -450,7 +455,8 @@ def load_ssl_start(model, path: str | os.PathLike, arrays, test) -> dict:
                           f"({len(set(own) - set(state))} missing, {len(set(state) - set(own))} unexpected)")
     model.load_state_dict(state, strict=False)
     return {"path": str(p), "sha256": sha256_file(p), "pool_sha256": pool["sha256"], "n_pool": len(pool["ids"]),
-            "epochs": ck.get("epoch"), "ssl_config": ck.get("train_config"), "last_loss": (ck.get("metrics") or {}).get("loss")}
+            "epochs": ck.get("epoch"), "ssl_config": ck.get("train_config"), "last_loss": (ck.get("metrics") or {}).get("loss"),
+            "wall_s": sum(h.get("epoch_s", 0.0) for h in ck.get("history") or []), "machine": ck.get("machine")}
 
 
 # Lever 5's pretraining of lite0 on ultrasound, fixed before its runs (docs/TRAINING.md, "Addendum: ultrasound SSL").
