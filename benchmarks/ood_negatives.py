@@ -1,0 +1,168 @@
+"""Would non-breast negatives help the content gate? A leave-one-recording-out study (offline).
+
+The shipped gate (streamcad.gate_ood, fitted by train.ood.calibrate) knows breast images only.
+This study asks whether a second, linear head that has also seen non-breast recordings would
+flag recordings it has *not* seen, without flagging more breast frames. Nothing here changes the
+runtime or any manifest; the design below was fixed before its first run (docs/MODEL.md):
+
+    head B: logistic regression (C = 1, class-balanced) on the gate's own standardised embedding,
+        breast training frames (folds of the manifest, both datasets, linear + curved simulated
+        screens) against every frame of the *training* recordings
+    its threshold: the gate's rule, on B's score: the largest over (dataset x screen) strata of the
+        98th percentile of cross-fitted out-of-fit breast scores (each training fold scored by a
+        head fitted without that fold's breast frames)
+    a frame is flagged when the manifest's gate OR head B flags it
+    leave one recording out: for each of the recordings in ../shared/data/video, B is fitted on
+        the others and measured on it; the held-out breast fold is measured under every one of
+        those fits (mean and worst reported)
+
+    OMP_NUM_THREADS=1 python -m streamcad.benchmarks.ood_negatives MODEL.onnx \\
+        --out benchmarks/results/ood_negatives-NAME.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streamcad.backends import load_backend
+from streamcad.benchmarks.machine import machine_info
+from streamcad.errors import ConfigError
+from streamcad.gate_ood import OodGate
+from streamcad.manifest import read_manifest, verify_artifact
+from streamcad.train.data.datasets import data_root
+from streamcad.train.ood import (
+    TARGET_RATE,
+    _folds_from_manifest,
+    _strata_features,
+    breast_frames,
+    breast_items,
+    embed_stream,
+    video_frames,
+)
+
+log = logging.getLogger(__name__)
+
+C = 1.0  # fixed before the first run: no value of it is chosen on a recording
+
+
+def fit_head(pos: np.ndarray, neg: np.ndarray, seed: int = 0):
+    """Standardised embeddings of breast (pos) and non-breast (neg) frames -> a fitted linear head;
+    its decision_function is the 'not breast' score."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(pos) < 10 or len(neg) < 10:
+        raise ConfigError(f"fit_head: {len(pos)} breast and {len(neg)} non-breast frames; expected >= 10 of each")
+    x = np.concatenate([pos, neg])
+    y = np.concatenate([np.zeros(len(pos)), np.ones(len(neg))])
+    return LogisticRegression(C=C, class_weight="balanced", max_iter=5000, random_state=seed).fit(x, y)
+
+
+def head_threshold(z: np.ndarray, folds: np.ndarray, strata: np.ndarray, neg: np.ndarray,
+                   target_rate: float = TARGET_RATE) -> float:
+    """The gate's threshold rule on the head's score: each training fold's breast frames scored by a
+    head fitted without them; the largest per-stratum (1 - target_rate) quantile."""
+    oof = np.empty(len(z))
+    for f in np.unique(folds):
+        held = folds == f
+        oof[held] = fit_head(z[~held], neg).decision_function(z[held])
+    return float(max(np.quantile(oof[strata == s], 1.0 - target_rate) for s in np.unique(strata)))
+
+
+def leave_one_recording_out(z_train: np.ndarray, folds: np.ndarray, strata: np.ndarray, z_test: np.ndarray,
+                            gate_test: np.ndarray, clips: dict[str, np.ndarray], gate_clips: dict[str, np.ndarray],
+                            target_rate: float = TARGET_RATE) -> dict:
+    """For each recording: head B fitted on the other recordings + the breast training frames.
+    -> per recording: frames flagged by the gate, by B, by either; held-out breast frames flagged
+    (gate or B) under that fit."""
+    out = {}
+    for name in clips:
+        neg = np.concatenate([v for k, v in clips.items() if k != name])
+        thr = head_threshold(z_train, folds, strata, neg, target_rate)
+        head = fit_head(z_train, neg)
+        b_clip = head.decision_function(clips[name]) > thr
+        b_test = head.decision_function(z_test) > thr
+        out[name] = {"frames": len(clips[name]), "threshold": thr,
+                     "gate_flagged": float(gate_clips[name].mean()), "head_flagged": float(b_clip.mean()),
+                     "either_flagged": float((gate_clips[name] | b_clip).mean()),
+                     "breast_test_either_flagged": float((gate_test | b_test).mean()),
+                     "breast_test_head_flagged": float(b_test.mean())}
+        log.info("%s: %s", name, out[name])
+    return out
+
+
+def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> dict:
+    t0 = time.perf_counter()
+    m = read_manifest(model)
+    verify_artifact(model, m)
+    if not m.ood:
+        raise ConfigError(f"{model.name} has no out-of-domain gate in its manifest; run `streamcad train gate {model}` first")
+    gate = OodGate.from_dict(m.ood)
+    train_folds, test_fold = _folds_from_manifest(m, None)
+    spec = m.spec()
+    vdir = data_root(root) / "video"
+    clips_meta = json.loads((vdir / "sectors.json").read_text())
+    with load_backend("onnxruntime", model, intra_op_threads=threads) as be:
+        strata = _strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed)  # as calibrate
+        test = [embed_stream(be, spec, breast_frames(breast_items((ds,), [test_fold], root), sector, seed=seed + 100))
+                for ds in ("busi", "busbra") for sector in ("linear", "curved")]  # as benchmarks.ood_gate
+        clips = {c["file"]: embed_stream(be, spec, video_frames(vdir / c["file"])).embeddings for c in clips_meta}
+    z = lambda e: (np.asarray(e, np.float64) - gate.center) / gate.scale  # noqa: E731  the gate's standardisation
+    z_train = z(np.concatenate([f.embeddings for f, _ in strata.values()]))
+    folds = np.concatenate([fo for _, fo in strata.values()])
+    which = np.concatenate([np.full(len(f), k) for k, (f, _) in enumerate(strata.values())])
+    test_emb = np.concatenate([f.embeddings for f in test])
+    loro = leave_one_recording_out(z_train, folds, which, z(test_emb), gate.out_of_domain(test_emb),
+                                   {k: z(v) for k, v in clips.items()}, {k: gate.out_of_domain(v) for k, v in clips.items()})
+    n = np.array([r["frames"] for r in loro.values()])
+    col = lambda k: np.array([r[k] for r in loro.values()])  # noqa: E731
+    res = {
+        "schema": 1, "model": model.name, "model_sha256": m.sha256, "test_fold": test_fold, "train_folds": train_folds,
+        "design": {"head": f"LogisticRegression(C={C}, class_weight='balanced') on the gate's standardised embedding",
+                   "threshold": f"largest per-stratum {100 * (1 - TARGET_RATE):g}th percentile of cross-fitted breast scores",
+                   "flag": "gate OR head", "held_out": "each recording in turn (leave one recording out)"},
+        "recordings": {k: {**v, "organ": c.get("organ"), "probe": c.get("probe")}
+                       for (k, v), c in zip(loro.items(), clips_meta, strict=True)},
+        "summary": {
+            "non_breast_frames": int(n.sum()),
+            "gate_flagged": float(np.average(col("gate_flagged"), weights=n)),
+            "either_flagged_loro": float(np.average(col("either_flagged"), weights=n)),
+            "recordings_at_least_90pct_either": int((col("either_flagged") >= 0.9).sum()),
+            "recordings": len(n),
+            "breast_test_frames": int(len(test_emb)),
+            "breast_test_gate_flagged": float(gate.out_of_domain(test_emb).mean()),
+            "breast_test_either_flagged_mean": float(col("breast_test_either_flagged").mean()),
+            "breast_test_either_flagged_worst": float(col("breast_test_either_flagged").max()),
+        },
+        "wall_s": time.perf_counter() - t0, "machine": machine_info(),
+        "command": f"python -m streamcad.benchmarks.ood_negatives {model} --out {out}",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model", type=Path, help="MODEL.onnx with a gate in its manifest")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/ood_negatives.json"))
+    p.add_argument("--root", default=None, help="data root (default ../shared/data)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    res = run(args.model, args.out, args.root, args.threads, args.seed)
+    print(json.dumps(res["summary"], indent=1))
+    for k, r in res["recordings"].items():
+        print(f"{k:40s} gate {100 * r['gate_flagged']:5.1f}%  head {100 * r['head_flagged']:5.1f}%  either {100 * r['either_flagged']:5.1f}%"
+              f"  breast(either) {100 * r['breast_test_either_flagged']:4.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
