@@ -219,7 +219,7 @@ def _training_time_text(wall: dict) -> str:
     text = f"fold-0 fine-tune {ft / 60:.0f} min"
     if wall.get("ssl_pretraining"):
         text = f"fold-0 SSL pretraining {wall['ssl_pretraining'] / 60:.0f} min, then {text}"
-    return text + (" (epoch times from the logs; the run was resumed once)" if wall.get("fold0_resumed_at_epoch") else "")
+    return text + (" (epoch times from the logs; the run was resumed after an interruption)" if wall.get("fold0_resumed_at_epoch") else "")
 
 
 def _fold0_caveat(report: dict) -> str:
