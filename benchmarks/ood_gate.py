@@ -135,13 +135,18 @@ def _through_mp4(frames: list[np.ndarray], tmp: Path, name: str) -> Path:
     return path
 
 
-def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> dict:
-    t0 = time.perf_counter()
+def gated_model(model: Path):
+    """-> (the verified manifest of MODEL.onnx, its OodGate); refused in one line without a gate."""
     m = read_manifest(model)
     verify_artifact(model, m)
     if not m.ood:
         raise ConfigError(f"{model.name} has no out-of-domain gate in its manifest; run `streamcad train gate {model}` first")
-    gate = OodGate.from_dict(m.ood)
+    return m, OodGate.from_dict(m.ood)
+
+
+def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> dict:
+    t0 = time.perf_counter()
+    m, gate = gated_model(model)
     fitted = m.ood.get("fitted_on", {})
     test_fold = int(fitted.get("test_fold_excluded", 0))
     spec = m.spec()

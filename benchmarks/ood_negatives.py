@@ -36,9 +36,8 @@ import numpy as np
 
 from streamcad.backends import load_backend
 from streamcad.benchmarks.machine import machine_info
+from streamcad.benchmarks.ood_gate import gated_model
 from streamcad.errors import ConfigError
-from streamcad.gate_ood import OodGate
-from streamcad.manifest import read_manifest, verify_artifact
 from streamcad.train.data.datasets import data_root
 from streamcad.train.ood import (
     TARGET_RATE,
@@ -122,11 +121,7 @@ def _to_mp4(frames, path: Path, fps: float = 30.0) -> Path:
 
 def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> dict:
     t0 = time.perf_counter()
-    m = read_manifest(model)
-    verify_artifact(model, m)
-    if not m.ood:
-        raise ConfigError(f"{model.name} has no out-of-domain gate in its manifest; run `streamcad train gate {model}` first")
-    gate = OodGate.from_dict(m.ood)
+    m, gate = gated_model(model)
     train_folds, test_fold = _folds_from_manifest(m, None)
     spec = m.spec()
     vdir = data_root(root) / "video"
