@@ -41,11 +41,11 @@ from streamcad.errors import ConfigError
 from streamcad.train.data.datasets import data_root
 from streamcad.train.ood import (
     TARGET_RATE,
-    _folds_from_manifest,
-    _strata_features,
     breast_frames,
     breast_items,
     embed_stream,
+    folds_from_manifest,
+    strata_features,
     video_frames,
 )
 
@@ -122,12 +122,12 @@ def _to_mp4(frames, path: Path, fps: float = 30.0) -> Path:
 def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> dict:
     t0 = time.perf_counter()
     m, gate = gated_model(model)
-    train_folds, test_fold = _folds_from_manifest(m, None)
+    train_folds, test_fold = folds_from_manifest(m, None)
     spec = m.spec()
     vdir = data_root(root) / "video"
     clips_meta = json.loads((vdir / "sectors.json").read_text())
     with load_backend("onnxruntime", model, intra_op_threads=threads) as be:
-        strata = _strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed)  # as calibrate
+        strata = strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed)  # as calibrate
         test = [embed_stream(be, spec, breast_frames(breast_items((ds,), [test_fold], root), sector, seed=seed + 100))
                 for ds in ("busi", "busbra") for sector in ("linear", "curved")]  # as benchmarks.ood_gate
         with tempfile.TemporaryDirectory() as tmp:  # the confound check: breast frames as a video file delivers them

@@ -219,7 +219,7 @@ def fit_gate(emb: np.ndarray, labels: np.ndarray, n_axes: int = N_AXES) -> OodGa
     return gate
 
 
-def _strata_features(backend: Any, spec: Any, datasets: tuple[str, ...], folds: list[int], root: Any,
+def strata_features(backend: Any, spec: Any, datasets: tuple[str, ...], folds: list[int], root: Any,
                      data_npz: Any, seed: int) -> dict[tuple[str, str], tuple[StreamFeatures, np.ndarray]]:
     """Every image of `folds` once in a linear and once in a curved screen -> {(dataset, sector):
     (features, fold per frame)}."""
@@ -233,7 +233,7 @@ def _strata_features(backend: Any, spec: Any, datasets: tuple[str, ...], folds: 
     return out
 
 
-def _folds_from_manifest(m: Any, test_fold: int | None) -> tuple[list[int], int]:
+def folds_from_manifest(m: Any, test_fold: int | None) -> tuple[list[int], int]:
     td = m.training_data or {}
     t = test_fold if test_fold is not None else td.get("test_fold", td.get("fold", 0))
     if not isinstance(t, int) or not 0 <= t <= 4:
@@ -269,14 +269,14 @@ def calibrate(
     path = Path(model_path)
     m = read_manifest(path)
     verify_artifact(path, m)
-    train_folds, t = _folds_from_manifest(m, test_fold)
+    train_folds, t = folds_from_manifest(m, test_fold)
     if len(train_folds) < 2:
         raise ConfigError(f"training folds {train_folds}: need at least 2 (one fits, one calibrates)")
     spec = m.spec()
     with load_backend("onnxruntime", path, intra_op_threads=threads) as be:
         if be.embedding_dim is None:
             raise ArtifactError(f"{path.name} has no 'embedding' output; export it again with `streamcad export`")
-        strata = _strata_features(be, spec, datasets, train_folds, root, data_npz, seed)
+        strata = strata_features(be, spec, datasets, train_folds, root, data_npz, seed)
     emb = np.concatenate([f.embeddings for f, _ in strata.values()])
     labels = np.array([lab for f, _ in strata.values() for lab in f.labels])
     folds = np.concatenate([fo for _, fo in strata.values()])
