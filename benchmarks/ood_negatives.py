@@ -103,20 +103,22 @@ def leave_one_recording_out(z_train: np.ndarray, folds: np.ndarray, strata: np.n
     return out
 
 
-def _to_mp4(frames, path: Path, fps: float = 30.0) -> Path:
-    """Write (gray, chroma, label, mask) frames to an mp4v file one by one (as benchmarks.ood_gate does
-    for its synthetic videos): the codec's artefacts are what a recording has and a rendered frame lacks."""
+def _recorded(frames, path: Path, fps: float = 30.0):
+    """Yield each (gray, chroma, label, mask) frame unchanged while writing it to an mp4v file (as
+    benchmarks.ood_gate does for its synthetic videos): the same frames, once rendered, can then be
+    read back with the codec's artefacts, which a recording has and a rendered frame lacks."""
     import cv2
 
     vw = None
-    for image, *_ in frames:
-        if vw is None:
-            vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (image.shape[1], image.shape[0]))
-        vw.write(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
-    if vw is None:
-        raise ConfigError(f"no frames to write to {path}")
-    vw.release()
-    return path
+    try:
+        for f in frames:
+            if vw is None:
+                vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (f[0].shape[1], f[0].shape[0]))
+            vw.write(cv2.cvtColor(f[0], cv2.COLOR_GRAY2BGR))
+            yield f
+    finally:
+        if vw is not None:
+            vw.release()
 
 
 def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> dict:
@@ -128,12 +130,14 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
     clips_meta = json.loads((vdir / "sectors.json").read_text())
     with load_backend("onnxruntime", model, intra_op_threads=threads) as be:
         strata = strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed)  # as calibrate
-        test = [embed_stream(be, spec, breast_frames(breast_items((ds,), [test_fold], root), sector, seed=seed + 100))
-                for ds in ("busi", "busbra") for sector in ("linear", "curved")]  # as benchmarks.ood_gate
-        with tempfile.TemporaryDirectory() as tmp:  # the confound check: breast frames as a video file delivers them
-            test_video = [embed_stream(be, spec, video_frames(_to_mp4(
-                breast_frames(breast_items((ds,), [test_fold], root), sector, seed=seed + 100), Path(tmp) / f"{ds}-{sector}.mp4")))
-                for ds in ("busi", "busbra") for sector in ("linear", "curved")]
+        test, test_video = [], []  # held-out breast frames as benchmarks.ood_gate renders them, then as a video file delivers them
+        with tempfile.TemporaryDirectory() as tmp:
+            for ds in ("busi", "busbra"):
+                items = breast_items((ds,), [test_fold], root)
+                for sector in ("linear", "curved"):
+                    path = Path(tmp) / f"{ds}-{sector}.mp4"
+                    test.append(embed_stream(be, spec, _recorded(breast_frames(items, sector, seed=seed + 100), path)))
+                    test_video.append(embed_stream(be, spec, video_frames(path)))
         clips = {c["file"]: embed_stream(be, spec, video_frames(vdir / c["file"])).embeddings for c in clips_meta}
     z = lambda e: (np.asarray(e, np.float64) - gate.center) / gate.scale  # noqa: E731  the gate's standardisation
     z_train = z(np.concatenate([f.embeddings for f, _ in strata.values()]))
