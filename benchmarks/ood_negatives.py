@@ -18,6 +18,11 @@ runtime or any manifest; the design below was fixed before its first run (docs/M
     added after the first run, a check of a confound, not a choice: every breast frame here is
         rendered, every recording is a video file, so the head may learn 'video file' rather than
         'not breast'; the held-out breast frames are also measured after an mp4v round trip
+    two more checks of that confound, fixed before their first run (docs/MODEL.md):
+      a new hospital: the head fitted on one dataset's breast frames only (and every recording),
+        measured on the held-out fold of the other dataset
+      capture artefacts: the held-out breast frames after each of DEGRADATIONS, measured by the
+        head fitted on every recording (the one that would ship)
 
     OMP_NUM_THREADS=1 python -m streamcad.benchmarks.ood_negatives MODEL.onnx \\
         --out benchmarks/results/ood_negatives-NAME.json
@@ -26,6 +31,7 @@ runtime or any manifest; the design below was fixed before its first run (docs/M
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import tempfile
@@ -44,6 +50,7 @@ from streamcad.train.ood import (
     breast_frames,
     breast_items,
     embed_stream,
+    fit_gate,
     folds_from_manifest,
     strata_features,
     video_frames,
@@ -52,6 +59,48 @@ from streamcad.train.ood import (
 log = logging.getLogger(__name__)
 
 C = 1.0  # fixed before the first run: no value of it is chosen on a recording
+
+
+def _gamma(g: np.ndarray, gamma: float) -> np.ndarray:
+    lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
+    return lut[g]
+
+
+def _half(g: np.ndarray) -> np.ndarray:
+    import cv2
+
+    h, w = g.shape
+    return cv2.resize(cv2.resize(g, (w // 2, h // 2), interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _jpeg(g: np.ndarray, quality: int = 30) -> np.ndarray:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", g, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ConfigError("JPEG encoding failed")
+    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+
+
+def _blur(g: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(g, (0, 0), sigma)
+
+
+def _levels(g: np.ndarray, n: int = 32) -> np.ndarray:
+    return np.round(np.round(g / 255.0 * (n - 1)) * 255.0 / (n - 1)).astype(np.uint8)
+
+
+# Screen degradations of a capture chain or another scanner; strengths fixed before the first run.
+DEGRADATIONS = {
+    "half_resolution": _half,
+    "jpeg_q30": _jpeg,
+    "blur_sigma2": _blur,
+    "gamma_0.6": lambda g: _gamma(g, 0.6),
+    "gamma_1.6": lambda g: _gamma(g, 1.6),
+    "grey_levels_32": _levels,
+}
 
 
 def fit_head(pos: np.ndarray, neg: np.ndarray, seed: int = 0):
@@ -103,6 +152,43 @@ def leave_one_recording_out(z_train: np.ndarray, folds: np.ndarray, strata: np.n
     return out
 
 
+def gate_threshold(emb: np.ndarray, labels: np.ndarray, folds: np.ndarray, strata: np.ndarray,
+                   target_rate: float = TARGET_RATE):
+    """The gate as train.ood.calibrate fits it, on the given breast frames only -> a gate whose
+    threshold is the largest per-stratum (1 - target_rate) quantile of cross-fitted scores."""
+    oof = np.empty(len(emb))
+    for f in np.unique(folds):
+        held = folds == f
+        oof[held] = fit_gate(emb[~held], labels[~held]).score(emb[held])
+    thr = float(max(np.quantile(oof[strata == s], 1.0 - target_rate) for s in np.unique(strata)))
+    g = fit_gate(emb, labels)
+    return dataclasses.replace(g, threshold=thr)
+
+
+def cross_dataset(z_train: np.ndarray, folds: np.ndarray, strata: np.ndarray, ds_train: np.ndarray,
+                  z_test: np.ndarray, ds_test: np.ndarray, neg: np.ndarray,
+                  target_rate: float = TARGET_RATE) -> dict:
+    """For each dataset: the head fitted on the *other* datasets' breast frames (and neg), its
+    threshold by the gate's rule on their strata -> the share of this dataset's held-out frames it
+    flags (a breast hospital the head never saw), beside the share of the other datasets' own."""
+    out = {}
+    for ds in np.unique(ds_test):
+        fit = ds_train != ds
+        if not fit.any() or fit.all():
+            raise ConfigError(f"cross_dataset: dataset {ds!r} needs other datasets' breast frames to fit on")
+        mu, sd = z_train[fit].mean(0), z_train[fit].std(0)  # standardised on the fitted datasets alone
+        sd = np.where(sd > 1e-9, sd, 1.0)
+        zt, zn = (z_train[fit] - mu) / sd, (neg - mu) / sd
+        thr = head_threshold(zt, folds[fit], strata[fit], zn, target_rate)
+        head = fit_head(zt, zn)
+        flagged = head.decision_function((z_test - mu) / sd) > thr
+        out[str(ds)] = {"fitted_on": sorted(str(d) for d in np.unique(ds_train[fit])), "threshold": thr,
+                        "unseen_dataset_frames": int((ds_test == ds).sum()),
+                        "unseen_dataset_head_flagged": float(flagged[ds_test == ds].mean()),
+                        "seen_datasets_head_flagged": float(flagged[ds_test != ds].mean())}
+    return out
+
+
 def _recorded(frames, path: Path, fps: float = 30.0):
     """Yield each (gray, chroma, label, mask) frame unchanged while writing it to an mp4v file (as
     benchmarks.ood_gate does for its synthetic videos): the same frames, once rendered, can then be
@@ -130,14 +216,22 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
     clips_meta = json.loads((vdir / "sectors.json").read_text())
     with load_backend("onnxruntime", model, intra_op_threads=threads) as be:
         strata = strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed)  # as calibrate
-        test, test_video = [], []  # held-out breast frames as benchmarks.ood_gate renders them, then as a video file delivers them
+        # held-out breast frames as benchmarks.ood_gate renders them, then as a video file delivers
+        # them, then after each screen degradation
+        test, test_video, test_ds = [], [], []
+        degraded: dict[str, list] = {k: [] for k in DEGRADATIONS}
         with tempfile.TemporaryDirectory() as tmp:
             for ds in ("busi", "busbra"):
                 items = breast_items((ds,), [test_fold], root)
                 for sector in ("linear", "curved"):
                     path = Path(tmp) / f"{ds}-{sector}.mp4"
-                    test.append(embed_stream(be, spec, _recorded(breast_frames(items, sector, seed=seed + 100), path)))
+                    frames = list(breast_frames(items, sector, seed=seed + 100))
+                    test.append(embed_stream(be, spec, _recorded(frames, path)))
                     test_video.append(embed_stream(be, spec, video_frames(path)))
+                    test_ds.append(np.full(len(frames), ds))
+                    for k, fn in DEGRADATIONS.items():
+                        degraded[k].append(embed_stream(be, spec, ((fn(g), c, lab, m_) for g, c, lab, m_ in frames)).embeddings)
+                    del frames
         clips = {c["file"]: embed_stream(be, spec, video_frames(vdir / c["file"])).embeddings for c in clips_meta}
     z = lambda e: (np.asarray(e, np.float64) - gate.center) / gate.scale  # noqa: E731  the gate's standardisation
     z_train = z(np.concatenate([f.embeddings for f, _ in strata.values()]))
@@ -148,6 +242,30 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
     loro = leave_one_recording_out(z_train, folds, which, z(test_emb), gate.out_of_domain(test_emb),
                                    {k: z(v) for k, v in clips.items()}, {k: gate.out_of_domain(v) for k, v in clips.items()},
                                    z_test_video=z(video_emb), gate_test_video=gate.out_of_domain(video_emb))
+    # the two checks of the 'real capture' confound
+    ds_train = np.concatenate([np.full(len(f), ds) for (ds, _), (f, _) in strata.items()])
+    ds_test = np.concatenate(test_ds)
+    neg_all = np.concatenate([z(v) for v in clips.values()])
+    cross = cross_dataset(z_train, folds, which, ds_train, z(test_emb), ds_test, neg_all)
+    emb_train = np.concatenate([f.embeddings for f, _ in strata.values()])
+    labels_train = np.array([lab for f, _ in strata.values() for lab in f.labels])
+    for ds, r in cross.items():  # for reference: the gate itself fitted on the other dataset only
+        fit = ds_train != ds
+        g1 = gate_threshold(emb_train[fit], labels_train[fit], folds[fit], which[fit])
+        r["unseen_dataset_gate_flagged"] = float(g1.out_of_domain(test_emb[ds_test == ds]).mean())
+    thr_all = head_threshold(z_train, folds, which, neg_all)
+    head_all = fit_head(z_train, neg_all)
+    degr = {}
+    for k, parts in degraded.items():
+        e = np.concatenate(parts)
+        h = head_all.decision_function(z(e)) > thr_all
+        gd = gate.out_of_domain(e)
+        degr[k] = {"frames": int(len(e)), "head_flagged": float(h.mean()), "gate_flagged": float(gd.mean()),
+                   "either_flagged": float((h | gd).mean()),
+                   "head_flagged_by_dataset": {str(d): float(h[ds_test == d].mean()) for d in np.unique(ds_test)}}
+        log.info("degradation %s: %s", k, degr[k])
+    undegraded_head = float((head_all.decision_function(z(test_emb)) > thr_all).mean())
+    bar = max([r["unseen_dataset_head_flagged"] for r in cross.values()] + [r["head_flagged"] for r in degr.values()])
     n = np.array([r["frames"] for r in loro.values()])
     col = lambda k: np.array([r[k] for r in loro.values()])  # noqa: E731
     res = {
@@ -155,7 +273,12 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
         "design": {"head": f"LogisticRegression(C={C}, class_weight='balanced') on the gate's standardised embedding",
                    "threshold": f"largest per-stratum {100 * (1 - TARGET_RATE):g}th percentile of cross-fitted breast scores",
                    "flag": "gate OR head", "held_out": "each recording in turn (leave one recording out)",
-                   "confound_check": "the held-out breast frames also through an mp4v round trip (added after the first run)"},
+                   "confound_check": "the held-out breast frames also through an mp4v round trip (added after the first run)",
+                   "confound_checks_2": "the head fitted on one dataset's breast frames, measured on the other's held-out fold; "
+                                        "the held-out breast frames after each screen degradation, measured by the head fitted "
+                                        "on every recording (fixed before their first run; bar: head alone <= 5% in each)"},
+        "cross_dataset": cross,
+        "degradations": degr,
         "recordings": {k: {**v, "organ": c.get("organ"), "probe": c.get("probe")}
                        for (k, v), c in zip(loro.items(), clips_meta, strict=True)},
         "summary": {
@@ -171,6 +294,9 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
             "breast_test_video_gate_flagged": float(gate.out_of_domain(video_emb).mean()),
             "breast_test_video_either_flagged_mean": float(col("breast_test_video_either_flagged").mean()),
             "breast_test_video_either_flagged_worst": float(col("breast_test_video_either_flagged").max()),
+            "all_recordings_head_breast_test_flagged": undegraded_head,
+            "confound_checks_worst_head_flagged": bar,
+            "confound_checks_bar_met": bool(bar <= 0.05),
         },
         "wall_s": time.perf_counter() - t0, "machine": machine_info(),
         "command": f"python -m streamcad.benchmarks.ood_negatives {model} --out {out}",
@@ -194,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     for k, r in res["recordings"].items():
         print(f"{k:40s} gate {100 * r['gate_flagged']:5.1f}%  head {100 * r['head_flagged']:5.1f}%  either {100 * r['either_flagged']:5.1f}%"
               f"  breast(either) {100 * r['breast_test_either_flagged']:4.1f}%")
+    for k, r in res["cross_dataset"].items():
+        print(f"unseen breast dataset {k:8s} head {100 * r['unseen_dataset_head_flagged']:5.1f}%"
+              f"  (gate fitted without it {100 * r['unseen_dataset_gate_flagged']:5.1f}%)")
+    for k, r in res["degradations"].items():
+        print(f"breast, {k:16s} head {100 * r['head_flagged']:5.1f}%  gate {100 * r['gate_flagged']:5.1f}%")
     return 0
 
 
