@@ -31,11 +31,11 @@ runtime or any manifest; the design below was fixed before its first run (docs/M
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +50,9 @@ from streamcad.train.ood import (
     breast_frames,
     breast_items,
     embed_stream,
-    fit_gate,
+    fit_calibrated,
     folds_from_manifest,
+    stack_strata,
     strata_features,
     video_frames,
 )
@@ -152,19 +153,6 @@ def leave_one_recording_out(z_train: np.ndarray, folds: np.ndarray, strata: np.n
     return out
 
 
-def gate_threshold(emb: np.ndarray, labels: np.ndarray, folds: np.ndarray, strata: np.ndarray,
-                   target_rate: float = TARGET_RATE):
-    """The gate as train.ood.calibrate fits it, on the given breast frames only -> a gate whose
-    threshold is the largest per-stratum (1 - target_rate) quantile of cross-fitted scores."""
-    oof = np.empty(len(emb))
-    for f in np.unique(folds):
-        held = folds == f
-        oof[held] = fit_gate(emb[~held], labels[~held]).score(emb[held])
-    thr = float(max(np.quantile(oof[strata == s], 1.0 - target_rate) for s in np.unique(strata)))
-    g = fit_gate(emb, labels)
-    return dataclasses.replace(g, threshold=thr)
-
-
 def cross_dataset(z_train: np.ndarray, folds: np.ndarray, strata: np.ndarray, ds_train: np.ndarray,
                   z_test: np.ndarray, ds_test: np.ndarray, neg: np.ndarray,
                   target_rate: float = TARGET_RATE) -> dict:
@@ -207,6 +195,37 @@ def _recorded(frames, path: Path, fps: float = 30.0):
             vw.release()
 
 
+@dataclass
+class HeldOut:
+    """Embeddings of the held-out breast frames (both datasets, both screens), row-aligned."""
+
+    test: np.ndarray  # as benchmarks.ood_gate renders them
+    video: np.ndarray  # the same frames after an mp4v round trip
+    datasets: np.ndarray  # dataset of each row
+    degraded: dict[str, np.ndarray]  # the same frames after each of DEGRADATIONS
+
+
+def heldout_breast(be, spec, test_fold: int, root: str | None, seed: int) -> HeldOut:
+    """Every held-out image once in each screen (rendered once), embedded as rendered, after an
+    mp4v round trip and after each screen degradation."""
+    test, video, names = [], [], []
+    degraded: dict[str, list] = {k: [] for k in DEGRADATIONS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for ds in ("busi", "busbra"):
+            items = breast_items((ds,), [test_fold], root)
+            for sector in ("linear", "curved"):
+                path = Path(tmp) / f"{ds}-{sector}.mp4"
+                frames = list(breast_frames(items, sector, seed=seed + 100))
+                test.append(embed_stream(be, spec, _recorded(frames, path)).embeddings)
+                video.append(embed_stream(be, spec, video_frames(path)).embeddings)
+                names.append(np.full(len(frames), ds))
+                for k, fn in DEGRADATIONS.items():
+                    degraded[k].append(embed_stream(be, spec, ((fn(g), c, lab, m_) for g, c, lab, m_ in frames)).embeddings)
+                del frames
+    return HeldOut(np.concatenate(test), np.concatenate(video), np.concatenate(names),
+                   {k: np.concatenate(v) for k, v in degraded.items()})
+
+
 def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> dict:
     t0 = time.perf_counter()
     m, gate = gated_model(model)
@@ -216,48 +235,27 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
     clips_meta = json.loads((vdir / "sectors.json").read_text())
     with load_backend("onnxruntime", model, intra_op_threads=threads) as be:
         strata = strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed)  # as calibrate
-        # held-out breast frames as benchmarks.ood_gate renders them, then as a video file delivers
-        # them, then after each screen degradation
-        test, test_video, test_ds = [], [], []
-        degraded: dict[str, list] = {k: [] for k in DEGRADATIONS}
-        with tempfile.TemporaryDirectory() as tmp:
-            for ds in ("busi", "busbra"):
-                items = breast_items((ds,), [test_fold], root)
-                for sector in ("linear", "curved"):
-                    path = Path(tmp) / f"{ds}-{sector}.mp4"
-                    frames = list(breast_frames(items, sector, seed=seed + 100))
-                    test.append(embed_stream(be, spec, _recorded(frames, path)))
-                    test_video.append(embed_stream(be, spec, video_frames(path)))
-                    test_ds.append(np.full(len(frames), ds))
-                    for k, fn in DEGRADATIONS.items():
-                        degraded[k].append(embed_stream(be, spec, ((fn(g), c, lab, m_) for g, c, lab, m_ in frames)).embeddings)
-                    del frames
+        held = heldout_breast(be, spec, test_fold, root, seed)
         clips = {c["file"]: embed_stream(be, spec, video_frames(vdir / c["file"])).embeddings for c in clips_meta}
+    test_emb, video_emb, ds_test, degraded = held.test, held.video, held.datasets, held.degraded
     z = lambda e: (np.asarray(e, np.float64) - gate.center) / gate.scale  # noqa: E731  the gate's standardisation
-    z_train = z(np.concatenate([f.embeddings for f, _ in strata.values()]))
-    folds = np.concatenate([fo for _, fo in strata.values()])
-    which = np.concatenate([np.full(len(f), k) for k, (f, _) in enumerate(strata.values())])
-    test_emb = np.concatenate([f.embeddings for f in test])
-    video_emb = np.concatenate([f.embeddings for f in test_video])
+    emb_train, labels_train, folds, which = stack_strata(strata)
+    z_train = z(emb_train)
     loro = leave_one_recording_out(z_train, folds, which, z(test_emb), gate.out_of_domain(test_emb),
                                    {k: z(v) for k, v in clips.items()}, {k: gate.out_of_domain(v) for k, v in clips.items()},
                                    z_test_video=z(video_emb), gate_test_video=gate.out_of_domain(video_emb))
     # the two checks of the 'real capture' confound
     ds_train = np.concatenate([np.full(len(f), ds) for (ds, _), (f, _) in strata.items()])
-    ds_test = np.concatenate(test_ds)
     neg_all = np.concatenate([z(v) for v in clips.values()])
     cross = cross_dataset(z_train, folds, which, ds_train, z(test_emb), ds_test, neg_all)
-    emb_train = np.concatenate([f.embeddings for f, _ in strata.values()])
-    labels_train = np.array([lab for f, _ in strata.values() for lab in f.labels])
     for ds, r in cross.items():  # for reference: the gate itself fitted on the other dataset only
         fit = ds_train != ds
-        g1 = gate_threshold(emb_train[fit], labels_train[fit], folds[fit], which[fit])
+        g1, _, _ = fit_calibrated(emb_train[fit], labels_train[fit], folds[fit], which[fit])
         r["unseen_dataset_gate_flagged"] = float(g1.out_of_domain(test_emb[ds_test == ds]).mean())
     thr_all = head_threshold(z_train, folds, which, neg_all)
     head_all = fit_head(z_train, neg_all)
     degr = {}
-    for k, parts in degraded.items():
-        e = np.concatenate(parts)
+    for k, e in degraded.items():
         h = head_all.decision_function(z(e)) > thr_all
         gd = gate.out_of_domain(e)
         degr[k] = {"frames": int(len(e)), "head_flagged": float(h.mean()), "gate_flagged": float(gd.mean()),

@@ -49,3 +49,45 @@ def test_leave_one_recording_out_flags_the_unlike_and_spares_the_breast_like():
     out = leave_one_recording_out(breast, folds, strata, test, np.zeros(len(test), bool), lonely,
                                   {k: np.zeros(60, bool) for k in lonely})
     assert out["x"]["head_flagged"] < 0.5 and out["y"]["head_flagged"] < 0.5
+
+
+def test_cross_dataset_flags_an_unseen_dataset_only_where_it_leans_to_the_negatives():
+    from streamcad.benchmarks.ood_negatives import cross_dataset
+
+    rng = np.random.default_rng(3)
+    d = 16
+    neg = rng.normal(0, 1, (200, d)) + 4.0
+    a = rng.normal(0, 1, (400, d))
+    for b_shift, low in ((0.0, True), (2.5, False)):  # b like a; b half-way to the negatives
+        b = rng.normal(0, 1, (400, d)) + b_shift
+        z = np.concatenate([a, b])
+        ds = np.array(["a"] * 400 + ["b"] * 400)
+        folds = np.tile(np.arange(4), 200)
+        strata = (ds == "b").astype(int)
+        test = np.concatenate([rng.normal(0, 1, (150, d)), rng.normal(0, 1, (150, d)) + b_shift])
+        test_ds = np.array(["a"] * 150 + ["b"] * 150)
+        out = cross_dataset(z, folds, strata, ds, test, test_ds, neg, target_rate=0.05)
+        assert out["b"]["fitted_on"] == ["a"] and out["b"]["unseen_dataset_frames"] == 150
+        if low:
+            assert out["b"]["unseen_dataset_head_flagged"] < 0.15
+        else:
+            assert out["b"]["unseen_dataset_head_flagged"] > 0.5
+            assert out["a"]["seen_datasets_head_flagged"] < 0.15  # b's own frames, under the head fitted on b
+
+
+def test_the_fixed_degradations_do_what_they_are_named():
+    pytest.importorskip("cv2")
+    from streamcad.benchmarks.ood_negatives import DEGRADATIONS
+
+    rng = np.random.default_rng(0)
+    g = np.zeros((240, 320), np.uint8)
+    g[40:200, 60:260] = np.clip(rng.normal(90, 40, (160, 200)), 0, 255).astype(np.uint8)
+    hp = lambda a: float(np.abs(np.diff(a.astype(float), axis=1)).mean())  # noqa: E731
+    out = {k: fn(g) for k, fn in DEGRADATIONS.items()}
+    assert all(o.shape == g.shape and o.dtype == np.uint8 for o in out.values())
+    for k in ("half_resolution", "blur_sigma2"):
+        assert hp(out[k]) < 0.8 * hp(g), k
+    assert hp(out["jpeg_q30"]) < hp(g) and np.abs(out["jpeg_q30"].astype(float) - g).mean() > 3  # lossy
+    assert out["gamma_0.6"][40:200, 60:260].mean() > g[40:200, 60:260].mean() + 20
+    assert out["gamma_1.6"][40:200, 60:260].mean() < g[40:200, 60:260].mean() - 20
+    assert len(np.unique(out["grey_levels_32"])) <= 32 and out["grey_levels_32"].min() == 0

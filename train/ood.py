@@ -47,6 +47,10 @@ __all__ = [
     "breast_frames",
     "video_frames",
     "breast_items",
+    "capture_degrade",
+    "pool_strata",
+    "stack_strata",
+    "fit_calibrated",
     "fit_gate",
     "calibrate",
     "TARGET_RATE",
@@ -154,16 +158,45 @@ def breast_items(datasets: tuple[str, ...], folds: Iterable[int], root: str | os
     return items if with_fold else [it[:2] for it in items]
 
 
+def capture_degrade(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A screen frame as another scanner or capture chain might deliver it: each of four
+    degradations with probability 0.5, strength drawn uniformly, in this order: down to 0.4-1.0 of
+    the resolution and back up (INTER_AREA, linear); Gaussian blur sigma 0.5-3 px; gamma 0.5-2
+    (log-uniform); JPEG quality 25-95. uint8 (H, W) -> uint8 (H, W)."""
+    import cv2
+
+    g = gray
+    h, w = g.shape
+    if rng.random() < 0.5:
+        f = rng.uniform(0.4, 1.0)
+        small = cv2.resize(g, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
+        g = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        g = cv2.GaussianBlur(g, (0, 0), rng.uniform(0.5, 3.0))
+    if rng.random() < 0.5:
+        gamma = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        g = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)[g]
+    if rng.random() < 0.5:
+        ok, buf = cv2.imencode(".jpg", g, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 96))])
+        if not ok:
+            raise ConfigError("capture_degrade: JPEG encoding failed")
+        g = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return np.ascontiguousarray(g, np.uint8)
+
+
 def breast_frames(items: list[tuple[Any, str]], sector: str, seed: int = 0,
-                  screen: tuple[int, int] = (1024, 768)) -> Iterator[tuple[np.ndarray, float, str | None, None]]:
+                  screen: tuple[int, int] = (1024, 768),
+                  degrade: bool = False) -> Iterator[tuple[np.ndarray, float, str | None, None]]:
     """Each image once inside the simulated scanner screen (streamcad.sources.sweep): one frame per
-    image at its own point of the probe motion, with the sweep's speckle and gain drift."""
+    image at its own point of the probe motion, with the sweep's speckle and gain drift;
+    degrade=True passes every frame through capture_degrade (its own generator, from seed)."""
     from streamcad.sources.sweep import SweepRenderer
 
     r = SweepRenderer(items, seed=seed, sector=sector, screen=screen, fps=1.0, dwell_s=1.0, transition_s=0.0)
+    rng = np.random.default_rng([seed, 7919])
     for i in range(len(r)):
         f = r.render(i)
-        yield f.image, f.chroma, f.label, None
+        yield (capture_degrade(f.image, rng) if degrade else f.image), f.chroma, f.label, None
 
 
 def video_frames(path: str | os.PathLike, limit: int | None = None) -> Iterator[tuple[np.ndarray, float, None, np.ndarray | None]]:
@@ -220,17 +253,55 @@ def fit_gate(emb: np.ndarray, labels: np.ndarray, n_axes: int = N_AXES) -> OodGa
 
 
 def strata_features(backend: Any, spec: Any, datasets: tuple[str, ...], folds: list[int], root: Any,
-                     data_npz: Any, seed: int) -> dict[tuple[str, str], tuple[StreamFeatures, np.ndarray]]:
+                     data_npz: Any, seed: int,
+                     degrade: bool = False) -> dict[tuple[str, str], tuple[StreamFeatures, np.ndarray]]:
     """Every image of `folds` once in a linear and once in a curved screen -> {(dataset, sector):
-    (features, fold per frame)}."""
+    (features, fold per frame)}. degrade=True: other frames of the same images (another point of
+    the probe motion), each through capture_degrade."""
     out = {}
     for ds in datasets:
         items = breast_items((ds,), folds, root, data_npz, with_fold=True)
         for j, sector in enumerate(("linear", "curved")):
-            f = embed_stream(backend, spec, breast_frames([it[:2] for it in items], sector, seed=seed + j))
+            frames = breast_frames([it[:2] for it in items], sector, seed=seed + j + (10 if degrade else 0), degrade=degrade)
+            f = embed_stream(backend, spec, frames)
             out[(ds, sector)] = (f, np.array([it[2] for it in items]))
-            log.info("gate: %s %s: %d breast frames", ds, sector, len(f))
+            log.info("gate: %s %s: %d breast frames%s", ds, sector, len(f), " (capture-degraded)" if degrade else "")
     return out
+
+
+def pool_strata(*parts: dict) -> dict[tuple[str, str], tuple[StreamFeatures, np.ndarray]]:
+    """{stratum: (features, folds)} dicts with the same strata -> one, each stratum's frames pooled."""
+    out = {}
+    for key in parts[0]:
+        fs = [p[key][0] for p in parts]
+        out[key] = (StreamFeatures(np.concatenate([f.embeddings for f in fs]), np.concatenate([f.logits for f in fs]),
+                                   [x for f in fs for x in f.flags], [x for f in fs for x in f.labels]),
+                    np.concatenate([p[key][1] for p in parts]))
+    return out
+
+
+def stack_strata(strata: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """{stratum: (features, folds)} -> embeddings (N, D), class labels, folds, stratum index per frame."""
+    emb = np.concatenate([f.embeddings for f, _ in strata.values()])
+    labels = np.array([lab for f, _ in strata.values() for lab in f.labels])
+    folds = np.concatenate([fo for _, fo in strata.values()])
+    which = np.concatenate([np.full(len(f), k) for k, (f, _) in enumerate(strata.values())])
+    return emb, labels, folds, which
+
+
+def fit_calibrated(emb: np.ndarray, labels: np.ndarray, folds: np.ndarray, which: np.ndarray,
+                   target_rate: float = TARGET_RATE, n_axes: int = N_AXES) -> tuple[OodGate, np.ndarray, dict]:
+    """The gate's rule: each fold's frames scored by a gate fitted on the other folds (out of fit);
+    threshold = the largest over strata (`which`) of the stratum's (1 - target_rate) quantile; the
+    gate fitted on all frames with that threshold. -> (gate, out-of-fit scores, {stratum: quantile})."""
+    oof = np.empty(len(emb))
+    for f in np.unique(folds):
+        held = folds == f
+        oof[held] = fit_gate(emb[~held], labels[~held], n_axes).score(emb[held])
+    q = {int(k): float(np.quantile(oof[which == k], 1.0 - target_rate)) for k in np.unique(which)}
+    g = fit_gate(emb, labels, n_axes)
+    gate = OodGate(g.center, g.scale, g.class_means, g.axes, g.variances, g.residual, max(q.values()), g.info)
+    return gate, oof, q
 
 
 def folds_from_manifest(m: Any, test_fold: int | None) -> tuple[list[int], int]:
@@ -254,6 +325,7 @@ def calibrate(
     seed: int = 0,
     write: bool = True,
     threads: int = 1,
+    capture_augment: bool = False,
 ) -> dict:
     """Fit + calibrate the gate of an exported model and (write=True) store it in its manifest.
 
@@ -277,17 +349,12 @@ def calibrate(
         if be.embedding_dim is None:
             raise ArtifactError(f"{path.name} has no 'embedding' output; export it again with `streamcad export`")
         strata = strata_features(be, spec, datasets, train_folds, root, data_npz, seed)
-    emb = np.concatenate([f.embeddings for f, _ in strata.values()])
-    labels = np.array([lab for f, _ in strata.values() for lab in f.labels])
-    folds = np.concatenate([fo for _, fo in strata.values()])
-    which = np.concatenate([np.full(len(f), k) for k, (f, _) in enumerate(strata.values())])
-    oof = np.empty(len(emb))  # out-of-fit score of every training frame (cross-fitting over folds)
-    for f in train_folds:
-        held = folds == f
-        oof[held] = fit_gate(emb[~held], labels[~held], n_axes).score(emb[held])
-    q = {f"{ds}/{sec}": float(np.quantile(oof[which == k], 1.0 - target_rate)) for k, (ds, sec) in enumerate(strata)}
-    threshold = max(q.values())
-    gate = fit_gate(emb, labels, n_axes)
+        if capture_augment:
+            strata = pool_strata(strata, strata_features(be, spec, datasets, train_folds, root, data_npz, seed, degrade=True))
+    emb, labels, folds, which = stack_strata(strata)
+    gate, oof, qs = fit_calibrated(emb, labels, folds, which, target_rate, n_axes)
+    q = {f"{ds}/{sec}": qs[k] for k, (ds, sec) in enumerate(strata)}
+    threshold = gate.threshold
     info = {
         **gate.info,
         "chosen": (f"the largest over (dataset x sector) strata of the {100 * (1 - target_rate):g}th percentile of "
@@ -308,7 +375,10 @@ def calibrate(
             "test_fold_excluded": t,
             "n_frames": int(len(emb)),
             "frames": "every training image once in a linear and once in a curved simulated scanner screen, "
-                      "through RoiTracker (after its warm-up), QualityChecker and preprocess",
+                      + ("and once more in each through capture_degrade (resolution, blur, gamma, JPEG), "
+                         if capture_augment else "")
+                      + "through RoiTracker (after its warm-up), QualityChecker and preprocess",
+            "capture_augment": bool(capture_augment),
             "negatives": "none (breast images only)",
         },
         "model_sha256": m.sha256,
@@ -335,3 +405,6 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--test-fold", type=int, default=None, help="held-out fold never used (default: the manifest's)")
     p.add_argument("--axes", type=int, default=N_AXES, help=f"principal axes kept (default {N_AXES})")
     p.add_argument("--dry-run", action="store_true", help="fit and print, do not rewrite the manifest")
+    p.add_argument("--capture-augment", action="store_true",
+                   help="fit on each training image once more in each screen through capture_degrade "
+                        "(resolution, blur, gamma, JPEG): a gate that flags fewer breast frames of other scanners")
