@@ -3,7 +3,9 @@
     MODEL.onnx + manifest with an `ood` gate (streamcad train gate MODEL.onnx)
     breast: the held-out test fold of BUSI and BUS-BRA, every image once in a linear AND once in
         a curved simulated scanner screen (streamcad.sources.sweep), through the runtime's
-        RoiTracker, QualityChecker, preprocess, ONNX Runtime and the gate
+        RoiTracker, QualityChecker, preprocess, ONNX Runtime and the gate; and every image once
+        as it is, the whole image as the sector (train.ood.image_features, as `streamcad
+        evaluate` scores it): the form a scanner's own B-mode image has, without the simulator
     non-breast: every recording in ../shared/data/video (organ from sectors.json), every frame,
         same path (colour frames also give the doppler check its colour mask)
     synthetic: a smooth grey video (through an mp4v round trip), the same with noise, a
@@ -41,6 +43,7 @@ from streamcad.train.ood import (
     breast_frames,
     breast_items,
     embed_stream,
+    image_features,
     video_frames,
 )
 
@@ -154,9 +157,9 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
     clips = json.loads((vdir / "sectors.json").read_text())
     res: dict = {"schema": 1, "model": model.name, "model_sha256": m.sha256, "gate": {k: m.ood[k] for k in
                  ("method", "dim", "threshold", "chosen", "target_rate", "rates", "fitted_on") if k in m.ood},
-                 "test_fold": test_fold, "breast": {}, "non_breast": {}, "synthetic": {}}
+                 "test_fold": test_fold, "breast": {}, "breast_images": {}, "non_breast": {}, "synthetic": {}}
     with load_backend("onnxruntime", model, intra_op_threads=threads) as be:
-        breast_scores = []
+        breast_scores, image_scores = [], []
         for ds in ("busi", "busbra"):
             items = breast_items((ds,), [test_fold], root)
             for sector in ("linear", "curved"):
@@ -164,6 +167,9 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
                 res["breast"][f"{ds}/{sector}"] = rates(f, gate)
                 breast_scores.append(gate.score(f.embeddings))
                 log.info("breast %s %s: %s", ds, sector, res["breast"][f"{ds}/{sector}"])
+            f = image_features(be, spec, items)
+            res["breast_images"][ds] = rates(f, gate)
+            image_scores.append(gate.score(f.embeddings))
         other_scores = []
         for c in clips:
             f = embed_stream(be, spec, video_frames(vdir / c["file"]))
@@ -190,6 +196,9 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int) -> di
         "clips_at_least_90pct_flagged": int(sum(r["any_flagged"] >= 0.9 for r in nb.values())),
         "clips": len(nb),
         "roc_auc_gate_score": auc(b, o),
+        "breast_images": int(sum(len(x) for x in image_scores)),
+        "breast_images_flagged": float(np.mean(np.concatenate(image_scores) > gate.threshold)),
+        "roc_auc_gate_score_images": auc(np.concatenate(image_scores), o),
     }
     res["roc"] = roc_points(b, o)
     res["wall_s"] = time.perf_counter() - t0
@@ -213,6 +222,9 @@ def render_table(res: dict) -> str:
         "|---|---|",
         f"| ROC AUC of the gate score (held-out breast frames vs non-breast recording frames) | {s['roc_auc_gate_score']:.3f} |",
         f"| held-out breast frames flagged by the gate / by any flag ({s['breast_frames']} frames) | {pct(s['breast_ood_flagged'])} / {pct(s['breast_any_flagged'])} |",
+        *([f"| held-out breast images as they are (the image as the sector) flagged by the gate ({s['breast_images']} images) | {pct(s['breast_images_flagged'])} |",
+           f"| ROC AUC of the gate score, those images vs non-breast recording frames | {s['roc_auc_gate_score_images']:.3f} |"]
+          if "breast_images_flagged" in s else []),
         f"| non-breast recording frames flagged by the gate / by any flag ({s['non_breast_frames']} frames) | {pct(s['non_breast_ood_flagged'])} / {pct(s['non_breast_any_flagged'])} |",
         f"| recordings with >= 90% of frames flagged | {s['clips_at_least_90pct_flagged']} of {s['clips']} |",
         "",
@@ -225,6 +237,8 @@ def render_table(res: dict) -> str:
     lines += ["", "| held-out breast images (test fold), screen | frames | gate | any flag |", "|---|---|---|---|"]
     for k, r in res["breast"].items():
         lines.append(f"| {k} | {r['frames']} | {pct(r['ood_flagged'])} | {pct(r['any_flagged'])} |")
+    for k, r in res.get("breast_images", {}).items():
+        lines.append(f"| {k}/as it is (the image as the sector) | {r['frames']} | {pct(r['ood_flagged'])} | {pct(r['ood_flagged'])} |")
     lines += ["", "| synthetic video (mp4v) | frames | gate | quality flags | any flag |", "|---|---|---|---|---|"]
     for k, r in res["synthetic"].items():
         q = ", ".join(f"{f} {n}" for f, n in sorted(r["quality_flags"].items())) or "-"

@@ -203,6 +203,8 @@ class HeldOut:
     video: np.ndarray  # the same frames after an mp4v round trip
     datasets: np.ndarray  # dataset of each row
     degraded: dict[str, np.ndarray]  # the same frames after each of DEGRADATIONS
+    images: np.ndarray | None = None  # the held-out images as they are (train.ood.image_features), when measured
+    image_datasets: np.ndarray | None = None  # dataset of each of those rows
 
 
 def heldout_breast(be, spec, test_fold: int, root: str | None, seed: int) -> HeldOut:

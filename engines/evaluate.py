@@ -144,13 +144,21 @@ def _read_gray(path: Path) -> np.ndarray:
 def predict(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
     """Run a LoadedModel over image files through the runtime's preprocessing -> probs (N, 3); a
     model whose manifest has `zoom` is scored as the runtime scores it (streamcad.zoom.two_view)."""
+    return predict_gated(model, paths, batch_size)[0]
+
+
+def predict_gated(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, np.ndarray | None]:
+    """predict, and the out-of-domain gate's score of every image (None: the model has no gate):
+    -> (probs (N, 3), scores (N,) or None). The gate sees the embedding of the full view, as in the runtime."""
     from streamcad.preprocess import preprocess_batch
     from streamcad.zoom import hi_view, two_view
 
     be = model.backend
     zoom = getattr(model, "zoom", None)
+    gate = getattr(model, "gate", None)
     bs = be.fixed_batch or batch_size
     out = np.empty((len(paths), 3), np.float64)
+    scores = None if gate is None else np.empty(len(paths), np.float64)
     for start in range(0, len(paths), bs):
         chunk = [_read_gray(p) for p in paths[start : start + bs]]
         x = preprocess_batch(chunk, model.spec)  # (n, 1, S, S) float32
@@ -158,14 +166,33 @@ def predict(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH) -> n
         if be.fixed_batch and n < bs:  # pad the last batch of a fixed-batch engine, drop the padding after
             x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), np.float32)])
         if zoom is None:
-            logits = be.infer(x)["logits"]
+            res = be.infer(x)
         else:
             hi = np.stack([hi_view(img, None, model.spec.size, zoom) for img in chunk])
             if len(hi) < len(x):
                 hi = np.concatenate([hi, np.zeros((len(x) - len(hi), *hi.shape[1:]), np.uint8)])
-            logits = two_view(be, x, hi, model.spec, zoom)["logits"]
-        out[start : start + n] = softmax(logits[:n])  # temperature already in the logits
-    return out
+            res = two_view(be, x, hi, model.spec, zoom)
+        out[start : start + n] = softmax(res["logits"][:n])  # temperature already in the logits
+        if scores is not None:
+            if "embedding" not in res:
+                raise StreamcadError(f"{be!r}: the manifest has an out-of-domain gate but the backend returned no 'embedding'")
+            scores[start : start + n] = gate.score(res["embedding"][:n])
+    return out, scores
+
+
+def gate_summary(labels: np.ndarray, scores: np.ndarray | None, gate: Any) -> dict | None:
+    """How many of these images the model's out-of-domain gate would flag (the runtime then shows
+    no malignancy for them), overall and per class. None: the model has no gate."""
+    if scores is None:
+        return None
+    flagged = ~(scores <= gate.threshold)  # NaN counts as out of domain, as in the runtime
+    by_class = {CLASSES[c]: {"n": int((labels == c).sum()), "flagged": float(flagged[labels == c].mean())}
+                for c in range(len(CLASSES)) if (labels == c).any()}
+    return {"threshold": float(gate.threshold), "n_flagged": int(flagged.sum()), "flagged": float(flagged.mean()),
+            "by_class": by_class,
+            "what": "each image scored as the runtime scores a sector crop (the image is the sector; no screen, no "
+                    "tracker); a flagged frame shows no malignancy at the bedside, so a high rate here means the gate "
+                    "does not know this scanner's breast images"}
 
 
 def site_threshold(labels: np.ndarray, probs: np.ndarray, rule: dict | None) -> dict:
@@ -227,7 +254,8 @@ def evaluate(
         if not 0.0 <= thr <= 1.0:
             raise ConfigError(f"threshold {thr}; expected a probability in [0, 1]")
         log.info("scoring %d images (%s layout) with %r on %s", len(paths), layout, model.backend, Path(model_path).name)
-        probs = predict(model, paths)
+        probs, ood_scores = predict_gated(model, paths)
+        gate = getattr(model, "gate", None)
         overlap = training_overlap(model.manifest.training_data if model.manifest else {}, ids)
         rule = (model.manifest.notes or {}).get("operating_threshold_rule") if model.manifest else None
         info = {
@@ -239,6 +267,12 @@ def evaluate(
             "precision": model.backend.precision,
         }
     metrics = bootstrap_metrics(labels, probs, thr, n_boot=n_boot, seed=seed)
+    ood = gate_summary(labels, ood_scores, gate)
+    if ood is not None:
+        passed = ood_scores <= gate.threshold
+        # what the bedside would show: only the images the gate lets through are scored
+        ood["metrics_on_passed"] = (bootstrap_metrics(labels[passed], probs[passed], thr, n_boot=n_boot, seed=seed)
+                                    if {1, 2} <= set(labels[passed].tolist()) else None)
     return {
         **info,
         "data_dir": str(data_dir),
@@ -250,10 +284,13 @@ def evaluate(
         "seed": seed,
         "metrics": metrics,
         "site_threshold": site_threshold(labels, probs, rule),
+        "ood_gate": ood,
         "training_overlap": overlap,
         "predictions": [
-            {"id": i, "label": CLASSES[int(y)], **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASSES)}}
-            for i, y, p in zip(ids, labels, probs, strict=True)
+            {"id": i, "label": CLASSES[int(y)], **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASSES)},
+             **({} if ood_scores is None else {"ood_score": float(ood_scores[j]),
+                                               "out_of_domain": not bool(ood_scores[j] <= gate.threshold)})}
+            for j, (i, y, p) in enumerate(zip(ids, labels, probs, strict=True))
         ],
     }
 
@@ -391,4 +428,14 @@ def run(args: argparse.Namespace) -> int:
         con.print(escape(f"site threshold (the model's rule on these images): {st['threshold']:.3f}, sensitivity "
                          f"{st['sensitivity']:.3f} / specificity {st['specificity']:.3f} here ({st['n_malignant']} malignant); "
                          "set it as [smoothing] on_threshold only after checking it on other cases than these"))
+    g = result["ood_gate"]
+    if g is None:
+        con.print("out-of-domain gate: the model has none (every image is scored, breast or not)")
+    else:
+        per = ", ".join(f"{c} {100 * v['flagged']:.1f}%" for c, v in g["by_class"].items())
+        passed = g["metrics_on_passed"]
+        con.print(escape(f"out-of-domain gate: {g['n_flagged']} of {m['n']} images flagged ({100 * g['flagged']:.1f}%: {per}); "
+                         "the runtime shows no malignancy for those"
+                         + ("" if passed is None or not g["n_flagged"] else
+                            f"; AUC on the images it lets through {passed['auc']['value']:.3f}")))
     return 0

@@ -49,6 +49,8 @@ __all__ = [
     "breast_items",
     "capture_degrade",
     "pool_strata",
+    "image_features",
+    "raw_strata",
     "stack_strata",
     "fit_calibrated",
     "fit_gate",
@@ -269,6 +271,44 @@ def strata_features(backend: Any, spec: Any, datasets: tuple[str, ...], folds: l
     return out
 
 
+def image_features(backend: Any, spec: Any, items: list[tuple]) -> StreamFeatures:
+    """(image path or gray array, class name, ...) -> StreamFeatures of each image scored as the
+    sector: the whole image through preprocess, as `streamcad evaluate` scores it (no screen, no
+    tracker). The form a scanner's own B-mode image has; the rendered frames add the simulator's
+    speckle, gain drift and geometry."""
+    import cv2
+
+    from streamcad.preprocess import preprocess_batch
+
+    embs, logits = [], []
+    for start in range(0, len(items), _BATCH):
+        chunk = []
+        for it in items[start : start + _BATCH]:
+            img = it[0] if isinstance(it[0], np.ndarray) else cv2.imread(str(it[0]), cv2.IMREAD_GRAYSCALE)
+            if img is None:
+                raise ConfigError(f"cannot read image {it[0]}")
+            chunk.append(img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+        out = backend.infer(preprocess_batch(chunk, spec))
+        if "embedding" not in out:
+            raise ArtifactError(f"{backend!r} returns no 'embedding'; export the model again with `streamcad export`")
+        embs.append(np.array(out["embedding"], np.float32))
+        logits.append(np.array(out["logits"], np.float32))
+    if not embs:
+        raise ConfigError("image_features got no images")
+    return StreamFeatures(np.concatenate(embs), np.concatenate(logits), [()] * len(items), [it[1] for it in items])
+
+
+def raw_strata(backend: Any, spec: Any, datasets: tuple[str, ...], folds: list[int], root: Any,
+               data_npz: Any) -> dict[tuple[str, str], tuple[StreamFeatures, np.ndarray]]:
+    """Every image of `folds` once as it is (image_features) -> {(dataset, 'raw'): (features, fold per image)}."""
+    out = {}
+    for ds in datasets:
+        items = breast_items((ds,), folds, root, data_npz, with_fold=True)
+        out[(ds, "raw")] = (image_features(backend, spec, items), np.array([it[2] for it in items]))
+        log.info("gate: %s raw: %d breast images", ds, len(items))
+    return out
+
+
 def pool_strata(*parts: dict) -> dict[tuple[str, str], tuple[StreamFeatures, np.ndarray]]:
     """{stratum: (features, folds)} dicts with the same strata -> one, each stratum's frames pooled."""
     out = {}
@@ -326,6 +366,7 @@ def calibrate(
     write: bool = True,
     threads: int = 1,
     capture_augment: bool = False,
+    raw_images: bool = False,
 ) -> dict:
     """Fit + calibrate the gate of an exported model and (write=True) store it in its manifest.
 
@@ -351,6 +392,8 @@ def calibrate(
         strata = strata_features(be, spec, datasets, train_folds, root, data_npz, seed)
         if capture_augment:
             strata = pool_strata(strata, strata_features(be, spec, datasets, train_folds, root, data_npz, seed, degrade=True))
+        if raw_images:
+            strata.update(raw_strata(be, spec, datasets, train_folds, root, data_npz))
     emb, labels, folds, which = stack_strata(strata)
     gate, oof, qs = fit_calibrated(emb, labels, folds, which, target_rate, n_axes)
     q = {f"{ds}/{sec}": qs[k] for k, (ds, sec) in enumerate(strata)}
@@ -359,7 +402,8 @@ def calibrate(
         **gate.info,
         "chosen": (f"the largest over (dataset x sector) strata of the {100 * (1 - target_rate):g}th percentile of "
                    f"cross-fitted out-of-fit scores (each training fold scored by a gate fitted on the other "
-                   f"training folds {train_folds}), breast images in the simulated scanner screen"),
+                   f"training folds {train_folds}), breast images in the simulated scanner screen"
+                   + (" and as they are" if raw_images else "")),
         "target_rate": target_rate,
         "rates": {
             "out_of_fit_flagged": float(np.mean(oof > threshold)),
@@ -377,8 +421,11 @@ def calibrate(
             "frames": "every training image once in a linear and once in a curved simulated scanner screen, "
                       + ("and once more in each through capture_degrade (resolution, blur, gamma, JPEG), "
                          if capture_augment else "")
-                      + "through RoiTracker (after its warm-up), QualityChecker and preprocess",
+                      + "through RoiTracker (after its warm-up), QualityChecker and preprocess"
+                      + ("; and every training image once as it is (the whole image as the sector, through preprocess)"
+                         if raw_images else ""),
             "capture_augment": bool(capture_augment),
+            "raw_images": bool(raw_images),
             "negatives": "none (breast images only)",
         },
         "model_sha256": m.sha256,
@@ -405,6 +452,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--test-fold", type=int, default=None, help="held-out fold never used (default: the manifest's)")
     p.add_argument("--axes", type=int, default=N_AXES, help=f"principal axes kept (default {N_AXES})")
     p.add_argument("--dry-run", action="store_true", help="fit and print, do not rewrite the manifest")
+    p.add_argument("--raw-images", action="store_true",
+                   help="fit on every training image once as it is too (the whole image as the sector), beside the "
+                        "rendered screen frames (adopted by docs/MODEL.md's rule, not yet the shipped gate)")
     p.add_argument("--capture-augment", action="store_true",
                    help="fit on each training image once more in each screen through capture_degrade "
                         "(resolution, blur, gamma, JPEG): a gate that flags fewer breast frames of other scanners")

@@ -188,6 +188,9 @@ def refresh_v2(
     protocol = json.loads(Path(cv_report).read_text())
     report["protocol_v2"] = {k: protocol[k] for k in ("cv", "cross")}
     report["paired_vs_baseline"] = protocol.get("paired_vs_baseline", {})
+    ood_now = read_manifest(out).ood  # the gate may have been refitted since the ship (`streamcad train gate`)
+    if ood_now:
+        report["ood_gate"] = {k: ood_now.get(k) for k in ("method", "dim", "threshold", "chosen", "rates", "fitted_on")}
     if ood_result and Path(ood_result).is_file():
         ood = json.loads(Path(ood_result).read_text())
         if ood.get("model_sha256") != read_manifest(out).sha256:
