@@ -47,11 +47,15 @@ from streamcad.errors import ConfigError
 from streamcad.train.data.datasets import data_root
 from streamcad.train.ood import (
     TARGET_RATE,
+    blur,
     breast_frames,
     breast_items,
     embed_stream,
     fit_calibrated,
     folds_from_manifest,
+    gamma_curve,
+    jpeg,
+    resample,
     stack_strata,
     strata_features,
     video_frames,
@@ -62,44 +66,17 @@ log = logging.getLogger(__name__)
 C = 1.0  # fixed before the first run: no value of it is chosen on a recording
 
 
-def _gamma(g: np.ndarray, gamma: float) -> np.ndarray:
-    lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
-    return lut[g]
-
-
-def _half(g: np.ndarray) -> np.ndarray:
-    import cv2
-
-    h, w = g.shape
-    return cv2.resize(cv2.resize(g, (w // 2, h // 2), interpolation=cv2.INTER_AREA), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def _jpeg(g: np.ndarray, quality: int = 30) -> np.ndarray:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", g, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ConfigError("JPEG encoding failed")
-    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
-
-
-def _blur(g: np.ndarray, sigma: float = 2.0) -> np.ndarray:
-    import cv2
-
-    return cv2.GaussianBlur(g, (0, 0), sigma)
-
-
 def _levels(g: np.ndarray, n: int = 32) -> np.ndarray:
     return np.round(np.round(g / 255.0 * (n - 1)) * 255.0 / (n - 1)).astype(np.uint8)
 
 
 # Screen degradations of a capture chain or another scanner; strengths fixed before the first run.
 DEGRADATIONS = {
-    "half_resolution": _half,
-    "jpeg_q30": _jpeg,
-    "blur_sigma2": _blur,
-    "gamma_0.6": lambda g: _gamma(g, 0.6),
-    "gamma_1.6": lambda g: _gamma(g, 1.6),
+    "half_resolution": lambda g: resample(g, 0.5),
+    "jpeg_q30": lambda g: jpeg(g, 30),
+    "blur_sigma2": lambda g: blur(g, 2.0),
+    "gamma_0.6": lambda g: gamma_curve(g, 0.6),
+    "gamma_1.6": lambda g: gamma_curve(g, 1.6),
     "grey_levels_32": _levels,
 }
 

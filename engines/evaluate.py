@@ -180,15 +180,12 @@ def predict_gated(model: Any, paths: list[Path], batch_size: int = DEFAULT_BATCH
     return out, scores
 
 
-def gate_summary(labels: np.ndarray, scores: np.ndarray | None, gate: Any) -> dict | None:
-    """How many of these images the model's out-of-domain gate would flag (the runtime then shows
-    no malignancy for them), overall and per class. None: the model has no gate."""
-    if scores is None:
-        return None
-    flagged = ~(scores <= gate.threshold)  # NaN counts as out of domain, as in the runtime
+def gate_summary(labels: np.ndarray, flagged: np.ndarray, threshold: float) -> dict:
+    """How many of these images the model's out-of-domain gate flags (the runtime then shows no
+    malignancy for them), overall and per class."""
     by_class = {CLASSES[c]: {"n": int((labels == c).sum()), "flagged": float(flagged[labels == c].mean())}
                 for c in range(len(CLASSES)) if (labels == c).any()}
-    return {"threshold": float(gate.threshold), "n_flagged": int(flagged.sum()), "flagged": float(flagged.mean()),
+    return {"threshold": float(threshold), "n_flagged": int(flagged.sum()), "flagged": float(flagged.mean()),
             "by_class": by_class,
             "what": "each image scored as the runtime scores a sector crop (the image is the sector; no screen, no "
                     "tracker); a flagged frame shows no malignancy at the bedside, so a high rate here means the gate "
@@ -267,9 +264,11 @@ def evaluate(
             "precision": model.backend.precision,
         }
     metrics = bootstrap_metrics(labels, probs, thr, n_boot=n_boot, seed=seed)
-    ood = gate_summary(labels, ood_scores, gate)
-    if ood is not None:
-        passed = ood_scores <= gate.threshold
+    ood = flagged = None
+    if ood_scores is not None:
+        flagged = ~(ood_scores <= gate.threshold)  # NaN counts as out of domain, as in the runtime
+        ood = gate_summary(labels, flagged, gate.threshold)
+        passed = ~flagged
         # what the bedside would show: only the images the gate lets through are scored
         ood["metrics_on_passed"] = (bootstrap_metrics(labels[passed], probs[passed], thr, n_boot=n_boot, seed=seed)
                                     if {1, 2} <= set(labels[passed].tolist()) else None)
@@ -288,8 +287,7 @@ def evaluate(
         "training_overlap": overlap,
         "predictions": [
             {"id": i, "label": CLASSES[int(y)], **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASSES)},
-             **({} if ood_scores is None else {"ood_score": float(ood_scores[j]),
-                                               "out_of_domain": not bool(ood_scores[j] <= gate.threshold)})}
+             **({} if ood_scores is None else {"ood_score": float(ood_scores[j]), "out_of_domain": bool(flagged[j])})}
             for j, (i, y, p) in enumerate(zip(ids, labels, probs, strict=True))
         ],
     }

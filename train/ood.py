@@ -48,6 +48,10 @@ __all__ = [
     "video_frames",
     "breast_items",
     "capture_degrade",
+    "resample",
+    "blur",
+    "gamma_curve",
+    "jpeg",
     "pool_strata",
     "image_features",
     "raw_strata",
@@ -160,29 +164,49 @@ def breast_items(datasets: tuple[str, ...], folds: Iterable[int], root: str | os
     return items if with_fold else [it[:2] for it in items]
 
 
+def resample(gray: np.ndarray, factor: float) -> np.ndarray:
+    """Down to `factor` of the resolution (INTER_AREA) and back up (linear): a lower-resolution source."""
+    import cv2
+
+    h, w = gray.shape
+    small = cv2.resize(gray, (max(8, round(w * factor)), max(8, round(h * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def blur(gray: np.ndarray, sigma: float) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(gray, (0, 0), sigma)
+
+
+def gamma_curve(gray: np.ndarray, gamma: float) -> np.ndarray:
+    """uint8 -> uint8 through 255 (x / 255)^gamma: another gain curve (< 1 brighter mid-tones)."""
+    return np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)[gray]
+
+
+def jpeg(gray: np.ndarray, quality: int) -> np.ndarray:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ConfigError("JPEG encoding failed")
+    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+
+
 def capture_degrade(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A screen frame as another scanner or capture chain might deliver it: each of four
     degradations with probability 0.5, strength drawn uniformly, in this order: down to 0.4-1.0 of
-    the resolution and back up (INTER_AREA, linear); Gaussian blur sigma 0.5-3 px; gamma 0.5-2
+    the resolution and back up (resample); Gaussian blur sigma 0.5-3 px; gamma 0.5-2
     (log-uniform); JPEG quality 25-95. uint8 (H, W) -> uint8 (H, W)."""
-    import cv2
-
     g = gray
-    h, w = g.shape
     if rng.random() < 0.5:
-        f = rng.uniform(0.4, 1.0)
-        small = cv2.resize(g, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
-        g = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        g = resample(g, rng.uniform(0.4, 1.0))
     if rng.random() < 0.5:
-        g = cv2.GaussianBlur(g, (0, 0), rng.uniform(0.5, 3.0))
+        g = blur(g, rng.uniform(0.5, 3.0))
     if rng.random() < 0.5:
-        gamma = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
-        g = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)[g]
+        g = gamma_curve(g, float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))))
     if rng.random() < 0.5:
-        ok, buf = cv2.imencode(".jpg", g, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 96))])
-        if not ok:
-            raise ConfigError("capture_degrade: JPEG encoding failed")
-        g = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        g = jpeg(g, int(rng.integers(25, 96)))
     return np.ascontiguousarray(g, np.uint8)
 
 
