@@ -6,7 +6,8 @@ breast frames of other scanners, and still flag the non-breast recordings?
 --design raw: does a gate also fitted on the breast images as they are (the whole image as the
 sector, as `streamcad evaluate` scores it) pass those images, which the shipped gate flags?
 
-    design 'current': the gate as train.ood.calibrate fits it (breast training frames, clean)
+    design 'current': the gate fitted on the rendered breast training frames only (clean), the
+        shipped gate until 2026-12-04 (calibrate(raw_images=False), `--no-raw-images`)
     design 'capture_augment': the same gate and threshold rule, fitted on those frames and, for
         every training image, one more frame per screen through train.ood.capture_degrade
         (calibrate(capture_augment=True), `streamcad train gate --capture-augment`)
@@ -22,9 +23,17 @@ sector, as `streamcad evaluate` scores it) pass those images, which the shipped 
     left out is flagged <= 5% or at most half as often as with 'current'
 
     design 'raw': the rendered frames of 'current' plus every training image once as it is, a
-    third stratum per dataset (calibrate(raw_images=True)); also measured on the held-out images
+    third stratum per dataset (calibrate(raw_images=True), the shipped gate since 2026-12-04); also measured on the held-out images
     as they are, and leaving one dataset out on them; adopt when <= 5% of the held-out breast
     frames are flagged as images, as rendered frames and after mp4v (the recordings are reported)
+
+    design 'hospital': the frames of 'raw', the threshold at least the hospital rule's (each
+    dataset's frames scored by a gate fitted on the other dataset only, per stratum the 95th
+    percentile; calibrate(threshold_rule='hospital')); compared with 'raw' on the same frames and,
+    nested over three groups (BUSI, BUS-BRA Logiq 5, BUS-BRA Logiq 7), each design fitted on two
+    groups' training frames and measured on the third's; adopt when (a) each left-out group's
+    images as they are are flagged <= 10% or at most half as often as by 'raw', (b) <= 5% of the
+    held-out breast frames as images, rendered and after mp4v, (c) >= 40% of the recording frames
 
     OMP_NUM_THREADS=1 python -m streamcad.benchmarks.ood_robust MODEL.onnx \\
         --out benchmarks/results/ood_robust-NAME.json
@@ -65,17 +74,23 @@ BREAST_BUDGET = 0.05  # the gate's budget for breast frames flagged
 RECORDING_BAR = 0.90  # issue 15's bar for non-breast frames flagged
 
 
-def measure_design(strata: dict, datasets_of_strata: list[str], clips: dict[str, np.ndarray], held) -> dict:
+HOSPITAL_IMAGES_BAR = 0.10  # design 'hospital' (a): a left-out group's images flagged
+RECORDING_FLOOR = 0.40  # design 'hospital' (c): recording frames flagged, a floor
+
+
+def measure_design(strata: dict, datasets_of_strata: list[str], clips: dict[str, np.ndarray], held,
+                   hospital_rule: bool = False) -> dict:
     """One design's fitting frames ({stratum: (features, folds)}) -> its gate's rates on the
     recordings, the held-out breast frames (as rendered, mp4v, each degradation) and, fitted on
-    one dataset only, on the other dataset's held-out frames."""
+    one dataset only, on the other dataset's held-out frames (not for hospital_rule, which needs
+    two datasets to fit: nested_check measures it)."""
     emb, labels, folds, which = stack_strata(strata)
-    gate, _, _ = fit_calibrated(emb, labels, folds, which)
+    ds_frame = np.array(datasets_of_strata)[which]
+    gate, _, _ = fit_calibrated(emb, labels, folds, which, hospitals=ds_frame if hospital_rule else None)
     per_clip = {k: float(gate.out_of_domain(v).mean()) for k, v in clips.items()}
     n = np.array([len(v) for v in clips.values()])
-    ds_frame = np.array(datasets_of_strata)[which]
     lodo, lodo_images = {}, {}
-    for ds in np.unique(held.datasets):
+    for ds in np.unique(held.datasets) if not hospital_rule else ():
         fit = ds_frame != ds
         g1, _, _ = fit_calibrated(emb[fit], labels[fit], folds[fit], which[fit])
         lodo[str(ds)] = float(g1.out_of_domain(held.test[held.datasets == ds]).mean())
@@ -112,6 +127,47 @@ def decide(current: dict, augmented: dict, n_recordings: int) -> dict:
     return {"a_recordings": bool(a), "b_breast_held_out": bool(b), "c_unseen_dataset": bool(c), "adopt": bool(a and b and c)}
 
 
+def device_groups(strata: dict, train_folds: list[int], root: str | None) -> dict:
+    """{stratum: group per frame}: 'busi', or BUS-BRA's Device (bus_data.csv) per image, in the
+    order breast_items gives the strata's frames."""
+    from streamcad.train.cv import busbra_devices
+
+    devices = busbra_devices()
+    items = {ds: breast_items((ds,), train_folds, root) for ds in {ds for ds, _ in strata}}
+    return {(ds, sec): (np.array([f"busbra/{devices[Path(p).stem]}" for p, _ in items[ds]]) if ds == "busbra"
+                        else np.full(len(items[ds]), ds))
+            for ds, sec in strata}
+
+
+def nested_check(strata: dict, groups: dict, hospital_rule: bool) -> dict:
+    """For each group: the design fitted on the other groups' frames alone ('hospital': its rule
+    over those groups), measured on the left-out group's frames as they are and as rendered."""
+    emb, labels, folds, which = stack_strata(strata)
+    group = np.concatenate([groups[k] for k in strata])
+    raw = np.concatenate([np.full(len(f), sec == "raw") for (_, sec), (f, _) in strata.items()])
+    out = {}
+    for g in np.unique(group):
+        fit = group != g
+        gate, _, _ = fit_calibrated(emb[fit], labels[fit], folds[fit], which[fit],
+                                    hospitals=group[fit] if hospital_rule else None)
+        left = group == g
+        out[str(g)] = {"threshold": gate.threshold,
+                       "images": int(np.sum(left & raw)),
+                       "images_flagged": float(gate.out_of_domain(emb[left & raw]).mean()),
+                       "rendered_flagged": float(gate.out_of_domain(emb[left & ~raw]).mean())}
+    return out
+
+
+def decide_hospital(raw: dict, hosp: dict) -> dict:
+    """The 'hospital' design's rule (module docstring) -> each condition and the verdict."""
+    a = all(h["images_flagged"] <= HOSPITAL_IMAGES_BAR or h["images_flagged"] <= 0.5 * raw["nested"][g]["images_flagged"]
+            for g, h in hosp["nested"].items())
+    b = max(hosp["breast_images_flagged"], hosp["breast_test_flagged"], hosp["breast_test_video_flagged"]) <= BREAST_BUDGET
+    c = hosp["recording_frames_flagged"] >= RECORDING_FLOOR
+    return {"a_nested_left_out_images": bool(a), "b_breast_held_out": bool(b), "c_recordings_floor": bool(c),
+            "adopt": bool(a and b and c)}
+
+
 def decide_raw(raw: dict) -> dict:
     """The 'raw' design's rule (module docstring): the 5% breast budget in all three forms."""
     worst = max(raw["breast_images_flagged"], raw["breast_test_flagged"], raw["breast_test_video_flagged"])
@@ -127,28 +183,37 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int, desig
     vdir = data_root(root) / "video"
     clips_meta = json.loads((vdir / "sectors.json").read_text())
     with load_backend("onnxruntime", model, intra_op_threads=threads) as be:
-        clean = strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed)  # as calibrate
+        clean = strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed)  # as calibrate's rendered frames
         held = heldout_breast(be, spec, test_fold, root, seed)
         clips = {c["file"]: embed_stream(be, spec, video_frames(vdir / c["file"])).embeddings for c in clips_meta}
         if design == "capture_augment":
             other = pool_strata(clean, strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed, degrade=True))
-        elif design == "raw":
+        elif design in ("raw", "hospital"):
             other = {**clean, **raw_strata(be, spec, ("busi", "busbra"), train_folds, root, None)}
             parts = {ds: image_features(be, spec, breast_items((ds,), [test_fold], root)) for ds in ("busi", "busbra")}
             held.images = np.concatenate([f.embeddings for f in parts.values()])
             held.image_datasets = np.concatenate([np.full(len(f), ds) for ds, f in parts.items()])
         else:
-            raise ConfigError(f"design {design!r}; expected 'capture_augment' or 'raw'")
-    designs = {"current": measure_design(clean, [ds for ds, _ in clean], clips, held),
-               design: measure_design(other, [ds for ds, _ in other], clips, held)}
+            raise ConfigError(f"design {design!r}; expected 'capture_augment', 'raw' or 'hospital'")
+    if design == "hospital":
+        groups = device_groups(other, train_folds, root)
+        designs = {name: {**measure_design(other, [ds for ds, _ in other], clips, held, hospital_rule=rule),
+                          "nested": nested_check(other, groups, rule)}
+                   for name, rule in (("raw", False), ("hospital", True))}
+        decision = decide_hospital(designs["raw"], designs["hospital"])
+    else:
+        designs = {"current": measure_design(clean, [ds for ds, _ in clean], clips, held),
+                   design: measure_design(other, [ds for ds, _ in other], clips, held)}
+        decision = (decide(designs["current"], designs[design], len(clips)) if design == "capture_augment"
+                    else decide_raw(designs[design]))
     res = {
         "schema": 1, "model": model.name, "model_sha256": m.sha256, "test_fold": test_fold, "train_folds": train_folds,
-        # the 'current' design refitted here is the manifest's gate (same frames, same rule): a check of this script
+        # a check of this script: the design refitted here that the manifest was fitted with (same frames, same
+        # rule; 'raw' for a gate fitted by calibrate's default) has the manifest's threshold
         "manifest_threshold": shipped.threshold,
         "designs": designs,
         "design": design,
-        "decision": (decide(designs["current"], designs[design], len(clips)) if design == "capture_augment"
-                     else decide_raw(designs[design])),
+        "decision": decision,
         "wall_s": time.perf_counter() - t0, "machine": machine_info(),
         "command": f"python -m streamcad.benchmarks.ood_robust {model} --design {design} --out {out}",
     }
@@ -164,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=None, help="data root (default ../shared/data)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--design", choices=("capture_augment", "raw"), default="capture_augment")
+    p.add_argument("--design", choices=("capture_augment", "raw", "hospital"), default="capture_augment")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = run(args.model, args.out, args.root, args.threads, args.seed, args.design)
-    print(f"manifest threshold {res['manifest_threshold']:.4f}; refitted 'current' {res['designs']['current']['threshold']:.4f}")
+    print(f"manifest threshold {res['manifest_threshold']:.4f}; refitted "
+          + ", ".join(f"{k!r} {d['threshold']:.4f}" for k, d in res["designs"].items()))
     for name, d in res["designs"].items():
         print(f"{name:16s} thr {d['threshold']:.3f}  recordings {100 * d['recording_frames_flagged']:5.1f}% "
               f"({d['recordings_at_least_90pct']} >= 90%)  breast {100 * d['breast_test_flagged']:4.1f}% "
@@ -177,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
               + "  degraded " + " ".join(f"{k} {100 * v:4.1f}%" for k, v in d["degradations_flagged"].items())
               + ("" if "breast_images_flagged" not in d else
                  f"  images {100 * d['breast_images_flagged']:4.1f}% unseen dataset images "
-                 + " ".join(f"{k} {100 * v:4.1f}%" for k, v in d["unseen_dataset_images_flagged"].items())))
+                 + " ".join(f"{k} {100 * v:4.1f}%" for k, v in d["unseen_dataset_images_flagged"].items()))
+              + ("" if "nested" not in d else "\n    nested, left out: " + "; ".join(
+                  f"{g} thr {r['threshold']:.2f} images {100 * r['images_flagged']:4.1f}% rendered {100 * r['rendered_flagged']:4.1f}%"
+                  for g, r in d["nested"].items())))
     print(json.dumps(res["decision"]))
     return 0
 

@@ -207,8 +207,8 @@ def _shipped():
 def test_evaluate_reports_the_gate_on_the_sites_images(heldout_busbra, recording_crops, tmp_path, capsys):
     """The shipped model's gate through `streamcad evaluate`: every image's score against the
     manifest threshold, the rates per class, metrics on the images it lets through; real sector
-    crops of non-breast recordings are flagged. (The shipped gate also flags most held-out breast
-    images as they are, docs/MODEL.md: not asserted until its refit is shipped.)"""
+    crops of non-breast recordings are flagged far more often than held-out breast images as they
+    are (the gate is fitted on those too, docs/MODEL.md; it misses part of the other organs)."""
     from streamcad.gate_ood import OodGate
     from streamcad.manifest import read_manifest
 
@@ -224,7 +224,7 @@ def test_evaluate_reports_the_gate_on_the_sites_images(heldout_busbra, recording
     for c in ("benign", "malignant"):
         rows = [p for p in preds if p["label"] == c]
         assert g["by_class"][c] == {"n": len(rows), "flagged": sum(p["out_of_domain"] for p in rows) / len(rows)}
-    if g["metrics_on_passed"] is not None:
-        assert g["metrics_on_passed"]["n"] == len(preds) - g["n_flagged"]
+    assert g["flagged"] <= 0.15, g  # the shipped gate: 0.4% of BUS-BRA's held-out fold as they are
+    assert g["metrics_on_passed"]["n"] == len(preds) - g["n_flagged"]
     nb = evaluate(model, recording_crops, n_boot=5)["ood_gate"]
-    assert nb["flagged"] >= 0.85
+    assert nb["flagged"] >= 0.6, nb  # 79% of these 48 crops (61% of every recording frame, benchmarks.ood_gate)

@@ -104,3 +104,75 @@ def test_decide_is_the_rule_written_before_the_first_run():
                            ({"unseen_dataset_flagged": {"busi": 0.11, "busbra": 0.05}}, "c_unseen_dataset")]:
         v = decide(cur, {**ok, **change}, 12)
         assert not v["adopt"] and not v[failed], change
+
+
+def _hospitals(rng, d=12, n=300, apart=4.0):
+    """Two 'hospitals' whose breast frames lie `apart` apart along one axis, two strata each."""
+    out = {}
+    for k, ds in enumerate(("a", "b")):
+        for sec in ("linear", "raw"):
+            e = rng.normal(0, 1, (n, d))
+            e[:, 0] += apart * k
+            out[(ds, sec)] = (StreamFeatures(e.astype(np.float32), np.zeros((n, 3), np.float32), [()] * n,
+                                             list(rng.integers(0, 2, n).astype(str))), np.arange(n) % 4)
+    return out
+
+
+def test_the_hospital_rule_sets_a_threshold_that_a_third_hospital_passes():
+    """A third hospital as far from the two fitted ones as they are from each other, in a direction
+    of its own: the fold rule flags most of it, the hospital rule (its threshold at least the 95th
+    percentile of each hospital's frames under a gate fitted on the other) passes most of it; both
+    flag what lies far away."""
+    rng = np.random.default_rng(4)
+    d = 12
+    strata = _hospitals(rng, d)
+    emb, labels, folds, which = stack_strata(strata)
+    hosp = np.array([ds for ds, _ in strata])[which]
+    fold_gate, _, q = fit_calibrated(emb, labels, folds, which, n_axes=4)
+    gate, _, q2 = fit_calibrated(emb, labels, folds, which, n_axes=4, hospitals=hosp)
+    assert q2 == q and gate.threshold == max(max(q.values()), max(gate.info["hospital_quantiles"].values()))
+    assert gate.threshold > 1.5 * fold_gate.threshold and gate.info["hospital_rate"] == 0.05
+    third = rng.normal(0, 1, (1000, d))
+    third[:, 1] += 4.0  # as far as b is from a, along an axis neither varies in
+    assert float(fold_gate.out_of_domain(third).mean()) > 0.5
+    assert float(gate.out_of_domain(third).mean()) < 0.2
+    assert float(gate.out_of_domain(rng.normal(0, 1, (200, d)) + 12.0).mean()) == 1.0
+    with pytest.raises(Exception, match="at least 2"):
+        fit_calibrated(emb, labels, folds, which, hospitals=np.full(len(emb), "a"))
+
+
+def test_nested_check_leaves_each_group_out_of_fit_and_threshold():
+    from streamcad.benchmarks.ood_robust import nested_check
+
+    rng = np.random.default_rng(5)
+    strata = _hospitals(rng, apart=5.0)
+    groups = {k: np.full(len(f), k[0]) for k, (f, _) in strata.items()}
+    groups[("b", "linear")][:150] = groups[("b", "raw")][:150] = "c"  # b split into two 'devices' b and c
+    for rule in (False, True):
+        out = nested_check(strata, groups, rule)
+        assert set(out) == {"a", "b", "c"} and out["a"]["images"] == 300 and out["c"]["images"] == 150
+    raw, hosp = nested_check(strata, groups, False), nested_check(strata, groups, True)
+    # a left out: the fit (b + c, one hospital's two devices) has no hospital-sized spread to learn
+    # from, so neither rule passes a: the nested check does not flatter the hospital rule
+    assert raw["a"]["images_flagged"] > 0.5 and hosp["a"]["images_flagged"] > 0.5
+    # b left out: the hospital rule over a and c has seen a hospital-sized shift: a higher threshold
+    assert hosp["b"]["threshold"] > 1.5 * raw["b"]["threshold"]
+    assert hosp["b"]["images_flagged"] <= raw["b"]["images_flagged"] <= 0.1
+
+
+def test_decide_hospital_is_the_rule_written_before_the_first_run():
+    from streamcad.benchmarks.ood_robust import decide_hospital
+
+    raw = {"nested": {"busi": {"images_flagged": 0.9}, "busbra/5": {"images_flagged": 0.3},
+                      "busbra/7": {"images_flagged": 0.08}}}
+    ok = {"nested": {"busi": {"images_flagged": 0.45}, "busbra/5": {"images_flagged": 0.1},
+                     "busbra/7": {"images_flagged": 0.09}},
+          "breast_images_flagged": 0.01, "breast_test_flagged": 0.0, "breast_test_video_flagged": 0.05,
+          "recording_frames_flagged": 0.40}
+    assert decide_hospital(raw, ok)["adopt"]
+    for change, failed in [({"nested": {**ok["nested"], "busi": {"images_flagged": 0.46}}}, "a_nested_left_out_images"),
+                           ({"nested": {**ok["nested"], "busbra/5": {"images_flagged": 0.16}}}, "a_nested_left_out_images"),
+                           ({"breast_images_flagged": 0.051}, "b_breast_held_out"),
+                           ({"recording_frames_flagged": 0.399}, "c_recordings_floor")]:
+        v = decide_hospital(raw, {**ok, **change})
+        assert not v["adopt"] and not v[failed], change

@@ -341,7 +341,7 @@ def _run_gate(args) -> int:
     ood = calibrate(args.model, root=args.root, data_npz=args.data_npz, test_fold=args.test_fold,
                     target_rate=args.target_rate, n_axes=args.axes, seed=0,
                     write=not args.dry_run, threads=args.threads, capture_augment=args.capture_augment,
-                    raw_images=args.raw_images)
+                    raw_images=args.raw_images, threshold_rule=args.threshold_rule)
     r = ood["rates"]
     print(f"gate D={ood['dim']} threshold {ood['threshold']:.4g} ({ood['chosen']}); "
           f"breast training frames flagged: out of fit {100 * r['out_of_fit_flagged']:.1f}%, in fit {100 * r['fit_flagged']:.1f}%"
