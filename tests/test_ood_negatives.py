@@ -91,3 +91,20 @@ def test_the_fixed_degradations_do_what_they_are_named():
     assert out["gamma_0.6"][40:200, 60:260].mean() > g[40:200, 60:260].mean() + 20
     assert out["gamma_1.6"][40:200, 60:260].mean() < g[40:200, 60:260].mean() - 20
     assert len(np.unique(out["grey_levels_32"])) <= 32 and out["grey_levels_32"].min() == 0
+
+
+def test_leave_one_recording_out_measures_the_images_under_each_fit():
+    """--design robust: the held-out images as they are are scored under every fit, gate OR head;
+    images that lean to a recording are flagged, images like the breast frames are not."""
+    breast, folds, strata, test, clips = _data()
+    none = {k: np.zeros(len(v), bool) for k, v in clips.items()}
+    rng = np.random.default_rng(3)
+    images = np.concatenate([rng.normal(0, 1, (100, 16)), rng.normal(0, 1, (100, 16)) + 4.0])  # breast-like, then 'a'-like
+    gate_images = np.zeros(200, bool)
+    gate_images[:10] = True  # the gate flags 10 of the breast-like images
+    out = leave_one_recording_out(breast, folds, strata, test, np.zeros(len(test), bool), clips, none,
+                                  z_images=images, gate_images=gate_images)
+    for r in out.values():
+        assert r["breast_images_either_flagged"] >= r["breast_images_head_flagged"]
+        assert 0.45 <= r["breast_images_head_flagged"] <= 0.6  # the 'a'-like half, hardly any of the rest
+        assert r["breast_images_either_flagged"] - r["breast_images_head_flagged"] == pytest.approx(0.05, abs=0.03)
