@@ -176,3 +176,54 @@ def test_decide_hospital_is_the_rule_written_before_the_first_run():
                            ({"recording_frames_flagged": 0.399}, "c_recordings_floor")]:
         v = decide_hospital(raw, {**ok, **change})
         assert not v["adopt"] and not v[failed], change
+
+
+def test_site_stratum_labels_by_the_models_prediction_and_deals_the_folds():
+    from streamcad.train.ood import site_stratum
+
+    logits = np.array([[0, 1, 2], [5, 0, 0], [0, 3, 1], [0, 0, 9], [1, 0, 0]], np.float32)
+    f = StreamFeatures(np.zeros((5, 4), np.float32), logits, [()] * 5, [None] * 5)
+    s, folds = site_stratum(f, [1, 2, 4])
+    assert s.labels == ["malignant", "normal", "benign", "malignant", "normal"]
+    assert folds.tolist() == [1, 2, 4, 1, 2] and s.embeddings is f.embeddings
+
+
+def test_site_study_lets_a_new_site_in_with_its_own_images():
+    """A site far from the fitted hospital: with none of its images the gate flags it, with 100 of
+    them (labels the model's own) it passes its held-out images and still flags far recordings."""
+    from streamcad.benchmarks.ood_negatives import HeldOut
+    from streamcad.benchmarks.ood_robust import decide_site, site_study
+
+    rng = np.random.default_rng(6)
+    d = 12
+    strata = _hospitals(rng, d, n=300, apart=5.0)
+    for f, _ in strata.values():  # logits: class 1 mostly, as a model's would be
+        f.logits[:] = rng.normal(0, 1, f.logits.shape) + np.array([0, 2, 0])
+    test = {ds: rng.normal(0, 1, (150, d)) + np.r_[5.0 * k, np.zeros(d - 1)] for k, ds in enumerate(("a", "b"))}
+    held = HeldOut(np.concatenate(list(test.values())), None, np.repeat(["a", "b"], 150), {},
+                   images=np.concatenate(list(test.values())), image_datasets=np.repeat(["a", "b"], 150))
+    clips = {"far": rng.normal(0, 1, (80, d)) + np.r_[np.zeros(d - 1), 9.0]}
+    from streamcad.benchmarks.ood_robust import SITE_SIZES
+
+    study = site_study(strata, [1, 2, 3, 4], clips, held)
+    assert set(study) == {"a", "b"} and set(study["a"]) == {str(n) for n in SITE_SIZES}
+    for site in ("a", "b"):
+        assert study[site]["0"]["site_images_flagged"] > 0.6  # the other hospital's gate alone
+        assert study[site]["100"]["site_images_flagged"] <= 0.05
+        assert study[site]["100"]["other_images_flagged"] <= 0.1
+        assert study[site]["100"]["recording_frames_flagged"] == 1.0
+    assert decide_site(study)["offer_site"]
+
+
+def test_decide_site_is_the_rule_written_before_the_first_run():
+    from streamcad.benchmarks.ood_robust import decide_site
+
+    ok = {"busi": {"100": {"site_images_flagged": 0.05, "recording_frames_flagged": 0.5}},
+          "busbra": {"100": {"site_images_flagged": 0.01, "recording_frames_flagged": 0.7}}}
+    assert decide_site(ok)["offer_site"]
+    for site, change, failed in [("busi", {"site_images_flagged": 0.051}, "a_site_images"),
+                                 ("busbra", {"recording_frames_flagged": 0.49}, "b_recordings_floor")]:
+        bad = {k: {"100": {**v["100"], **(change if k == site else {})}} for k, v in ok.items()}
+        v = decide_site(bad)
+        assert not v["offer_site"] and not v[failed], change
+
