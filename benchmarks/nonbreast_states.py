@@ -143,7 +143,10 @@ def run(model: Path, out: Path, gates: dict[str, Path], root: str | None = None)
                 "pooled": {s: float(np.average([r[s] for r in per.values()], weights=n)) for s in SCORE_STATES},
                 "recordings_any_suspicious": int(sum(r["suspicious"] > 0 for r in per.values())),
             }
-    res = {"schema": 1, "model": model.name, "gates": {k: str(v) for k, v in gates.items()}, "variants": variants,
+    from streamcad.manifest import read_manifest
+
+    res = {"schema": 1, "model": model.name, "model_sha256": read_manifest(model).sha256,
+           "gates": {k: str(v) for k, v in gates.items()}, "variants": variants,
            "frames": int(sum(r["frames"] for r in next(iter(variants.values()))["recordings"].values())),
            "wall_s": time.perf_counter() - t0, "machine": machine_info(),
            "command": f"python -m streamcad.benchmarks.nonbreast_states {model} "

@@ -178,9 +178,10 @@ def refresh_v2(
     cv_report: str | os.PathLike = CV_REPORT,
     report_path: str | os.PathLike = SHIP_REPORT,
     ood_result: str | os.PathLike | None = REPO / "benchmarks" / "results" / "ood_gate-default.json",
+    states_result: str | os.PathLike | None = REPO / "benchmarks" / "results" / "nonbreast-states-default.json",
 ) -> Path:
-    """Put the finished protocol report (train.cv report) and the gate's measurement
-    (benchmarks.ood_gate) into the shipped model's report, manifest metrics and card, without
+    """Put the finished protocol report (train.cv report) and the gate's measurements
+    (benchmarks.ood_gate, benchmarks.nonbreast_states) into the shipped model's report, manifest metrics and card, without
     retraining or re-exporting (metrics are descriptive: the manifest's contract digest is unchanged)."""
     from streamcad.manifest import read_manifest, write_manifest
 
@@ -197,6 +198,15 @@ def refresh_v2(
             raise ConfigError(f"{ood_result} measured another model ({str(ood.get('model_sha256'))[:12]}); re-run benchmarks.ood_gate")
         report["ood_measured"] = {"summary": ood["summary"], "command": ood.get("command"), "file": str(Path(ood_result).name),
                                   "non_breast": ood.get("non_breast"), "breast": ood.get("breast")}
+    if states_result and Path(states_result).is_file():
+        st = json.loads(Path(states_result).read_text())
+        if st.get("model_sha256") != read_manifest(out).sha256:
+            raise ConfigError(f"{states_result} measured another model ({str(st.get('model_sha256'))[:12]}); "
+                              "re-run benchmarks.nonbreast_states")
+        report["states_measured"] = {"command": st.get("command"), "frames": st.get("frames"),
+                                     **{k: {"pooled": v["pooled"], "recordings_any_suspicious": v["recordings_any_suspicious"],
+                                            "recordings": len(v["recordings"])}
+                                        for k, v in st["variants"].items() if k in ("shipped", "no-gate")}}
     Path(report_path).write_text(json.dumps(report, indent=1, default=str))
     m = read_manifest(out).to_dict()
     for k in ("file", "sha256", "size_bytes", "schema_version", "contract_sha256"):
@@ -260,6 +270,14 @@ def _ood_section(report: dict) -> str:
                       "pleura, the eye). A gate fitted on one dataset only flags many of the other's images as "
                       "they are (docs/MODEL.md), so a new hospital's images may be flagged more than the held-out "
                       "rate above: `streamcad evaluate` reports the rate on a site's own images."]
+        states = report.get("states_measured")
+        if states and "shipped" in states:
+            sh, ng = states["shipped"], states.get("no-gate")
+            lines += ["", f"Shown to the clinician on those recordings (`{states.get('command')}`, every frame through the "
+                      f"pipeline): **{100 * sh['pooled']['suspicious']:.1f}% of the non-breast frames read `suspicious`** "
+                      f"({sh['recordings_any_suspicious']} of {sh['recordings']} recordings have such frames)"
+                      + (f"; without the gate {100 * ng['pooled']['suspicious']:.1f}%" if ng else "")
+                      + ". Use it on breast only."]
         rows = meas.get("non_breast") or {}
         if isinstance(rows, dict) and rows:
             lines += ["", "| recording (not breast) | organ | frames | flagged |", "|---|---|---|---|"]
