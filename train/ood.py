@@ -5,10 +5,12 @@
       --streamcad.sources.sweep.SweepRenderer: every image once in a linear and once in a curved
         simulated scanner screen (probe motion, speckle, gain drift)
       --the runtime's path: RoiTracker -> QualityChecker -> preprocess -> ONNX Runtime--> embeddings
+      + every image once as it is (the whole image as the sector, through preprocess: a scanner's
+        export; raw_images, the default since 2026-12-04)
     cross-fitting over the training folds: for each fold f, fit_gate on the other training folds
         (standardise, class means, shared covariance as top-k principal axes + residual variance)
         and score fold f -> one out-of-fit score per training frame
-    threshold = the largest, over the strata (dataset x sector shape), of the stratum's
+    threshold = the largest, over the strata (dataset x {linear, curved, as it is}), of the stratum's
         (1 - target_rate) quantile of the out-of-fit scores: every breast source is held to the
         target rate, not just their pool
     the gate itself = fit_gate on all training folds + that threshold --> manifest `ood`
@@ -538,8 +540,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="fold",
                    help="fold (default): the threshold from folds of the fitted datasets; hospital: at least "
                         f"the {100 * (1 - HOSPITAL_RATE):g}th percentile of each dataset's frames under a gate "
-                        "fitted on the other dataset only, a threshold for a hospital the gate never saw "
-                        "(docs/MODEL.md)")
+                        "fitted on the other dataset only, a threshold for a hospital the gate never saw; "
+                        "measured and not adopted: its threshold flags no non-breast recording frame (docs/MODEL.md)")
     p.add_argument("--capture-augment", action="store_true",
                    help="fit on each training image once more in each screen through capture_degrade "
                         "(resolution, blur, gamma, JPEG): a gate that flags fewer breast frames of other scanners")
