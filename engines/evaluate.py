@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 HELP = "score a model on a folder laid out like BUSI or BUS-BRA"
 
 DEFAULT_BATCH = 16
+GATE_BUDGET = 0.05  # breast images the out-of-domain gate may flag (docs/MODEL.md); above it evaluate warns
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -436,4 +437,9 @@ def run(args: argparse.Namespace) -> int:
                          "the runtime shows no malignancy for those"
                          + ("" if passed is None or not g["n_flagged"] else
                             f"; AUC on the images it lets through {passed['auc']['value']:.3f}")))
+        if g["flagged"] > GATE_BUDGET:
+            con.print(escape(f"warning: the gate flags {100 * g['flagged']:.1f}% of these images, over its {100 * GATE_BUDGET:.0f}% "
+                             "budget for breast images: if they are breast B-mode, this site's scanner or hospital lies "
+                             "outside what the gate was fitted on (fitted on one of our two datasets it flagged 84% of "
+                             "the other's, docs/MODEL.md), and the runtime will show no score on many of its frames"))
     return 0

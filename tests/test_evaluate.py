@@ -216,7 +216,8 @@ def test_evaluate_reports_the_gate_on_the_sites_images(heldout_busbra, recording
     thr = OodGate.from_dict(read_manifest(model).ood).threshold
     out = tmp_path / "r.json"
     assert main(["evaluate", str(model), str(heldout_busbra), "--json", str(out), "--bootstrap", "20"]) == 0
-    assert "out-of-domain gate:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "out-of-domain gate:" in printed and "over its 5% budget" not in printed
     r = json.loads(out.read_text())
     g, preds = r["ood_gate"], r["predictions"]
     assert g["threshold"] == thr and all(p["out_of_domain"] == (p["ood_score"] > thr) for p in preds)
@@ -228,3 +229,7 @@ def test_evaluate_reports_the_gate_on_the_sites_images(heldout_busbra, recording
     assert g["metrics_on_passed"]["n"] == len(preds) - g["n_flagged"]
     nb = evaluate(model, recording_crops, n_boot=5)["ood_gate"]
     assert nb["flagged"] >= 0.6, nb  # 79% of these 48 crops (61% of every recording frame, benchmarks.ood_gate)
+    # a site whose images the gate mostly flags is told so
+    assert main(["evaluate", str(model), str(recording_crops), "--json", str(tmp_path / "nb.json"), "--bootstrap", "5"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "over its 5% budget for breast images" in printed
