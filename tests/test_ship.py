@@ -70,15 +70,24 @@ def test_the_ssl_candidate_report_names_its_pretraining_and_its_gate_measurement
     report names the fold-0 pretraining recorded in train/results/v2/ssl, the card generated from it
     states that pretraining's time, and its gate measurement is the committed benchmark of the same graph."""
     pytest.importorskip("torch")
+    from streamcad.manifest import read_manifest, verify_artifact
     from streamcad.train.config import REPO
     from streamcad.train.release import write_model_card_v2
 
     cand = REPO / "train" / "results" / "v2" / "ssl-candidate"
     report = json.loads((cand / "ship-report.json").read_text())
-    ssl = json.loads((REPO / "train" / "results" / "v2" / "ssl" / "lite0-dcl-fold0-rerun.json").read_text())["cv/fold0"]
-    ood = json.loads((REPO / "benchmarks" / "results" / "ood_gate-lite0-ssl-fold0.json").read_text())
+    ssl = json.loads((REPO / "train" / "results" / "v2" / "ssl" / "lite0-dcl-fold0-rebuild.json").read_text())["cv/fold0"]
+    ood = json.loads((REPO / "benchmarks" / "results" / "ood_gate-lite0-ssl-candidate.json").read_text())
+    states = json.loads((REPO / "benchmarks" / "results" / "nonbreast-states-lite0-ssl-candidate.json").read_text())
     assert report["recipe"]["ssl_init"] and ssl["ssl_sha256"][:12] in report["training_data"]["initialisation"]
     assert report["ood_measured"]["summary"] == ood["summary"]
-    card = write_model_card_v2(report, tmp_path / "MODEL_CARD.md", ood["model_sha256"]).read_text()
+    assert report["states_measured"]["shipped"]["pooled"] == states["variants"]["shipped"]["pooled"]
+    # the committed graph is the one measured, with the gate of the shipped design
+    m = read_manifest(cand / "lite0-ssl.onnx")
+    verify_artifact(cand / "lite0-ssl.onnx", m)
+    assert m.sha256 == ood["model_sha256"] == states["model_sha256"]
+    assert m.ood["fitted_on"]["raw_images"] and m.ood["threshold"] == report["ood_gate"]["threshold"]
+    card = write_model_card_v2(report, tmp_path / "MODEL_CARD.md", m.sha256).read_text()
     assert card == (cand / "MODEL_CARD.md").read_text()
+    assert card.startswith("# Model card: `train/results/v2/ssl-candidate/lite0-ssl.onnx`")
     assert f"SSL pretraining {ssl['wall_s'] / 60:.0f} min" in card
