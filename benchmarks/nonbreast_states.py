@@ -25,7 +25,6 @@ import json
 import logging
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,17 +39,9 @@ __all__ = ["run_recording", "summarise", "with_gate", "run", "main"]
 log = logging.getLogger(__name__)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_recording(model_path: str | Path, video: str | Path, timeout_s: float = 600.0) -> list[str]:
     """Every frame of one video file through the real pipeline -> the published state of each."""
-    from streamcad.client import Subscriber
+    from streamcad.benchmarks.operating_point import _free_port, run_subscribed
     from streamcad.config import config_from_dict
     from streamcad.messages import Score
     from streamcad.pipeline import Pipeline
@@ -63,27 +54,9 @@ def run_recording(model_path: str | Path, video: str | Path, timeout_s: float = 
         "dashboard": False,
     })
     states: list[str] = []
-    done = threading.Event()
-
-    def receive(sub) -> None:
-        idle_since = time.monotonic()
-        while not done.is_set() or time.monotonic() - idle_since < 2.0:
-            m = sub.recv(timeout=0.2)
-            if m is None:
-                continue
-            idle_since = time.monotonic()
-            if isinstance(m, Score):
-                states.append(m.state)
-
-    with Pipeline(cfg) as pipe, Subscriber(endpoint, heartbeat_s=1.0, rcvhwm=1_000_000) as sub:
-        t = threading.Thread(target=receive, args=(sub,), daemon=True)
-        t.start()
-        deadline = time.monotonic() + 10.0
-        while pipe.publisher.subscriptions == 0 and time.monotonic() < deadline:
-            pipe.publisher.service(timeout=0.1)  # wait for the SUB to join: no score published to nobody
-        report = pipe.run()
-        done.set()
-        t.join(timeout=timeout_s)
+    with Pipeline(cfg) as pipe:
+        report = run_subscribed(pipe, endpoint, lambda m: states.append(m.state) if isinstance(m, Score) else None,
+                                timeout_s)
     if len(states) != report.frames_out:
         raise ConfigError(f"{Path(video).name}: received {len(states)} scores of {report.frames_out} published; "
                           "expected every one (a subscriber that lagged)")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_sweep", "analyse", "replay_states", "image_folder", "main"]
+__all__ = ["run_sweep", "run_subscribed", "analyse", "replay_states", "image_folder", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,39 @@ def image_folder(name: str, manifest, workdir: Path) -> tuple[Path, str]:
     return folder, f"{ds} fold {fold} of train/splits/{ds}_5fold.csv (held out of the model's training), {len(rows)} images"
 
 
+def run_subscribed(pipe, endpoint: str, handle, timeout_s: float = 3600.0):
+    """Run `pipe` to its end with a Subscriber thread on `endpoint` giving every message to
+    `handle`, the run started only once the SUB has joined (no score published to nobody), the
+    thread drained 2 s past the last message. -> the pipeline's run report."""
+    from streamcad.client import Subscriber
+
+    done = threading.Event()
+
+    def receive(sub) -> None:
+        idle_since = time.monotonic()
+        while not done.is_set() or time.monotonic() - idle_since < 2.0:
+            m = sub.recv(timeout=0.2)
+            if m is None:
+                continue
+            idle_since = time.monotonic()
+            handle(m)
+
+    with Subscriber(endpoint, heartbeat_s=1.0, rcvhwm=1_000_000) as sub:
+        t = threading.Thread(target=receive, args=(sub,), daemon=True)
+        t.start()
+        deadline = time.monotonic() + 10.0
+        while pipe.publisher.subscriptions == 0 and time.monotonic() < deadline:
+            pipe.publisher.service(timeout=0.1)
+        report = pipe.run()
+        done.set()
+        t.join(timeout=timeout_s)
+    return report
+
+
 def run_sweep(model_path: str | Path, folder: str | Path, *, seed: int = 0, fps: float = 30.0, dwell_s: float = 4.0,
               transition_s: float = 1.0, pace: str = "native", smoothing: dict | None = None,
               timeout_s: float = 3600.0) -> dict:
     """One pass over `folder`'s images through the real pipeline -> {'scores': [...], 'status': {...}}."""
-    from streamcad.client import Subscriber
     from streamcad.config import config_from_dict
     from streamcad.messages import Score, Status
     from streamcad.pipeline import Pipeline
@@ -103,36 +131,22 @@ def run_sweep(model_path: str | Path, folder: str | Path, *, seed: int = 0, fps:
     src = SweepSource(folder, seed=seed, fps=fps, dwell_s=dwell_s, transition_s=transition_s, pace=pace, loop=False)
     scores: list[dict] = []
     last_status: list = []
-    done = threading.Event()
 
-    def receive(sub) -> None:
-        idle_since = time.monotonic()
-        while not done.is_set() or time.monotonic() - idle_since < 2.0:
-            m = sub.recv(timeout=0.2)
-            if m is None:
-                continue
-            idle_since = time.monotonic()
-            if isinstance(m, Score):
-                p = m.probs
-                scores.append({
-                    "frame_index": m.frame_index, "label": m.label, "state": m.state, "flags": list(m.flags),
-                    "malignancy": m.malignancy,
-                    "probs": None if p is None else [p.normal, p.benign, p.malignant],
-                })
-            elif isinstance(m, Status):
-                last_status[:] = [m]
+    def handle(m) -> None:
+        if isinstance(m, Score):
+            p = m.probs
+            scores.append({
+                "frame_index": m.frame_index, "label": m.label, "state": m.state, "flags": list(m.flags),
+                "malignancy": m.malignancy,
+                "probs": None if p is None else [p.normal, p.benign, p.malignant],
+            })
+        elif isinstance(m, Status):
+            last_status[:] = [m]
 
-    with Pipeline(cfg, source=src) as pipe, Subscriber(endpoint, heartbeat_s=1.0, rcvhwm=1_000_000) as sub:
-        t = threading.Thread(target=receive, args=(sub,), daemon=True)
-        t.start()
-        deadline = time.monotonic() + 10.0
-        while pipe.publisher.subscriptions == 0 and time.monotonic() < deadline:
-            pipe.publisher.service(timeout=0.1)  # wait for the SUB to join: no score published to nobody
+    with Pipeline(cfg, source=src) as pipe:
         period = src.renderer.period
         segment = (src.renderer.segment_frames, src.renderer._dwell_frames)
-        report = pipe.run()
-        done.set()
-        t.join(timeout=timeout_s)
+        report = run_subscribed(pipe, endpoint, handle, timeout_s)
         point = pipe.smoother.point
     st = last_status[0] if last_status else None
     return {
