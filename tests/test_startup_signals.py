@@ -10,7 +10,10 @@ traceback from inside `import streamcad` before streamcad.__main__ existed).
 The one window left is before the entry point: interpreter start-up (site, an editable install's
 .pth finder) and the wrapper's own `import streamcad`. A signal there may still give Python's
 own traceback; such an outcome is recognised by its frames (only the standard library, the
-wrapper, streamcad/__init__.py) and counted, never a pass for a traceback from later code.
+wrapper, streamcad/__init__.py) and counted, never a pass for a traceback from later code. A
+signal there can also be dropped by CPython ("Exception ignored in" a weakref callback of the
+frozen import machinery; seen once in CI): start-up then goes on, and the test, like a user,
+presses Ctrl-C a second time, which must end the run as usual.
 """
 
 from __future__ import annotations
@@ -115,7 +118,17 @@ def _interrupt(argv: list[str], model: Path, cwd: Path, *, delay: float = 0.0, m
             while time.monotonic() - t0 < delay:
                 pass
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
+        try:
+            _, err = p.communicate(timeout=20)
+        except subprocess.TimeoutExpired as e:
+            early = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+            if not _SWALLOWED.search(early):
+                raise
+            # CPython dropped the KeyboardInterrupt ("Exception ignored in" a weakref callback of
+            # the import machinery, before the entry point): start-up went on, and a user's second
+            # Ctrl-C is what stops it, as here (communicate again loses no output)
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
@@ -123,9 +136,23 @@ def _interrupt(argv: list[str], model: Path, cwd: Path, *, delay: float = 0.0, m
     return p.returncode, err
 
 
+# A KeyboardInterrupt CPython could not raise: it landed in a callback of the frozen import
+# machinery (importlib's module-lock weakref callback), was printed as ignored and dropped.
+_SWALLOWED = re.compile(r"Exception ignored in: [^\n]*\nTraceback \(most recent call last\):\n"
+                        r"(?:  File \"<frozen [^\n]*\n(?:    [^\n]*\n)?)+KeyboardInterrupt: ?\n")
+
+
 def _judge(rc: int, err: str, script: Path, what: str) -> str:
     """'quiet' (the fix), 'ran' (the pipeline was running: Ctrl-C is its normal stop, 0 and
-    the summary line) or 'before-entry' (see _before_entry); anything else fails."""
+    the summary line) or 'before-entry' (see _before_entry, and a first Ctrl-C that CPython
+    dropped in the import machinery before the entry point, the second one then ending the run
+    'quiet' or 'ran'); anything else fails."""
+    dropped = _SWALLOWED.search(err)
+    if dropped:
+        verdict = _judge(rc, err[:dropped.start()] + err[dropped.end():], script, what)
+        if verdict in ("quiet", "ran"):
+            return "before-entry"
+        pytest.fail(f"{what}: a dropped first Ctrl-C, then rc {rc}, stderr:\n{err}")
     lines = [ln for ln in err.splitlines() if ln.strip()]
     if rc == 130 and "Traceback" not in err and len(lines) <= 1:
         return "quiet"
