@@ -79,9 +79,7 @@ def with_gate(model: Path, manifest: dict | None, folder: Path) -> Path:
 
     dst = folder / model.name
     shutil.copyfile(model, dst)
-    d = read_manifest(model).to_dict()
-    for k in ("file", "sha256", "size_bytes", "schema_version"):
-        d.pop(k)
+    d = read_manifest(model).to_fields()
     if manifest is not None and manifest.get("sha256") != read_manifest(model).sha256:
         raise ConfigError(f"the gate's manifest is for graph {str(manifest.get('sha256'))[:12]}, "
                           f"not {model.name} ({read_manifest(model).sha256[:12]})")

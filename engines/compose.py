@@ -105,9 +105,9 @@ def compose(classifier: str | Path, gate_model: str | Path, out: str | Path) -> 
     onnx.checker.check_model(clf)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(clf, str(out))
-    d = mc.to_dict()
-    for k in ("file", "sha256", "size_bytes", "schema_version", "contract_sha256", "created", "git_commit", "outputs"):
-        d.pop(k, None)
+    d = mc.to_fields()
+    for k in ("created", "git_commit", "outputs"):  # this graph's own, filled in by write_manifest
+        d.pop(k)
     d["ood"] = mg.ood
     d["source"] = {"classifier": {"file": classifier.name, "sha256": mc.sha256},
                    "gate_model": {"file": gate_model.name, "sha256": mg.sha256},

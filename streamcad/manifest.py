@@ -68,6 +68,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# what write_manifest computes itself (Manifest.to_fields leaves them out)
+COMPUTED_FIELDS = frozenset({"file", "sha256", "size_bytes", "schema_version", "contract_sha256"})
 SCHEMA_VERSION = 2  # bump when a field changes meaning; readers refuse versions they do not know
 # 2: contract_sha256 over every field that changes scores (1 covered the model bytes only)
 # Fields that describe an artifact without changing one score: left out of contract_sha256, so
@@ -134,6 +136,11 @@ class Manifest:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_fields(self) -> dict:
+        """The fields write_manifest takes back, the ones it computes left out: a read-modify-write
+        is ``write_manifest(path, **{**m.to_fields(), "ood": ...})``."""
+        return {k: v for k, v in self.to_dict().items() if k not in COMPUTED_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "manifest") -> Manifest:
@@ -368,11 +375,10 @@ def write_manifest(artifact: str | Path, **fields: Any) -> Manifest:
     if not path.is_file():
         raise ArtifactError(f"cannot write a manifest: {path} does not exist")
     names = {f.name for f in dataclasses.fields(Manifest)}
-    computed = {"file", "sha256", "size_bytes", "schema_version", "contract_sha256"}
     fields.pop("contract_sha256", None)  # always recomputed here (a read-modify-write passes the old one)
-    unknown = sorted(set(fields) - (names - computed))
+    unknown = sorted(set(fields) - (names - COMPUTED_FIELDS))
     if unknown:
-        raise ArtifactError(f"write_manifest: unknown or computed fields {unknown}; expected some of {sorted(names - computed)}")
+        raise ArtifactError(f"write_manifest: unknown or computed fields {unknown}; expected some of {sorted(names - COMPUTED_FIELDS)}")
     fmt = fields.pop("format", None) or _format_of(path)
     if fmt == "onnx" and ("input" not in fields or fields.get("format_version") is None or "outputs" not in fields):
         inp, opset, outputs = _onnx_io(path)

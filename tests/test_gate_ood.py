@@ -50,9 +50,7 @@ def make_config(path: Path, source: str, frames: int):
 
 
 def _rewrite_ood(path: Path, ood: dict) -> None:
-    d = read_manifest(path).to_dict()
-    for k in ("file", "sha256", "size_bytes", "schema_version"):
-        d.pop(k)
+    d = read_manifest(path).to_fields()
     d["ood"] = ood
     write_manifest(path, **d)
 

@@ -147,9 +147,7 @@ def _zoom_copy(tmp_path, saliency_kind="lesion_probability"):
 
     onnx = tmp_path / "zoomed.onnx"
     shutil.copy(DEFAULT_MODEL, onnx)
-    m = read_manifest(DEFAULT_MODEL).to_dict()
-    for k in ("file", "sha256", "size_bytes", "schema_version", "contract_sha256"):
-        m.pop(k)
+    m = read_manifest(DEFAULT_MODEL).to_fields()
     write_manifest(onnx, **{**m, "zoom": ZoomSpec().to_dict(), "saliency_kind": saliency_kind})
     return onnx
 

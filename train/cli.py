@@ -331,9 +331,7 @@ def _run_gate(args) -> int:
     if args.remove:
         m = read_manifest(args.model)
         verify_artifact(args.model, m)
-        d = m.to_dict()
-        for k in ("file", "sha256", "size_bytes", "schema_version"):
-            d.pop(k)
+        d = m.to_fields()
         d["ood"] = {}
         write_manifest(args.model, **d)
         print(f"removed the out-of-domain gate from {Path(args.model).with_suffix('.json')}")

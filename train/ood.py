@@ -515,9 +515,7 @@ def calibrate(
     ood = gate.to_dict()
     OodGate.from_dict(ood)  # what the runtime will read back
     if write:
-        d = m.to_dict()
-        for k in ("file", "sha256", "size_bytes", "schema_version"):
-            d.pop(k)
+        d = m.to_fields()
         d["ood"] = ood
         write_manifest(path, **d)
         log.info("gate: wrote the gate (D=%d, threshold %.4g) into %s", gate.dim, threshold, path.with_suffix(".json").name)

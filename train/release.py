@@ -129,9 +129,7 @@ def ship_v2(
                                      "threshold": res["threshold"]}, n_boot, seed)
 
     manifest, parity = export_checkpoint(ckpt_path, out, data_root=root)
-    m = read_manifest(out).to_dict()
-    for k in ("file", "sha256", "size_bytes", "schema_version"):
-        m.pop(k, None)
+    m = read_manifest(out).to_fields()
     protocol = json.loads(Path(cv_report).read_text()) if cv_report and Path(cv_report).is_file() else None
     m["operating_threshold"] = float(res["threshold"])
     m["saliency_kind"] = "lesion_probability"
@@ -208,9 +206,7 @@ def refresh_v2(
                                             "recordings": len(v["recordings"])}
                                         for k, v in st["variants"].items() if k in ("shipped", "no-gate")}}
     Path(report_path).write_text(json.dumps(report, indent=1, default=str))
-    m = read_manifest(out).to_dict()
-    for k in ("file", "sha256", "size_bytes", "schema_version", "contract_sha256"):
-        m.pop(k, None)
+    m = read_manifest(out).to_fields()
     m["metrics"] = {**m["metrics"], "protocol_v2": report["protocol_v2"]}
     write_manifest(out, **m)
     return write_model_card_v2(report, Path(out).with_name("MODEL_CARD.md"), read_manifest(out).sha256)

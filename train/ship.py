@@ -181,9 +181,7 @@ def ship(
     metrics = _per_dataset_metrics(res["predictions"], n_boot, seed)
 
     manifest, parity = export_checkpoint(res["checkpoint"], out, data_npz=data_npz, data_root=root)
-    m = read_manifest(out).to_dict()
-    for k in ("file", "sha256", "size_bytes", "schema_version"):
-        m.pop(k)
+    m = read_manifest(out).to_fields()
     m["operating_threshold"] = float(res["threshold"])
     m["metrics"] = {"held_out": f"fold {TEST_FOLD} of both datasets (committed splits)", **metrics}
     m["training_data"] = {
