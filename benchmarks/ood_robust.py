@@ -62,6 +62,7 @@ from streamcad.benchmarks.machine import machine_info
 from streamcad.benchmarks.ood_gate import gated_model
 from streamcad.benchmarks.ood_negatives import heldout_breast
 from streamcad.errors import ConfigError
+from streamcad.gate_ood import BREAST_BUDGET
 from streamcad.train.data.datasets import data_root
 from streamcad.train.ood import (
     StreamFeatures,
@@ -80,7 +81,6 @@ from streamcad.train.ood import (
 
 log = logging.getLogger(__name__)
 
-BREAST_BUDGET = 0.05  # the gate's budget for breast frames flagged
 RECORDING_BAR = 0.90  # issue 15's bar for non-breast frames flagged
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from streamcad.engines.gate import busbra_images, busi_images, softmax
 from streamcad.errors import ConfigError, FrameError, StreamcadError
 from streamcad.extras import missing_module_message
+from streamcad.gate_ood import BREAST_BUDGET
 from streamcad.manifest import CLASS_NAMES as CLASSES
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 HELP = "score a model on a folder laid out like BUSI or BUS-BRA"
 
 DEFAULT_BATCH = 16
-GATE_BUDGET = 0.05  # breast images the out-of-domain gate may flag (docs/MODEL.md); above it evaluate warns
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -437,8 +437,8 @@ def run(args: argparse.Namespace) -> int:
                          "the runtime shows no malignancy for those"
                          + ("" if passed is None or not g["n_flagged"] else
                             f"; AUC on the images it lets through {passed['auc']['value']:.3f}")))
-        if g["flagged"] > GATE_BUDGET:
-            con.print(escape(f"warning: the gate flags {100 * g['flagged']:.1f}% of these images, over its {100 * GATE_BUDGET:.0f}% "
+        if g["flagged"] > BREAST_BUDGET:
+            con.print(escape(f"warning: the gate flags {100 * g['flagged']:.1f}% of these images, over its {100 * BREAST_BUDGET:.0f}% "
                              "budget for breast images: if they are breast B-mode, this site's scanner or hospital lies "
                              "outside what the gate was fitted on (fitted on one of our two datasets it flagged 84% of "
                              "the other's, docs/MODEL.md), and the runtime will show no score on many of its frames"))
