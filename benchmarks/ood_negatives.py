@@ -223,6 +223,14 @@ def heldout_breast(be, spec, test_fold: int, root: str | None, seed: int) -> Hel
                    {k: np.concatenate(v) for k, v in degraded.items()})
 
 
+def heldout_images(be, spec, test_fold: int, root: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every held-out image as it is (train.ood.image_features, the image as the sector) ->
+    (embeddings, dataset of each row)."""
+    parts = {ds: image_features(be, spec, breast_items((ds,), [test_fold], root)) for ds in ("busi", "busbra")}
+    return (np.concatenate([f.embeddings for f in parts.values()]),
+            np.concatenate([np.full(len(f), ds) for ds, f in parts.items()]))
+
+
 def run(model: Path, out: Path, root: str | None, threads: int, seed: int, design: str = "plain") -> dict:
     if design not in DESIGNS:
         raise ConfigError(f"design {design!r}; expected one of {', '.join(DESIGNS)}")
@@ -239,9 +247,7 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int, desig
             strata = {**pool_strata(strata, strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed,
                                                             degrade=True)),
                       **raw_strata(be, spec, ("busi", "busbra"), train_folds, root, None)}
-            parts = {ds: image_features(be, spec, breast_items((ds,), [test_fold], root)) for ds in ("busi", "busbra")}
-            images = np.concatenate([f.embeddings for f in parts.values()])
-            image_datasets = np.concatenate([np.full(len(f), ds) for ds, f in parts.items()])
+            images, image_datasets = heldout_images(be, spec, test_fold, root)
         held = heldout_breast(be, spec, test_fold, root, seed)
         clips = {c["file"]: embed_stream(be, spec, video_frames(vdir / c["file"])).embeddings for c in clips_meta}
     test_emb, video_emb, ds_test, degraded = held.test, held.video, held.datasets, held.degraded

@@ -60,7 +60,7 @@ import numpy as np
 from streamcad.backends import load_backend
 from streamcad.benchmarks.machine import machine_info
 from streamcad.benchmarks.ood_gate import gated_model
-from streamcad.benchmarks.ood_negatives import heldout_breast
+from streamcad.benchmarks.ood_negatives import heldout_breast, heldout_images
 from streamcad.errors import ConfigError
 from streamcad.gate_ood import BREAST_BUDGET
 from streamcad.train.data.datasets import data_root
@@ -70,10 +70,8 @@ from streamcad.train.ood import (
     embed_stream,
     fit_calibrated,
     folds_from_manifest,
-    image_features,
     pool_strata,
     raw_strata,
-    site_stratum,
     stack_strata,
     strata_features,
     video_frames,
@@ -183,6 +181,18 @@ SITE_N = 100  # design 'site': the n its bar is read at
 SITE_RECORDING_FLOOR = 0.50
 
 
+def site_stratum(features: StreamFeatures, train_folds: list[int]) -> tuple[StreamFeatures, np.ndarray]:
+    """A site's images (image_features, labels unknown) -> the stratum ('site', 'raw') of design
+    'site' (not offered as a gate option, docs/MODEL.md): each image's class is the model's own
+    prediction (the gate's class means need one; no truth is used), and
+    the images are dealt round the training folds for the cross-fitting."""
+    from streamcad.manifest import CLASS_NAMES
+
+    labels = [CLASS_NAMES[int(k)] for k in np.argmax(features.logits, axis=1)]
+    folds = np.array([train_folds[k % len(train_folds)] for k in range(len(features))])
+    return StreamFeatures(features.embeddings, features.logits, list(features.flags), labels), folds
+
+
 def site_study(strata: dict, train_folds: list[int], clips: dict[str, np.ndarray], held, seed: int = 0) -> dict:
     """Design 'site' (module docstring): {site dataset: {n: rates}}."""
     out: dict[str, dict] = {}
@@ -243,9 +253,7 @@ def run(model: Path, out: Path, root: str | None, threads: int, seed: int, desig
             other = pool_strata(clean, strata_features(be, spec, ("busi", "busbra"), train_folds, root, None, seed, degrade=True))
         elif design in ("raw", "hospital", "site"):
             other = {**clean, **raw_strata(be, spec, ("busi", "busbra"), train_folds, root, None)}
-            parts = {ds: image_features(be, spec, breast_items((ds,), [test_fold], root)) for ds in ("busi", "busbra")}
-            held.images = np.concatenate([f.embeddings for f in parts.values()])
-            held.image_datasets = np.concatenate([np.full(len(f), ds) for ds, f in parts.items()])
+            held.images, held.image_datasets = heldout_images(be, spec, test_fold, root)
         else:
             raise ConfigError(f"design {design!r}; expected 'capture_augment', 'raw', 'hospital' or 'site'")
     if design == "site":

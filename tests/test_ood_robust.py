@@ -179,7 +179,7 @@ def test_decide_hospital_is_the_rule_written_before_the_first_run():
 
 
 def test_site_stratum_labels_by_the_models_prediction_and_deals_the_folds():
-    from streamcad.train.ood import site_stratum
+    from streamcad.benchmarks.ood_robust import site_stratum
 
     logits = np.array([[0, 1, 2], [5, 0, 0], [0, 3, 1], [0, 0, 9], [1, 0, 0]], np.float32)
     f = StreamFeatures(np.zeros((5, 4), np.float32), logits, [()] * 5, [None] * 5)

@@ -58,7 +58,6 @@ __all__ = [
     "pool_strata",
     "image_features",
     "raw_strata",
-    "site_stratum",
     "stack_strata",
     "fit_calibrated",
     "fit_gate",
@@ -342,18 +341,6 @@ def raw_strata(backend: Any, spec: Any, datasets: tuple[str, ...], folds: list[i
         out[(ds, "raw")] = (image_features(backend, spec, items), np.array([it[2] for it in items]))
         log.info("gate: %s raw: %d breast images", ds, len(items))
     return out
-
-
-def site_stratum(features: StreamFeatures, train_folds: list[int]) -> tuple[StreamFeatures, np.ndarray]:
-    """A site's images (image_features, labels unknown) -> the stratum ('site', 'raw') of the site
-    study (benchmarks.ood_robust --design site; not offered as a gate option, docs/MODEL.md): each image's
-    class is the model's own prediction (the gate's class means need one; no truth is used), and
-    the images are dealt round the training folds for the cross-fitting."""
-    from streamcad.manifest import CLASS_NAMES
-
-    labels = [CLASS_NAMES[int(k)] for k in np.argmax(features.logits, axis=1)]
-    folds = np.array([train_folds[k % len(train_folds)] for k in range(len(features))])
-    return StreamFeatures(features.embeddings, features.logits, list(features.flags), labels), folds
 
 
 def pool_strata(*parts: dict) -> dict[tuple[str, str], tuple[StreamFeatures, np.ndarray]]:
