@@ -77,14 +77,13 @@ def with_gate(model: Path, manifest: dict | None, folder: Path) -> Path:
     the graph is the same file, byte for byte."""
     from streamcad.manifest import read_manifest, write_manifest
 
+    m = read_manifest(model)
+    if manifest is not None and manifest.get("sha256") != m.sha256:
+        raise ConfigError(f"the gate's manifest is for graph {str(manifest.get('sha256'))[:12]}, "
+                          f"not {model.name} ({m.sha256[:12]})")
     dst = folder / model.name
     shutil.copyfile(model, dst)
-    d = read_manifest(model).to_fields()
-    if manifest is not None and manifest.get("sha256") != read_manifest(model).sha256:
-        raise ConfigError(f"the gate's manifest is for graph {str(manifest.get('sha256'))[:12]}, "
-                          f"not {model.name} ({read_manifest(model).sha256[:12]})")
-    d["ood"] = {} if manifest is None else manifest["ood"]
-    write_manifest(dst, **d)
+    write_manifest(dst, **{**m.to_fields(), "ood": {} if manifest is None else manifest["ood"]})
     return dst
 
 
