@@ -6,8 +6,11 @@ the models interleaved call by call in one run (so that load and clock changes h
       --for each of N rounds: every model once, in turn--> per-call wall times (perf_counter_ns)
       --> median, p90, p99 per model and the ratios to the first model, JSON
 
-    OMP_NUM_THREADS=1 python -m streamcad.benchmarks.compose_latency engines/models/default.onnx \\
-        runs/comp/composite.onnx [--e2e] --out benchmarks/results/compose-latency.json
+    OMP_NUM_THREADS=1 python -m streamcad.benchmarks.compose_latency train/results/v2/gate-model/lite0.onnx \\
+        engines/models/default.onnx [--e2e] --out benchmarks/results/compose-latency.json
+
+(one backbone, the v2 model, then the shipped composite; the committed run of 2026-12-04 named
+them default.onnx and composite.onnx, before the composite became the default)
 
 --e2e adds the real pipeline end to end: sweep frames rendered beforehand and replayed at 30 fps
 (benchmarks.replay), each model's runs interleaved, e2e and infer p99 from the run reports.

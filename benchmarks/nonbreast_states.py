@@ -1,7 +1,7 @@
 """What a clinician is shown on content that is not breast: every frame of every non-breast
 recording in ../shared/data/video through the real pipeline, and the state each gets.
 
-    recording (file:PATH, pace none: every frame) --Pipeline (the runtime's own ROI, quality
+    recording (file:PATH at its own frame rate, as a capture card delivers it) --Pipeline (the runtime's own ROI, quality
       flags, preprocessing, model, out-of-domain gate, smoothing) --ZeroMQ PUB on 127.0.0.1-->
       Subscriber thread: every Score's state
       --> per recording and pooled: the share of frames shown `suspicious`, `clear`,
@@ -12,6 +12,12 @@ recording in ../shared/data/video through the real pipeline, and the state each 
 
     OMP_NUM_THREADS=1 python -m streamcad.benchmarks.nonbreast_states engines/models/default.onnx \\
         --gate rendered-only=OLD.json --out benchmarks/results/nonbreast-states-default.json
+
+Paced (`--pace native`, the default): the smoother's time constant is in seconds of the frames'
+own arrival times, so the state a clinician sees depends on the frame rate. With `--pace none`
+(every frame as fast as the model scores it; the runs before 2026-12-04 04:00 UTC) the average
+spans as many frames as the model scores in that time: a model twice as slow averages over half
+as many, and the two are not compared on the same footing.
 
 The recordings are the content gate's test set (no frame of them fits anything). The share
 `suspicious` is the number that matters at the bedside: a lung, an eye or a phantom that reads
@@ -39,8 +45,9 @@ __all__ = ["run_recording", "summarise", "with_gate", "run", "main"]
 log = logging.getLogger(__name__)
 
 
-def run_recording(model_path: str | Path, video: str | Path, timeout_s: float = 600.0) -> list[str]:
-    """Every frame of one video file through the real pipeline -> the published state of each."""
+def run_recording(model_path: str | Path, video: str | Path, timeout_s: float = 600.0, pace: str = "native") -> list[str]:
+    """Every frame of one video file through the real pipeline -> the published state of each
+    (pace 'native': at the file's frame rate; a frame the pipeline is too slow for is dropped, as live)."""
     from streamcad.benchmarks.operating_point import _free_port, run_subscribed
     from streamcad.config import config_from_dict
     from streamcad.messages import Score
@@ -48,7 +55,7 @@ def run_recording(model_path: str | Path, video: str | Path, timeout_s: float = 
 
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     cfg = config_from_dict({
-        "source": {"uri": f"file:{video}", "pace": "none"},
+        "source": {"uri": f"file:{video}", "pace": pace},
         "model": {"path": str(model_path), "threads": 1},
         "publish": {"endpoint": endpoint, "stream": "nonbreast", "hwm_seconds": 60.0},
         "dashboard": False,
@@ -87,7 +94,7 @@ def with_gate(model: Path, manifest: dict | None, folder: Path) -> Path:
     return dst
 
 
-def run(model: Path, out: Path, gates: dict[str, Path], root: str | None = None) -> dict:
+def run(model: Path, out: Path, gates: dict[str, Path], root: str | None = None, pace: str = "native") -> dict:
     from streamcad.train.data.datasets import data_root
 
     t0 = time.perf_counter()
@@ -104,7 +111,7 @@ def run(model: Path, out: Path, gates: dict[str, Path], root: str | None = None)
         for name, path in models.items():
             per = {}
             for c in clips:
-                per[c["file"]] = {**summarise(run_recording(path, vdir / c["file"])), "organ": c.get("organ"),
+                per[c["file"]] = {**summarise(run_recording(path, vdir / c["file"], pace=pace)), "organ": c.get("organ"),
                                   "probe": c.get("probe")}
                 log.info("%s %s: %s", name, c["file"], per[c["file"]])
             n = np.array([r["frames"] for r in per.values()])
@@ -116,11 +123,11 @@ def run(model: Path, out: Path, gates: dict[str, Path], root: str | None = None)
     from streamcad.manifest import read_manifest
 
     res = {"schema": 1, "model": model.name, "model_sha256": read_manifest(model).sha256,
-           "gates": {k: str(v) for k, v in gates.items()}, "variants": variants,
+           "gates": {k: str(v) for k, v in gates.items()}, "pace": pace, "variants": variants,
            "frames": int(sum(r["frames"] for r in next(iter(variants.values()))["recordings"].values())),
            "wall_s": time.perf_counter() - t0, "machine": machine_info(),
            "command": f"python -m streamcad.benchmarks.nonbreast_states {model} "
-                      + "".join(f"--gate {k}={v} " for k, v in gates.items()) + f"--out {out}"}
+                      + "".join(f"--gate {k}={v} " for k, v in gates.items()) + f"--pace {pace} --out {out}"}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     return res
@@ -140,9 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="NAME=MANIFEST.json: the same graph with that manifest's gate, measured beside it")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/nonbreast-states.json"))
     p.add_argument("--root", default=None, help="data root (default ../shared/data)")
+    p.add_argument("--pace", choices=("native", "none"), default="native",
+                   help="native: each recording at its own frame rate (the smoothing's time base, as live); none: "
+                        "every frame as fast as scored (module docstring)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    res = run(args.model, args.out, dict(args.gate), args.root)
+    res = run(args.model, args.out, dict(args.gate), args.root, args.pace)
     for name, v in res["variants"].items():
         print(f"{name:14s} " + "  ".join(f"{s} {100 * v['pooled'][s]:5.1f}%" for s in SCORE_STATES)
               + f"  recordings with a suspicious frame {v['recordings_any_suspicious']} of {len(v['recordings'])}")

@@ -17,7 +17,9 @@ from streamcad.train import cli as train_cli
 from streamcad.train.config import (
     CONFIG_VERSION,
     DEFAULT_VARIANTS,
+    GATE_MODEL,
     QUICK,
+    SSL_CANDIDATE,
     ExperimentConfig,
     FinetuneConfig,
     RecipeConfig,
@@ -95,7 +97,8 @@ EXPECTED = {
 }
 # flags that are no training setting: paths, data sources, process settings, run selectors
 NOT_CONFIG = {"out", "root", "data_npz", "threads", "resume", "dataset", "pool_npy", "fold", "work", "report",
-              "cv_dir", "cv_report", "mode", "source"}
+              "cv_dir", "cv_report", "mode", "source",
+              "compose", "classifier", "gate_model"}  # ship --compose: two committed graphs (train.config paths, below)
 
 
 @pytest.mark.parametrize("cmd", sorted(EXPECTED))
@@ -127,6 +130,8 @@ def test_no_flags_build_exactly_the_default_configs():
     # v2 ship shares --seed / --n-boot with v1: their defaults must be the v2 recipe's too
     ship_args = _parse("ship")
     assert (ship_args.seed, ship_args.n_boot) == (RecipeConfig.seed, RecipeConfig.n_boot)
+    # ship --compose: the shipped composite's parents
+    assert (REPO / ship_args.classifier, REPO / ship_args.gate_model) == (SSL_CANDIDATE, GATE_MODEL)
 
 
 def test_quick_and_explicit_flags_override_the_preset():
@@ -226,5 +231,8 @@ def test_presets_are_what_the_committed_results_ran_with():
     ft, ssl = FinetuneConfig.from_dict(v1["finetune_config"]), SSLConfig.from_dict(v1["ssl_config"])
     assert (ft.size, ft.patience, ft.batch_size, ssl.batch_size) == (SHIP.size, SHIP.patience, SHIP.batch_ft, SHIP.batch_ssl)
     assert ft.epochs <= SHIP.epochs_ft and ssl.epochs <= SHIP.epochs_ssl
-    # the v2 shipped model's recipe is RecipeConfig() with rule R2's threshold (cv rethreshold --threshold-lcb 0.9)
-    assert same_recipe(_json(RESULTS / "shipped_default.json")["recipe"], RecipeConfig(threshold_lcb=0.9))
+    # the shipped composite's two v2 models: RecipeConfig() with rule R2's threshold (cv rethreshold
+    # --threshold-lcb 0.9), the classifier's backbone started from its fold-0 SSL checkpoint
+    ssl = "runs/ssl/lite0-dcl/cv/fold0/ssl.pt"
+    assert same_recipe(_json(RESULTS / "shipped_default.json")["recipe"], RecipeConfig(threshold_lcb=0.9, ssl_init=ssl))
+    assert same_recipe(_json(RESULTS / "v2" / "gate-model" / "ship-report.json")["recipe"], RecipeConfig(threshold_lcb=0.9))

@@ -28,6 +28,7 @@ from streamcad.train.config import (
     CV_REPORT,
     DEFAULT_VARIANTS,
     EXPERIMENT_WORK,
+    GATE_MODEL,
     OVERLAY_MODES,
     PRESETS,
     QUICK,
@@ -35,6 +36,8 @@ from streamcad.train.config import (
     SHIP_REPORT,
     SHIP_WORK,
     SHIPPED_MODEL,
+    SSL_CANDIDATE,
+    SSL_CV_REPORT,
     THRESHOLD_METHODS,
     VARIANTS,
     ExperimentConfig,
@@ -149,8 +152,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh", action="store_true",
                    help="v2: only put the finished --cv-report and benchmarks/results/ood_gate-default.json into the "
                         "shipped model's report, manifest metrics and card (no training, no export)")
-    p.add_argument("--cv-report", default=str(CV_REPORT),
-                   help="v2: pooled protocol report (streamcad train cv report) for the manifest and card")
+    p.add_argument("--cv-report", default=None,
+                   help=f"v2: pooled protocol report (streamcad train cv report) for the manifest and card (default "
+                        f"{CV_REPORT.relative_to(REPO)}; with --compose {SSL_CV_REPORT.relative_to(REPO)}; with --refresh "
+                        "the one the report names)")
+    p.add_argument("--compose", action="store_true",
+                   help="v2: ship --classifier's logits and lesion map with --gate-model's embedding and gate as one graph "
+                        "(engines/compose.py; both already shipped with their reports, nothing trained or exported)")
+    p.add_argument("--classifier", default=str(SSL_CANDIDATE.relative_to(REPO)), help="v2 --compose: the classifier's graph")
+    p.add_argument("--gate-model", default=str(GATE_MODEL.relative_to(REPO)), help="v2 --compose: the gate model's graph")
     p.add_argument("--out", default=str(SHIPPED_MODEL))
     p.add_argument("--work", default=str(SHIP_WORK), help="v1: checkpoints and logs (not committed)")
     p.add_argument("--report", default=str(SHIP_REPORT))
@@ -384,12 +394,18 @@ def run(args) -> int:
 
         print(refresh_v2(args.out, args.cv_report, args.report))
         return 0
+    if cmd == "ship" and args.recipe == "v2" and args.compose:
+        from streamcad.train.release import ship_composite
+
+        report = ship_composite(args.classifier, args.gate_model, args.out, args.report, args.cv_report or SSL_CV_REPORT)
+        print(f"{args.out}: {report['composed']['classifier']['sha256'][:12]} + {report['composed']['gate_model']['sha256'][:12]}")
+        return 0
     if cmd == "ship" and args.recipe == "v2":
         from streamcad.train.cv import recipe_overrides
         from streamcad.train.release import ship_v2
 
         cfg = RecipeConfig(seed=args.seed, frozen_blocks=args.frozen_blocks, **recipe_overrides(args))
-        report = ship_v2(args.out, args.cv_dir, args.cv_report, args.report, root=args.root, n_boot=args.n_boot, cfg=cfg)
+        report = ship_v2(args.out, args.cv_dir, args.cv_report or CV_REPORT, args.report, root=args.root, n_boot=args.n_boot, cfg=cfg)
         for ds, m in report["metrics"].items():
             print(f"{ds} fold 0: AUC {m['auc']['value']:.3f} [{m['auc']['ci_low']:.3f}, {m['auc']['ci_high']:.3f}]")
         return 0

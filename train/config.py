@@ -60,6 +60,10 @@ SHIP_TEST_FOLD = 0  # the shipped models hold out fold 0 of both datasets (both 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = REPO / "engines" / "models" / "default.onnx"
 SHIP_REPORT = REPO / "train" / "results" / "shipped_default.json"
+# The shipped default is a composite of two committed models (train.release.ship_composite):
+SSL_CANDIDATE = REPO / "train" / "results" / "v2" / "ssl-candidate" / "lite0-ssl.onnx"  # its logits and lesion map
+GATE_MODEL = REPO / "train" / "results" / "v2" / "gate-model" / "lite0.onnx"  # its embedding and gate (v2, no SSL)
+SSL_CV_REPORT = REPO / "train" / "results" / "v2" / "report-ssl-r2.json"  # the classifier's recipe's protocol report
 RESULTS_DIR = REPO / "train" / "results"  # v1 experiment result JSONs + plots (committed)
 CV_DIR = REPO / "runs" / "cv" / "lite0-r2"  # the shipped recipe's train.cv run folders (v2, rule R2; not committed)
 CV_REPORT = REPO / "train" / "results" / "v2" / "report-r2.json"  # the shipped recipe's pooled protocol report (committed)

